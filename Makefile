@@ -1,0 +1,37 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Everything else is for developers.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck check-redis clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(BIN)/python -m examples.demo
+
+test: $(INSTALLED) check-redis lint typecheck
+	$(BIN)/python -m pytest --cov --cov-report=term
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check throttle tests examples
+	$(BIN)/ruff format --check throttle tests examples
+
+typecheck: $(INSTALLED)
+	$(BIN)/mypy
+
+# The tests start private redis-server processes on free loopback ports; they need the binary.
+check-redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "redis-server is not installed. The tests start their own private Redis servers,"; \
+		echo "so they need the binary: Debian/Ubuntu: sudo apt-get install redis-server;"; \
+		echo "macOS: brew install redis. Then run make test again."; \
+		exit 1; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,329 @@
+"""The engine's behaviour, on the memory store and on a real redis-server alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import ManualClock
+from tests.helpers import NO_REPETITION, engine, marker
+from throttle import Reason
+from throttle.store import RedisStore, Store
+
+HOURLY_CAP_OF_3 = (
+    """
+[[caps]]
+name = "hourly"
+per = "user"
+limit = 3
+window = "1h"
+"""
+    + NO_REPETITION
+)
+
+
+async def outcomes(decide: object, count: int) -> list[str]:
+    results = []
+    for _ in range(count):
+        decision = await decide()  # type: ignore[operator]
+        results.append(decision.outcome)
+    return results
+
+
+async def test_cap_allows_exactly_its_limit(store: Store, clock: ManualClock) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    decisions = [await throttle.decide(marker(), person="ana") for _ in range(5)]
+    assert [d.outcome for d in decisions] == ["personalized"] * 3 + ["segment"] * 2
+    assert decisions[3].reason is Reason.FREQUENCY_CAP
+    assert decisions[3].rule == "hourly"
+
+
+async def test_cap_window_slides_to_the_millisecond(store: Store, clock: ManualClock) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    for step in (0, 600, 1200):  # deliveries at 0, 10 and 20 minutes
+        clock.advance(step and 600)
+        assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
+    clock.now += 3600 - 1200 - 0.001  # 1 ms before the first delivery leaves the window
+    assert (await throttle.decide(marker(), person="ana")).outcome == "segment"
+    clock.advance(0.001)
+    assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
+    assert (await throttle.decide(marker(), person="ana")).outcome == "segment"
+
+
+async def test_each_person_has_their_own_counters(store: Store, clock: ManualClock) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    for person in ("ana", "ben"):
+        assert await outcomes(lambda p=person: throttle.decide(marker(), person=p), 4) == [
+            "personalized", "personalized", "personalized", "segment",
+        ]  # fmt: skip
+
+
+async def test_several_caps_apply_at_once_and_the_first_in_policy_order_is_named(
+    store: Store, clock: ManualClock
+) -> None:
+    throttle = engine(
+        """
+[[caps]]
+name = "channel-hourly"
+per = "channel"
+limit = 2
+window = "1h"
+
+[[caps]]
+name = "campaign-daily"
+per = "campaign"
+limit = 3
+window = "24h"
+
+[[caps]]
+name = "user-daily"
+per = "user"
+limit = 4
+window = "24h"
+"""
+        + NO_REPETITION,
+        store,
+        clock,
+    )
+    email, web = marker(channel="email"), marker(channel="web")
+    assert (await throttle.decide(email, person="ana")).outcome == "personalized"
+    assert (await throttle.decide(email, person="ana")).outcome == "personalized"
+    refused = await throttle.decide(email, person="ana")
+    assert (refused.outcome, refused.rule) == ("segment", "channel-hourly")
+    # The web channel has its own hourly count, but the campaign's daily cap is shared.
+    assert (await throttle.decide(web, person="ana")).outcome == "personalized"
+    refused = await throttle.decide(web, person="ana")
+    assert (refused.outcome, refused.rule) == ("segment", "campaign-daily")
+    # Another campaign is counted apart, until the user-wide cap of 4 is reached.
+    other = marker("autumn", channel="push")
+    assert (await throttle.decide(other, person="ana")).outcome == "personalized"
+    refused = await throttle.decide(other, person="ana")
+    assert (refused.outcome, refused.rule) == ("segment", "user-daily")
+
+
+async def test_refused_messages_do_not_use_up_the_cap(store: Store, clock: ManualClock) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    for _ in range(10):
+        await throttle.decide(marker(), person="ana")
+    clock.advance(3600)
+    assert await outcomes(lambda: throttle.decide(marker(), person="ana"), 4) == [
+        "personalized", "personalized", "personalized", "segment",
+    ]  # fmt: skip
+
+
+async def test_cap_is_exact_under_concurrency(store: Store, clock: ManualClock) -> None:
+    throttle = engine(
+        '[[caps]]\nname = "five"\nper = "user"\nlimit = 5\nwindow = "1h"\n'
+        '[store]\ntimeout = "5s"\n' + NO_REPETITION,
+        store,
+        clock,
+    )
+    decisions = await asyncio.gather(*(throttle.decide(marker(), person="ana") for _ in range(200)))
+    personalized = [d for d in decisions if d.outcome == "personalized"]
+    assert len(personalized) == 5
+    assert {d.reason for d in decisions if d.outcome == "segment"} == {Reason.FREQUENCY_CAP}
+
+
+async def test_creepiness_above_threshold_gets_segment_without_using_the_cap(
+    store: Store, clock: ManualClock
+) -> None:
+    throttle = engine(
+        HOURLY_CAP_OF_3 + '[creepiness.signals]\n"health" = 0.85\n"cart" = 0.05\n', store, clock
+    )
+    creepy = await throttle.decide(marker(signals=("health",)), person="ana")
+    assert (creepy.outcome, creepy.reason, creepy.rule) == (
+        "segment", Reason.CREEPINESS, "creepiness.threshold",
+    )  # fmt: skip
+    assert creepy.score == pytest.approx(0.85)
+    fine = [await throttle.decide(marker(signals=("cart",)), person="ana") for _ in range(3)]
+    assert [d.outcome for d in fine] == ["personalized"] * 3
+
+
+async def test_budget_limits_the_sum_of_delivered_scores(store: Store, clock: ManualClock) -> None:
+    throttle = engine(
+        NO_REPETITION
+        + 'budget = { limit = 1.0, window = "24h" }\n[creepiness.signals]\n"city" = 0.3\n',
+        store,
+        clock,
+    )
+    city = marker(signals=("city",))
+    decisions = [await throttle.decide(city, person="ana") for _ in range(4)]
+    assert [d.outcome for d in decisions] == ["personalized"] * 3 + ["segment"]
+    assert (decisions[3].reason, decisions[3].rule) == (Reason.BUDGET, "creepiness.budget")
+    # Messages that use no personal data cost nothing and still pass.
+    assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
+    clock.advance(24 * 3600)
+    assert (await throttle.decide(city, person="ana")).outcome == "personalized"
+
+
+async def test_budget_stays_exact_when_old_entries_are_merged(
+    store: Store, clock: ManualClock
+) -> None:
+    throttle = engine(
+        NO_REPETITION
+        + 'budget = { limit = 1.0, window = "1h", entries = 4 }\n[creepiness.signals]\n"x" = 0.1\n',
+        store,
+        clock,
+    )
+    delivered = 0
+    for _ in range(20):
+        clock.advance(60)
+        decision = await throttle.decide(marker(signals=("x",)), person="ana")
+        delivered += decision.outcome == "personalized"
+    # Ten messages of 0.1 fill a budget of 1.0; merging never lets an eleventh through.
+    assert delivered == 10
+
+
+async def test_repetition_raises_the_score_of_each_repeat(store: Store, clock: ManualClock) -> None:
+    throttle = engine(
+        '[creepiness]\nthreshold = 0.5\nrepetition = { weight = 0.2, window = "1h" }\n'
+        '[creepiness.signals]\n"cart" = 0.1\n',
+        store,
+        clock,
+    )
+    cart = marker(signals=("cart",))
+    decisions = [await throttle.decide(cart, person="ana") for _ in range(4)]
+    assert [d.score for d in decisions] == pytest.approx([0.1, 0.3, 0.5, 0.7])
+    assert [d.outcome for d in decisions] == ["personalized"] * 3 + ["segment"]
+    assert decisions[3].reason is Reason.CREEPINESS
+    factors = dict((f.name, f.contribution) for f in decisions[2].factors)
+    assert factors == pytest.approx({"signal:cart": 0.1, "repetition": 0.4})
+    # Another campaign starts from its own count.
+    assert (await throttle.decide(marker("other", signals=("cart",)), person="ana")).score == 0.1
+
+
+async def test_transactional_messages_are_exempt_from_caps(
+    store: Store, clock: ManualClock
+) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    for _ in range(3):
+        await throttle.decide(marker(), person="ana")
+    receipt = await throttle.decide(marker("receipt", transactional=True), person="ana")
+    assert (receipt.outcome, receipt.reason) == ("personalized", Reason.TRANSACTIONAL)
+
+
+async def test_transactional_messages_are_not_exempt_from_consent(
+    store: Store, clock: ManualClock
+) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    receipt = marker("receipt", transactional=True, inferred=True, signals=("cart",))
+    decision = await throttle.decide(receipt, person="ana", gpc=True)
+    assert (decision.outcome, decision.reason, decision.rule) == (
+        "segment", Reason.CONSENT, "consent.gpc",
+    )  # fmt: skip
+
+
+async def test_gpc_blocks_what_the_policy_says(store: Store, clock: ManualClock) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    plain = await throttle.decide(marker(signals=("cart",)), person="ana", gpc=True)
+    assert plain.outcome == "personalized"
+    for flagged in (marker(inferred=True), marker(third_party=True)):
+        decision = await throttle.decide(flagged, person="ana", gpc=True)
+        assert decision.reason is Reason.CONSENT
+    everything = engine('[consent]\ngpc = ["all"]\n', store, clock)
+    assert (await everything.decide(marker(), person="ana", gpc=True)).reason is Reason.CONSENT
+
+
+async def test_gpc_can_block_sensitive_signals(store: Store, clock: ManualClock) -> None:
+    throttle = engine(
+        '[consent]\ngpc = ["sensitive"]\nsensitive_at = 0.5\n'
+        '[creepiness.signals]\n"financial" = 0.6\n"cart" = 0.1\n',
+        store,
+        clock,
+    )
+    assert (await throttle.decide(marker(signals=("cart",)), person="a", gpc=True)).outcome == (
+        "personalized"
+    )
+    sensitive = await throttle.decide(marker(signals=("financial",)), person="a", gpc=True)
+    assert sensitive.reason is Reason.CONSENT
+
+
+async def test_anonymous_people_get_segment_content_unless_the_policy_allows(
+    store: Store, clock: ManualClock
+) -> None:
+    strict = engine(HOURLY_CAP_OF_3, store, clock)
+    decision = await strict.decide(marker(), person=None)
+    assert (decision.outcome, decision.reason) == ("segment", Reason.ANONYMOUS)
+    lenient = engine(
+        '[consent]\nanonymous = "personalize"\n[creepiness.signals]\n"health" = 0.9\n', store, clock
+    )
+    assert (await lenient.decide(marker(), person=None)).outcome == "personalized"
+    creepy = await lenient.decide(marker(signals=("health",)), person=None)
+    assert creepy.reason is Reason.CREEPINESS
+
+
+async def test_shadow_mode_reports_but_delivers_and_never_overrides_consent(
+    store: Store, clock: ManualClock
+) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock, mode="shadow")
+    decisions = [await throttle.decide(marker(), person="ana") for _ in range(5)]
+    assert [d.outcome for d in decisions] == ["personalized"] * 3 + ["segment"] * 2
+    assert all(d.shadow and d.delivers_personalized for d in decisions)
+    # Shadow decisions count as enforce would: the 4th and 5th did not use the cap.
+    clock.advance(3600)
+    assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
+    refused = await throttle.decide(marker(inferred=True), person="ana", gpc=True)
+    assert refused.reason is Reason.CONSENT
+    assert not refused.shadow and not refused.delivers_personalized
+
+
+async def test_segment_content_is_k_anonymous(store: Store, clock: ManualClock) -> None:
+    throttle = engine(
+        '[[caps]]\nname = "one"\nper = "user"\nlimit = 1\nwindow = "1h"\n[fallback]\nk = 3\n'
+        + NO_REPETITION,
+        store,
+        clock,
+    )
+    berlin, munich = marker(segment="eu/de/berlin"), marker(segment="eu/de/munich")
+    for person in ("a", "b"):
+        await throttle.decide(berlin, person=person)
+    await throttle.decide(munich, person="c")
+    # Two people in Berlin, one in Munich: only "everyone" has seen three yet... except that
+    # audiences are counted per segment path, so eu/de has not been counted at all.
+    refused = await throttle.decide(berlin, person="a")
+    assert (refused.outcome, refused.segment) == ("segment", "")
+    await throttle.decide(berlin, person="d")
+    throttle._audiences.clear()  # forget cached sizes, as 30 s passing would
+    refused = await throttle.decide(berlin, person="a")
+    assert refused.segment == "eu/de/berlin"
+
+
+async def test_state_expires_after_the_longest_window(store: Store, clock: ManualClock) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    await throttle.decide(marker(), person="ana")
+    person = throttle.pseudonym("ana")
+    assert await store.state(person) is not None
+    if isinstance(store, RedisStore):
+        # Redis expires keys by its own clock: the key's TTL is the longest window.
+        ttl = await store._client.pttl(store.person_key(person))
+        assert 3_599_000 < ttl <= 3_600_000
+    else:
+        clock.advance(3600)
+        await throttle.decide(marker(), person="ben")  # the memory store learns time from decisions
+        assert await store.state(person) is None
+
+
+async def test_erase_removes_a_persons_state(store: Store, clock: ManualClock) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    for _ in range(3):
+        await throttle.decide(marker(), person="ana")
+    person = throttle.pseudonym("ana")
+    state = await store.state(person)
+    assert state is not None and len(state["c"]["u"]) == 3
+    assert await store.erase(person) is True
+    assert await store.state(person) is None
+    assert await store.erase(person) is False
+    assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
+
+
+@pytest.mark.parametrize(
+    "person",
+    ["x" * 1_000_000, "ünïcødé 👤", "\ud800 lone surrogate", "{braces}", "a\x00b", " "],
+    ids=["huge", "unicode", "surrogate", "braces", "nul", "space"],
+)
+async def test_odd_user_ids_are_just_hashed(store: Store, clock: ManualClock, person: str) -> None:
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    decisions = [await throttle.decide(marker(), person=person) for _ in range(4)]
+    assert [d.outcome for d in decisions] == ["personalized"] * 3 + ["segment"]
+    assert len(throttle.pseudonym(person)) == 32

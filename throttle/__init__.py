@@ -1,0 +1,61 @@
+"""throttle: ASGI middleware that stops over-personalization.
+
+```python
+from throttle import ThrottleMiddleware, personalization
+
+app.add_middleware(ThrottleMiddleware, policy="policies/default.toml", store="memory://")
+
+async def offer(request):
+    return JSONResponse(body, headers=personalization("spring-sale", segment="eu/de"))
+```
+"""
+
+from throttle.engine import Decision, Engine, Reason
+from throttle.errors import (
+    ConfigurationError,
+    MarkerError,
+    PolicyError,
+    PolicyProblem,
+    StoreUnavailable,
+    ThrottleError,
+)
+from throttle.fallback import FallbackProvider, FallbackRequest, SegmentContent
+from throttle.message import Marker, parse_marker, personalization
+from throttle.middleware import (
+    DECISION_HEADER,
+    DECISION_SCOPE_KEY,
+    ThrottleMiddleware,
+    authenticated_user,
+)
+from throttle.policy import Policy, load_policy
+from throttle.scoring import Factor
+from throttle.store import MemoryStore, RedisStore, Store, open_store
+
+__all__ = [
+    "DECISION_HEADER",
+    "DECISION_SCOPE_KEY",
+    "ConfigurationError",
+    "Decision",
+    "Engine",
+    "Factor",
+    "FallbackProvider",
+    "FallbackRequest",
+    "Marker",
+    "MarkerError",
+    "MemoryStore",
+    "Policy",
+    "PolicyError",
+    "PolicyProblem",
+    "Reason",
+    "RedisStore",
+    "SegmentContent",
+    "Store",
+    "StoreUnavailable",
+    "ThrottleError",
+    "ThrottleMiddleware",
+    "authenticated_user",
+    "load_policy",
+    "open_store",
+    "parse_marker",
+    "personalization",
+]

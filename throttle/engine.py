@@ -1,0 +1,333 @@
+"""decide(message) -> Decision. Knows neither ASGI nor Redis: only the policy and a Store."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from throttle.consent import gpc_forbids
+from throttle.errors import StoreUnavailable
+from throttle.fallback import EVERYONE, k_anonymous, lineage
+from throttle.faults import StoreGuard
+from throttle.message import Marker
+from throttle.policy import Cap, Policy, milli
+from throttle.scoring import ContentScore, Factor, Scorer
+from throttle.store.base import (
+    BudgetCheck,
+    CapCheck,
+    Counter,
+    Delivery,
+    RepetitionCheck,
+    Store,
+    Verdict,
+)
+
+# Shadow mode delivers what the limits would refuse, never what a person refused or what
+# cannot be read.
+_ALWAYS_ENFORCED = frozenset({"consent", "invalid-marker", "internal-error"})
+# Audience sizes only grow slowly; asking Redis again this often keeps k-anonymity current.
+_AUDIENCE_REFRESH_SECONDS = 30.0
+_COUNTER_CACHE_SIZE = 4096
+
+
+class Reason(StrEnum):
+    """Why a decision came out the way it did; the value is what the decision header says."""
+
+    ALLOWED = "allowed"
+    TRANSACTIONAL = "transactional"
+    FREQUENCY_CAP = "frequency-cap"
+    CREEPINESS = "creepiness"
+    BUDGET = "budget"
+    CONSENT = "consent"
+    ANONYMOUS = "anonymous"
+    STORE_UNAVAILABLE = "store-unavailable"
+    INVALID_MARKER = "invalid-marker"
+    INTERNAL_ERROR = "internal-error"
+
+
+Outcome = Literal["personalized", "segment"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What throttle decided for one marked response, and why.
+
+    - `outcome`: `"personalized"` or `"segment"`.
+    - `reason`, `rule`: why, and the rule that fired (a cap's name, `creepiness.budget`, ...).
+    - `score`, `factors`: the creepiness score and each factor's contribution to it.
+    - `segment`: for segment outcomes, the k-anonymous segment whose content stands in.
+    - `shadow`: the policy is in shadow mode, so the personalized content is delivered anyway
+      (never for `consent`, `invalid-marker` or `internal-error`).
+    - `unknown_signals`: signals the policy has no weight for (scored at its default).
+
+    The middleware puts it in the ASGI scope under `"throttle.decision"`.
+    """
+
+    outcome: Outcome
+    reason: Reason
+    rule: str | None
+    score: float | None
+    factors: tuple[Factor, ...]
+    campaign: str | None
+    channel: str | None
+    segment: str | None
+    shadow: bool
+    policy: str
+    policy_version: str
+    unknown_signals: tuple[str, ...] = ()
+
+    @property
+    def delivers_personalized(self) -> bool:
+        """Whether the person receives the personalized content."""
+        return self.outcome == "personalized" or self.shadow
+
+
+class Engine:
+    """Decides, for each personalized message, whether the person may receive it.
+
+    ```python
+    engine = Engine(load_policy("policies/default.toml"), MemoryStore(), secret=b"...")
+    decision = await engine.decide(marker, person="user-42", gpc=False)
+    ```
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: Store,
+        *,
+        secret: bytes,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self._keyed_hash = hmac.new(secret, digestmod=hashlib.sha256)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._audiences: dict[str, tuple[int, float]] = {}
+        self._counters: dict[tuple[str, str], tuple[Counter, ...]] = {}
+        self.policy = policy
+        self.guard = StoreGuard(
+            timeout=policy.store.timeout, retry_after=policy.store.retry_after, clock=monotonic
+        )
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        # Everything a decision would otherwise recompute from the policy is prepared here.
+        self._policy = policy
+        self._scorer = Scorer(policy.creepiness)
+        self._threshold = milli(policy.creepiness.threshold)
+        self._ttl_ms = math.ceil(policy.longest_window * 1000)
+        self._audience_window_ms = math.ceil(policy.fallback.audience_window * 1000)
+        self._shadow = policy.policy.mode == "shadow"
+        self._caps_by_scope: dict[str, list[tuple[int, Cap]]] = {
+            "user": [],
+            "channel": [],
+            "campaign": [],
+        }
+        for index, cap in enumerate(policy.caps):
+            self._caps_by_scope[cap.per].append((index, cap))
+        budget = policy.creepiness.budget
+        self._budget = (
+            BudgetCheck(milli(budget.limit), math.ceil(budget.window * 1000), budget.entries)
+            if budget
+            else None
+        )
+        self._counters.clear()
+        if hasattr(self, "guard"):
+            self.guard.timeout = policy.store.timeout
+            self.guard.retry_after = policy.store.retry_after
+
+    def pseudonym(self, person: str) -> str:
+        """The keyed hash that stands for a person in the store; the raw id never leaves."""
+        digest = self._keyed_hash.copy()
+        digest.update(person.encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()[:32]
+
+    async def decide(self, marker: Marker, *, person: str | None, gpc: bool = False) -> Decision:
+        """Decide one message for one person (`None`: not signed in)."""
+        policy = self._policy
+        content = self._scorer.score(marker)
+        if gpc and gpc_forbids(marker, policy.consent, self._scorer):
+            return await self._segment(marker, Reason.CONSENT, "consent.gpc", content)
+        if person is None and policy.consent.anonymous == "segment":
+            return await self._segment(marker, Reason.ANONYMOUS, "consent.anonymous", content)
+        if content.milli > self._threshold:
+            return await self._segment(marker, Reason.CREEPINESS, "creepiness.threshold", content)
+        if person is None:
+            return self._personalized(marker, Reason.ALLOWED, content)
+        if marker.transactional:
+            return self._personalized(marker, Reason.TRANSACTIONAL, content)
+
+        pseudonym = self.pseudonym(person)
+        wanted = lineage(marker.segment)
+        delivery = self._delivery(marker, pseudonym, content, self._stale(wanted))
+        try:
+            outcome = await self.guard.run(self.store.deliver, delivery)
+        except StoreUnavailable:
+            if policy.store.on_error == "personalize":
+                return self._personalized(marker, Reason.STORE_UNAVAILABLE, content)
+            return self._decision(
+                "segment",
+                Reason.STORE_UNAVAILABLE,
+                "store.on_error",
+                marker,
+                content,
+                content.factors,
+                self._resolve(wanted),
+            )
+        self._remember(outcome.segment_sizes)
+        score, factors = self._scorer.total(content, outcome.repetitions)
+        scored = ContentScore(score, factors, content.unknown_signals)
+        if outcome.verdict is Verdict.DELIVERED:
+            return self._personalized(marker, Reason.ALLOWED, scored)
+        if outcome.verdict is Verdict.FREQUENCY_CAP:
+            reason, rule = Reason.FREQUENCY_CAP, policy.caps[outcome.cap_index].name
+        elif outcome.verdict is Verdict.BUDGET:
+            reason, rule = Reason.BUDGET, "creepiness.budget"
+        else:
+            reason, rule = Reason.CREEPINESS, "creepiness.threshold"
+        return self._decision(
+            "segment", reason, rule, marker, scored, factors, self._resolve(wanted)
+        )
+
+    def invalid_marker(self) -> Decision:
+        """The decision for a response whose marker cannot be read: segment content for everyone."""
+        return self._decision("segment", Reason.INVALID_MARKER, "marker", None, None, (), EVERYONE)
+
+    def internal_error(self) -> Decision:
+        """The decision when deciding itself failed: the privacy-safe side, segment content."""
+        return self._decision("segment", Reason.INTERNAL_ERROR, None, None, None, (), EVERYONE)
+
+    def _delivery(
+        self, marker: Marker, pseudonym: str, content: ContentScore, count_segments: tuple[str, ...]
+    ) -> Delivery:
+        scorer = self._scorer
+        repetition = (
+            RepetitionCheck(
+                f"k:{marker.campaign}",
+                scorer.repetition_milli,
+                math.ceil(self._policy.creepiness.repetition.window * 1000),
+                scorer.repetition_saturation,
+            )
+            if scorer.repetition_saturation
+            else None
+        )
+        return Delivery(
+            person=pseudonym,
+            now_ms=math.floor(self._clock() * 1000),
+            ttl_ms=self._ttl_ms,
+            score_milli=content.milli,
+            threshold_milli=self._threshold,
+            counters=self._counters_for(marker.channel, marker.campaign),
+            budget=self._budget,
+            repetition=repetition,
+            segment=marker.segment,
+            audience_window_ms=self._audience_window_ms,
+            count_segments=count_segments,
+        )
+
+    def _counters_for(self, channel: str, campaign: str) -> tuple[Counter, ...]:
+        key = (channel, campaign)
+        counters = self._counters.get(key)
+        if counters is None:
+            if len(self._counters) >= _COUNTER_CACHE_SIZE:
+                self._counters.clear()
+            counters = self._counters[key] = self._build_counters(channel, campaign)
+        return counters
+
+    def _build_counters(self, channel: str, campaign: str) -> tuple[Counter, ...]:
+        counters = []
+        for scope, name in (
+            ("user", "u"),
+            ("channel", f"c:{channel}"),
+            ("campaign", f"k:{campaign}"),
+        ):
+            caps = self._caps_by_scope[scope]
+            keep = max((cap.limit for _, cap in caps), default=0)
+            window = max((cap.window for _, cap in caps), default=0.0)
+            if scope == "campaign" and self._scorer.repetition_saturation:
+                # The campaign's log also feeds the repetition factor.
+                keep = max(keep, self._scorer.repetition_saturation)
+                window = max(window, self._policy.creepiness.repetition.window)
+            if keep:
+                checks = tuple(
+                    CapCheck(index, cap.limit, math.ceil(cap.window * 1000)) for index, cap in caps
+                )
+                counters.append(Counter(name, keep, math.ceil(window * 1000), checks))
+        return tuple(counters)
+
+    def _stale(self, segments: tuple[str, ...]) -> tuple[str, ...]:
+        now = self._monotonic()
+        return tuple(
+            s
+            for s in segments
+            if (known := self._audiences.get(s)) is None
+            or now - known[1] > _AUDIENCE_REFRESH_SECONDS
+        )
+
+    def _remember(self, sizes: Mapping[str, int]) -> None:
+        if sizes:
+            now = self._monotonic()
+            for segment, size in sizes.items():
+                self._audiences[segment] = (size, now)
+
+    def _resolve(self, segments: tuple[str, ...]) -> str:
+        sizes = {s: known[0] for s in segments if (known := self._audiences.get(s)) is not None}
+        return k_anonymous(segments[0] if segments else EVERYONE, sizes, self._policy.fallback.k)
+
+    async def _segment(
+        self, marker: Marker, reason: Reason, rule: str, content: ContentScore
+    ) -> Decision:
+        wanted = lineage(marker.segment)
+        stale = self._stale(wanted)
+        # Unknown sizes resolve to broader segments: the privacy-safe side of a failure.
+        with contextlib.suppress(StoreUnavailable):
+            if stale:
+                self._remember(
+                    await self.guard.run(
+                        self.store.segment_sizes, stale, window_ms=self._audience_window_ms
+                    )
+                )
+        return self._decision(
+            "segment", reason, rule, marker, content, content.factors, self._resolve(wanted)
+        )
+
+    def _personalized(self, marker: Marker, reason: Reason, content: ContentScore) -> Decision:
+        return self._decision("personalized", reason, None, marker, content, content.factors, None)
+
+    def _decision(
+        self,
+        outcome: Outcome,
+        reason: Reason,
+        rule: str | None,
+        marker: Marker | None,
+        content: ContentScore | None,
+        factors: tuple[Factor, ...],
+        segment: str | None,
+    ) -> Decision:
+        return Decision(
+            outcome=outcome,
+            reason=reason,
+            rule=rule,
+            score=content.milli / 1000 if content is not None else None,
+            factors=factors,
+            campaign=marker.campaign if marker else None,
+            channel=marker.channel if marker else None,
+            segment=segment,
+            shadow=self._shadow and reason not in _ALWAYS_ENFORCED,
+            policy=self._policy.name,
+            policy_version=self._policy.version,
+            unknown_signals=content.unknown_signals if content is not None else (),
+        )

@@ -1,0 +1,52 @@
+"""Errors a user of throttle can act on.
+
+```
+ThrottleError
+├── ConfigurationError   bad arguments to the middleware or a store (URI, secret)
+├── PolicyError          a policy file that cannot be used; lists every problem
+├── MarkerError          a Personalization header that cannot be read or built
+└── StoreUnavailable     the store did not answer in time or answered with an error
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ThrottleError(Exception):
+    """Base class of every error throttle raises on purpose."""
+
+
+class ConfigurationError(ThrottleError):
+    """The middleware or a store was given arguments it cannot work with."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    """One thing wrong in a policy file: where (`key`, e.g. `caps[2].window`) and what."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class PolicyError(ThrottleError):
+    """A policy file cannot be used. `problems` lists every key that is wrong."""
+
+    def __init__(self, source: str, problems: Sequence[PolicyProblem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        super().__init__(f"policy {source} cannot be used:\n{lines}")
+
+
+class MarkerError(ThrottleError):
+    """A `Personalization` header that is not a valid marker."""
+
+
+class StoreUnavailable(ThrottleError):
+    """The store failed to answer a decision in time; the engine falls back to segment content."""

@@ -1,0 +1,91 @@
+"""Store faults: a per-decision timeout, a short pause after a failure, one log line per burst."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from throttle.errors import StoreUnavailable
+
+logger = logging.getLogger("throttle")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StoreGuard:
+    """Runs store calls with a timeout; after a failure, fails fast for `retry_after` seconds.
+
+    A dead Redis must cost the app's requests nothing, and must not fill its logs: the first
+    failure of a burst is logged, the rest are counted, and the recovery is logged with the count.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        retry_after: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._clock = clock
+        self._paused_until = 0.0
+        self._failures = 0
+
+    @property
+    def failing(self) -> bool:
+        return self._failures > 0
+
+    async def run(self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._failures and self._clock() < self._paused_until:
+            self._failures += 1
+            raise StoreUnavailable("store paused after a failure")
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await call(*args, **kwargs)
+        except TimeoutError:
+            self._failed(f"no answer within {self.timeout * 1000:.0f} ms")
+            raise StoreUnavailable("store timed out") from None
+        except Exception as error:  # refused connections, Redis error replies, broken answers
+            self._failed(f"{type(error).__name__}: {error}")
+            raise StoreUnavailable(str(error)) from error
+        if self._failures:
+            logger.warning(
+                "throttle: store answers again; %d decisions fell back meanwhile", self._failures
+            )
+            self._failures = 0
+        return result
+
+    def _failed(self, why: str) -> None:
+        if not self._failures:
+            logger.warning(
+                "throttle: store unavailable (%s); deciding by the policy's on_error rule "
+                "and retrying every %.1f s",
+                why,
+                self.retry_after,
+            )
+        self._failures += 1
+        self._paused_until = self._clock() + self.retry_after
+
+
+class LogLimiter:
+    """Logs a message once per `interval` for each key, so bad input cannot flood the logs."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def warning(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return
+        if len(self._last) >= 1024:
+            self._last.clear()
+        self._last[key] = now
+        logger.warning(message, *args, exc_info=exc_info)

@@ -1,0 +1,194 @@
+"""What is being sent: the `Personalization` marker a handler puts on a response.
+
+The marker is an RFC 8941 structured-field dictionary, e.g.
+
+    Personalization: campaign="spring-sale", segment="eu/de/returning", channel=web,
+                     signals=("purchase_history" "location.city"), event-age=120, explained
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from http_sfv.dictionary import Dictionary
+from http_sfv.item import InnerList
+from http_sfv.types import Token
+
+from throttle.errors import MarkerError
+
+PERSONALIZATION_HEADER = "Personalization"
+
+_MAX_TEXT = 128
+_MAX_SIGNALS = 32
+# Printable ASCII is what an RFC 8941 string may hold.
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+_BOOLEAN_MEMBERS = {
+    "inferred": "inferred",
+    "third-party": "third_party",
+    "explained": "explained",
+    "transactional": "transactional",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A response's declaration of what personal data its content used.
+
+    - `campaign`: the campaign the content belongs to (required).
+    - `segment`: the audience whose generic content may stand in, as a path from broad to
+      narrow (`"eu/de/returning"`); empty means everyone.
+    - `channel`: where the message is shown (`web`, `email`, `push`, ...).
+    - `signals`: the data categories the content used (`"purchase_history"`, `"location.city"`).
+    - `event_age`: seconds since the behaviour that triggered the message, if it was triggered.
+    - `inferred`, `third_party`: the data was guessed rather than given, or came from elsewhere.
+    - `explained`: the message tells the person why they see it.
+    - `transactional`: a message the person asked for (a receipt); exempt from caps, not consent.
+    """
+
+    campaign: str
+    segment: str = ""
+    channel: str = "web"
+    signals: tuple[str, ...] = ()
+    event_age: int | None = None
+    inferred: bool = False
+    third_party: bool = False
+    explained: bool = False
+    transactional: bool = False
+
+    def __post_init__(self) -> None:
+        _check_text("campaign", self.campaign)
+        if self.segment and not (
+            len(self.segment) <= _MAX_TEXT and _SEGMENT.fullmatch(self.segment)
+        ):
+            raise MarkerError(
+                f"segment {self.segment!r} must be a path of letters, digits, '.', '_' and '-' "
+                f"separated by '/', at most {_MAX_TEXT} characters"
+            )
+        if not (len(self.channel) <= _MAX_TEXT and _TOKEN.fullmatch(self.channel)):
+            raise MarkerError(f"channel {self.channel!r} must be a token such as web or email")
+        if len(self.signals) > _MAX_SIGNALS:
+            raise MarkerError(f"at most {_MAX_SIGNALS} signals, got {len(self.signals)}")
+        for signal in self.signals:
+            _check_text("signal", signal)
+        if self.event_age is not None and (type(self.event_age) is not int or self.event_age < 0):
+            raise MarkerError(
+                f"event-age must be a whole number of seconds >= 0, got {self.event_age!r}"
+            )
+
+    def header_value(self) -> str:
+        """The marker serialized as the `Personalization` header's value."""
+        members = Dictionary()
+        members["campaign"] = self.campaign
+        if self.segment:
+            members["segment"] = self.segment
+        if self.channel != "web":
+            members["channel"] = Token(self.channel)
+        if self.signals:
+            members["signals"] = InnerList(list(self.signals))
+        if self.event_age is not None:
+            members["event-age"] = self.event_age
+        for member, attribute in _BOOLEAN_MEMBERS.items():
+            if getattr(self, attribute):
+                members[member] = True
+        return str(members)
+
+
+def personalization(
+    campaign: str,
+    *,
+    segment: str = "",
+    channel: str = "web",
+    signals: tuple[str, ...] | list[str] = (),
+    event_age: int | None = None,
+    inferred: bool = False,
+    third_party: bool = False,
+    explained: bool = False,
+    transactional: bool = False,
+) -> dict[str, str]:
+    """Headers that mark a response as personalized; pass them to any Starlette response.
+
+    ```python
+    return JSONResponse(
+        offer,
+        headers=personalization("spring-sale", segment="eu/de", signals=["purchase_history"]),
+    )
+    ```
+    Raises `MarkerError` when a value cannot be carried in the header.
+    """
+    marker = Marker(
+        campaign=campaign,
+        segment=segment,
+        channel=channel,
+        signals=tuple(signals),
+        event_age=event_age,
+        inferred=inferred,
+        third_party=third_party,
+        explained=explained,
+        transactional=transactional,
+    )
+    return {PERSONALIZATION_HEADER: marker.header_value()}
+
+
+@lru_cache(maxsize=4096)
+def parse_marker(value: bytes) -> Marker:
+    """Read a `Personalization` header value; raises `MarkerError` saying what is wrong.
+
+    Handlers send the same few markers over and over, so parsed markers are cached by value.
+    """
+    members = Dictionary()
+    try:
+        members.parse(value)
+    except ValueError as error:
+        raise MarkerError(f"not an RFC 8941 dictionary: {_root_cause(error)}") from None
+    fields: dict[str, Any] = {}
+    for name, member in members.items():
+        if name == "signals":
+            if not isinstance(member, InnerList):
+                raise MarkerError('signals must be an inner list of strings, e.g. ("a" "b")')
+            fields["signals"] = tuple(_text(name, item.value) for item in member)
+            continue
+        if isinstance(member, InnerList):
+            raise MarkerError(f"{name} must be a single value, not a list")
+        item = member.value
+        if name in ("campaign", "segment"):
+            fields[name] = _text(name, item)
+        elif name == "channel":
+            fields["channel"] = _text(name, item)
+        elif name == "event-age":
+            if type(item) is not int:
+                raise MarkerError(f"event-age must be an integer, got {item!r}")
+            fields["event_age"] = item
+        elif name in _BOOLEAN_MEMBERS:
+            if type(item) is not bool:
+                raise MarkerError(f"{name} must be a boolean (?1 or ?0), got {item!r}")
+            fields[_BOOLEAN_MEMBERS[name]] = item
+        # Other members are ignored: a dictionary may grow members a newer throttle reads.
+    if "campaign" not in fields:
+        raise MarkerError('campaign is required, e.g. campaign="spring-sale"')
+    return Marker(**fields)
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str):  # sf-string and sf-token are both str
+        raise MarkerError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _check_text(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise MarkerError(f"{name} must be a non-empty string")
+    if len(value) > _MAX_TEXT or not _PRINTABLE.fullmatch(value):
+        raise MarkerError(
+            f"{name} {value!r} must be printable ASCII, at most {_MAX_TEXT} characters"
+        )
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error) or type(error).__name__

@@ -1,0 +1,283 @@
+"""The pure ASGI adapter: finds marked responses, asks the engine, rewrites what leaves.
+
+Unmarked responses stream through untouched. For a marked one the decision is made on its
+`http.response.start`, before any body is sent: personalized content then streams through
+as well; segment content replaces it, and the personalized body is discarded unread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from throttle.consent import gpc_opt_out
+from throttle.engine import Decision, Engine
+from throttle.errors import ConfigurationError, MarkerError
+from throttle.fallback import (
+    FallbackProvider,
+    FallbackRequest,
+    SegmentContent,
+    empty_document,
+    policy_content,
+)
+from throttle.faults import LogLimiter
+from throttle.message import parse_marker
+from throttle.policy import Policy, load_policy
+from throttle.store import RedisStore, Store, open_store
+
+DECISION_SCOPE_KEY = "throttle.decision"
+DECISION_HEADER = "personalization-decision"
+_MARKER_HEADER = b"personalization"
+_MIN_SECRET_BYTES = 16
+# Headers that say nothing about the body they came with, so segment content may keep them.
+_NEUTRAL_HEADERS = frozenset(
+    {
+        "cache-control", "vary", "date", "server", "content-language",
+        "strict-transport-security", "content-security-policy",
+        "content-security-policy-report-only", "x-content-type-options", "x-frame-options",
+        "referrer-policy", "permissions-policy", "cross-origin-opener-policy",
+        "cross-origin-embedder-policy", "cross-origin-resource-policy",
+        "access-control-allow-origin", "access-control-allow-credentials",
+        "access-control-expose-headers",
+    }
+)  # fmt: skip
+_BODILESS_STATUS = frozenset({204, 304})
+
+logger = logging.getLogger("throttle")
+
+Identify = Callable[[Scope], "str | None"]
+
+
+def authenticated_user(scope: Scope) -> str | None:
+    """The default `identify`: Starlette's authenticated `scope["user"]`, else nobody."""
+    user = scope.get("user")
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    try:
+        identity = user.identity
+    except NotImplementedError:
+        identity = user.display_name
+    return identity if isinstance(identity, str) else None
+
+
+class ThrottleMiddleware:
+    """Keeps personalized responses within a policy's caps, creepiness and consent rules.
+
+    ```python
+    app.add_middleware(
+        ThrottleMiddleware,
+        policy="policies/default.toml",
+        store="redis://127.0.0.1:6379/0",
+        identify=lambda scope: scope["user"].identity,
+        secret=os.environ["THROTTLE_SECRET"],
+    )
+    ```
+    - `policy`: a policy file's path, or a `Policy`.
+    - `store`: `"memory://"` (one process, the default) or `"redis://…"`, or a `Store`.
+    - `identify(scope) -> str | None`: who the response is for; by default the authenticated
+      Starlette user. Never anything the client could forge.
+    - `secret`: key of the hash that replaces user ids in the store; defaults to the
+      `THROTTLE_SECRET` environment variable. Required with Redis.
+    - `fallback`: an async callable giving segment content for a `FallbackRequest`.
+    - `clock`: seconds since the epoch; tests and simulations pass their own.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: str | Path | Policy,
+        store: str | Store = "memory://",
+        identify: Identify | None = None,
+        secret: str | bytes | None = None,
+        fallback: FallbackProvider | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+        opened = open_store(store) if isinstance(store, str) else store
+        self.engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
+        self.identify = identify or authenticated_user
+        self.fallback = fallback
+        self._logs = LogLimiter()
+        self._kept_for: Policy | None = None
+        self._kept = _NEUTRAL_HEADERS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.app(scope, receive, _Responder(self, scope, send))
+        elif scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing_on_shutdown(send))
+        else:
+            await self.app(scope, receive, send)
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        async def send_and_close(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.engine.store.aclose()
+            await send(message)
+
+        return send_and_close
+
+    async def decide(self, scope: Scope, marker_value: bytes) -> Decision:
+        try:
+            marker = parse_marker(marker_value)
+        except MarkerError as error:
+            self._logs.warning("marker", "throttle: invalid Personalization header: %s", error)
+            return self.engine.invalid_marker()
+        try:
+            person = self._person(scope)
+            gpc = gpc_opt_out(scope.get("headers", ()))
+            return await self.engine.decide(marker, person=person, gpc=gpc)
+        except Exception:
+            self._logs.warning("decide", "throttle: deciding failed", exc_info=True)
+            return self.engine.internal_error()
+
+    def _person(self, scope: Scope) -> str | None:
+        try:
+            person: Any = self.identify(scope)
+        except Exception:
+            self._logs.warning("identify", "throttle: identify() failed", exc_info=True)
+            return None
+        if isinstance(person, int) and not isinstance(person, bool):
+            person = str(person)
+        if not isinstance(person, str) or not person:
+            return None
+        return person
+
+    async def segment_content(
+        self, scope: Scope, decision: Decision, media_type: str
+    ) -> SegmentContent:
+        """Content for the decision's segment: the app's provider, the policy's, or an empty one."""
+        campaign = decision.campaign or ""
+        if self.fallback is not None and decision.campaign is not None:
+            request = FallbackRequest(
+                campaign=campaign,
+                segment=decision.segment or "",
+                channel=decision.channel or "web",
+                media_type=media_type,
+                decision=decision,
+                scope=scope,
+            )
+            try:
+                provided = await self.fallback(request)
+            except Exception:
+                self._logs.warning("fallback", "throttle: fallback provider failed", exc_info=True)
+                provided = None
+            if provided is not None:
+                return provided
+        return policy_content(self.engine.policy.fallback, campaign) or empty_document(media_type)
+
+    def kept_headers(self) -> frozenset[str]:
+        """Names of the app's headers that segment content keeps."""
+        policy = self.engine.policy
+        if self._kept_for is not policy:
+            self._kept = _NEUTRAL_HEADERS.union(h.lower() for h in policy.fallback.keep_headers)
+            self._kept_for = policy
+        return self._kept
+
+    def decision_header(self, decision: Decision) -> str:
+        parts = [f"{decision.outcome};reason={decision.reason.value}"]
+        if decision.rule:
+            parts.append(f'rule="{decision.rule}"')
+        if decision.score is not None:
+            parts.append(f"score={decision.score:.3f}")
+        if decision.segment is not None:
+            parts.append(f'segment="{decision.segment or "*"}"')
+        if decision.shadow:
+            parts.append("shadow")
+        parts.append(f'policy="{decision.policy}@{decision.policy_version}"')
+        return ";".join(parts)
+
+
+class _Responder:
+    """One response's passage through the middleware."""
+
+    __slots__ = ("discarding", "middleware", "passing", "scope", "send")
+
+    def __init__(self, middleware: ThrottleMiddleware, scope: Scope, send: Send) -> None:
+        self.middleware = middleware
+        self.scope = scope
+        self.send = send
+        self.passing = False
+        self.discarding = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.passing:
+            await self.send(message)
+        elif self.discarding:
+            return
+        elif message["type"] != "http.response.start":
+            await self.send(message)
+        else:
+            await self._start(message)
+
+    async def _start(self, message: Message) -> None:
+        raw: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+        markers = [value for name, value in raw if name.lower() == _MARKER_HEADER]
+        if not markers:
+            self.passing = True
+            await self.send(message)
+            return
+        middleware = self.middleware
+        decision = await middleware.decide(self.scope, b", ".join(markers))
+        self.scope[DECISION_SCOPE_KEY] = decision
+        show = middleware.engine.policy.decisions.header
+        if decision.delivers_personalized:
+            headers = MutableHeaders(raw=[(n, v) for n, v in raw if n.lower() != _MARKER_HEADER])
+            if "cache-control" not in headers:
+                headers["cache-control"] = "private"
+            if show:
+                headers[DECISION_HEADER] = middleware.decision_header(decision)
+            self.passing = True
+            await self.send({**message, "headers": headers.raw})
+            return
+
+        self.discarding = True
+        app_headers = MutableHeaders(raw=raw)
+        media_type = app_headers.get("content-type", "application/octet-stream")
+        content = await middleware.segment_content(self.scope, decision, media_type)
+        keep = middleware.kept_headers()
+        headers = MutableHeaders(
+            raw=[(n, v) for n, v in raw if n.lower().decode("latin-1") in keep]
+        )
+        status = message["status"]
+        body = content.body
+        if status in _BODILESS_STATUS:
+            body = b""
+        else:
+            headers["content-type"] = content.media_type
+            headers["content-length"] = str(len(body))
+            headers["etag"] = content.etag
+        if show:
+            headers[DECISION_HEADER] = middleware.decision_header(decision)
+        if self.scope.get("method") == "HEAD":
+            body = b""
+        await self.send({"type": "http.response.start", "status": status, "headers": headers.raw})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _secret(secret: str | bytes | None, store: Store) -> bytes:
+    if secret is None:
+        secret = os.environ.get("THROTTLE_SECRET") or None
+    if secret is None:
+        if isinstance(store, RedisStore):
+            raise ConfigurationError(
+                "a shared store needs a secret to pseudonymize user ids: pass secret=... or set "
+                "THROTTLE_SECRET (e.g. to the output of: python -c 'import secrets; "
+                "print(secrets.token_hex(32))')"
+            )
+        # The memory store lives and dies with this process, and so may its key.
+        return secrets.token_bytes(32)
+    key = secret.encode() if isinstance(secret, str) else secret
+    if len(key) < _MIN_SECRET_BYTES:
+        raise ConfigurationError(f"the secret must be at least {_MIN_SECRET_BYTES} bytes long")
+    return key

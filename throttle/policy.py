@@ -1,0 +1,282 @@
+"""The policy model: a TOML file, validated once into frozen objects the engine reads.
+
+Every key has a default except the policy's name, so a short file states only what it changes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+
+from throttle.errors import PolicyError, PolicyProblem
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Words people write for units, mapped to the unit we ask for instead.
+_UNIT_WORDS = {
+    "millisecond": "ms", "milliseconds": "ms", "msec": "ms",
+    "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+    "min": "m", "mins": "m", "minute": "m", "minutes": "m",
+    "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+    "day": "d", "days": "d",
+}  # fmt: skip
+_MAX_DURATION = 366 * 86400.0
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+def parse_duration(value: object) -> float:
+    """`"90m"` -> 5400.0 seconds. Accepts a number with ms, s, m, h or d."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f'{value!r} is not a duration; write it as text with a unit, e.g. "1h"')
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration; {_duration_hint(value)}")
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds <= 0 or seconds > _MAX_DURATION:
+        raise ValueError(f"{value!r} must be longer than 0 and at most 366d")
+    return seconds
+
+
+def _duration_hint(value: str) -> str:
+    words = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*", value)
+    if words and words[2].lower() in _UNIT_WORDS:
+        return f"write {words[1]}{_UNIT_WORDS[words[2].lower()]}"
+    return "write a number with ms, s, m, h or d, e.g. 90m or 24h"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyInfo(_Model):
+    name: Annotated[str, Field(pattern=f"^{_NAME}$", max_length=64)]
+    mode: Literal["enforce", "shadow"] = "enforce"
+
+
+class Cap(_Model):
+    """At most `limit` personalized messages in any `window`, per user, channel or campaign."""
+
+    name: Annotated[str, Field(pattern=f"^{_NAME}$", max_length=64)]
+    per: Literal["user", "channel", "campaign"]
+    limit: Annotated[int, Field(ge=1, le=1000)]
+    window: Duration = Field(ge=1.0)
+
+
+class Budget(_Model):
+    limit: Annotated[float, Field(gt=0.0, le=1000.0)]
+    window: Duration = Field(ge=1.0)
+    # Oldest deliveries are merged beyond this many, which only ever over-counts (privacy-safe).
+    entries: Annotated[int, Field(ge=4, le=256)] = 32
+
+
+class Recency(_Model):
+    """Behaviour less than `window` ago adds up to `weight`, fading linearly."""
+
+    weight: Share = 0.3
+    window: Duration = 1800.0
+
+
+class Repetition(_Model):
+    """Each earlier delivery of the same campaign within `window` adds `weight`."""
+
+    weight: Share = 0.1
+    window: Duration = 86400.0
+
+
+class Creepiness(_Model):
+    threshold: Share = 0.7
+    budget: Budget | None = None
+    signals: dict[str, Share] = Field(default_factory=dict)
+    default_signal: Share = 0.3
+    inferred: Annotated[float, Field(ge=1.0, le=5.0)] = 1.5
+    third_party: Annotated[float, Field(ge=1.0, le=5.0)] = 1.5
+    explained_discount: Share = 0.3
+    recency: Recency = Recency()
+    repetition: Repetition = Repetition()
+
+
+GpcBlock = Literal["all", "inferred", "third-party", "sensitive"]
+
+
+class Consent(_Model):
+    # What a person who sends Sec-GPC: 1 is not personalized with.
+    gpc: tuple[GpcBlock, ...] = ("inferred", "third-party")
+    # Signals at or above this weight count as "sensitive" for the gpc rule.
+    sensitive_at: Share = 0.5
+    anonymous: Literal["segment", "personalize"] = "segment"
+
+
+class Content(_Model):
+    media_type: Annotated[str, Field(pattern=r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")] = "application/json"
+    body: str
+
+
+class Fallback(_Model):
+    k: Annotated[int, Field(ge=1, le=100_000)] = 50
+    # Distinct people are counted over this period, then the count starts again.
+    audience_window: Duration = Field(default=30 * 86400.0, ge=3600.0)
+    # Segment content per campaign; "*" stands in for campaigns not listed.
+    content: dict[str, Content] = Field(default_factory=dict)
+    # Response headers kept on segment content, besides those that say nothing about the body.
+    keep_headers: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")], ...] = ()
+
+
+class Decisions(_Model):
+    header: bool = True
+
+
+class StoreOptions(_Model):
+    timeout: Duration = Field(default=0.05, le=10.0)
+    # After a failure the store is left alone this long, so a dead Redis costs requests nothing.
+    retry_after: Duration = Field(default=1.0, le=300.0)
+    on_error: Literal["segment", "personalize"] = "segment"
+
+
+class Policy(_Model):
+    """A validated, frozen policy. Build one with `load_policy` or `Policy.from_toml`."""
+
+    policy: PolicyInfo
+    caps: tuple[Cap, ...] = ()
+    creepiness: Creepiness = Creepiness()
+    consent: Consent = Consent()
+    fallback: Fallback = Fallback()
+    decisions: Decisions = Decisions()
+    store: StoreOptions = StoreOptions()
+
+    _version: str = PrivateAttr(default="")
+    _source: str = PrivateAttr(default="<memory>")
+
+    @model_validator(mode="after")
+    def _cap_names_are_unique(self) -> Policy:
+        seen: set[str] = set()
+        for cap in self.caps:
+            if cap.name in seen:
+                raise ValueError(f"two caps are named {cap.name!r}; give each its own name")
+            seen.add(cap.name)
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    @property
+    def version(self) -> str:
+        """A short hash of the policy's text, so every decision names the policy that made it."""
+        return self._version
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def longest_window(self) -> float:
+        """Seconds a person's state must be kept: the longest window anything counts over."""
+        windows = [cap.window for cap in self.caps]
+        if self.creepiness.budget is not None:
+            windows.append(self.creepiness.budget.window)
+        if self.creepiness.repetition.weight > 0:
+            windows.append(self.creepiness.repetition.window)
+        return max(windows, default=0.0)
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str = "<memory>") -> Policy:
+        """Parse and validate policy text; raises `PolicyError` listing every problem."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise PolicyError(source, [PolicyProblem("", f"not valid TOML: {error}")]) from None
+        try:
+            policy = cls.model_validate(data)
+        except ValidationError as error:
+            raise PolicyError(source, [_problem(item) for item in error.errors()]) from None
+        policy._version = hashlib.sha256(text.encode()).hexdigest()[:12]
+        policy._source = source
+        return policy
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; raises `PolicyError` naming the file, key and problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PolicyError(str(path), [PolicyProblem("", f"cannot be read: {error}")]) from None
+    return Policy.from_toml(text, source=str(path))
+
+
+def _problem(error: Any) -> PolicyProblem:
+    location = tuple(error["loc"])
+    key = _key_path(location)
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "missing":
+        return PolicyProblem(key, "is required; add it")
+    if kind == "extra_forbidden":
+        return PolicyProblem(key, "is not a policy key" + _suggestion(location))
+    if kind == "value_error":
+        return PolicyProblem(key, str(error["ctx"]["error"]))
+    message = str(error["msg"]).replace("Input should be", "should be")
+    if kind in ("model_type", "dict_type", "tuple_type", "list_type"):
+        return PolicyProblem(key, f"{message}, got {value!r}")
+    return PolicyProblem(key, f"is {value!r}; {message}")
+
+
+def _key_path(location: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for part in location:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            parts.append(f".{part}" if parts else str(part))
+        else:
+            parts.append(f'."{part}"' if parts else f'"{part}"')
+    return "".join(parts)
+
+
+def _suggestion(location: tuple[Any, ...]) -> str:
+    model: Any = Policy
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return ""
+        model = _model_of(field.annotation)
+        if model is None:
+            return ""
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(location[-1]), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _model_of(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def milli(share: float) -> int:
+    """A score in [0, 1] as whole thousandths, the unit the store counts in."""
+    return math.floor(share * 1000 + 0.5)

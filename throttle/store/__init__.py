@@ -1,0 +1,40 @@
+"""Stores of per-person state, chosen by URI: `memory://` (embedded) or `redis://` (shared)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from throttle.errors import ConfigurationError
+from throttle.store.base import Store
+from throttle.store.memory import MemoryStore
+from throttle.store.redis import RedisStore
+
+
+def _memory(uri: str) -> Store:
+    return MemoryStore()
+
+
+def _redis(uri: str) -> Store:
+    return RedisStore(uri)
+
+
+_FACTORIES: dict[str, Callable[[str], Store]] = {
+    "memory": _memory,
+    "redis": _redis,
+    "rediss": _redis,
+    "unix": _redis,
+}
+
+
+def open_store(uri: str) -> Store:
+    """The store a URI names: `memory://`, `redis://host:port/db`, `rediss://…` or `unix://…`."""
+    scheme = urlsplit(uri).scheme
+    factory = _FACTORIES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in _FACTORIES)
+        raise ConfigurationError(f"store {uri!r}: unknown scheme {scheme!r}; use one of {known}")
+    return factory(uri)
+
+
+__all__ = ["MemoryStore", "RedisStore", "Store", "open_store"]

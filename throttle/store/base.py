@@ -1,0 +1,112 @@
+"""The store contract: one atomic call per decision that checks every limit and records.
+
+A store knows nothing of HTTP or policies. The engine hands it a `Delivery`: the person's
+pseudonym, the counters that apply and their limits, the score; the store answers with an
+`Outcome`. Both stores (memory, Redis) implement the same arithmetic, and one behaviour suite
+runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol
+
+
+class Verdict(IntEnum):
+    DELIVERED = 0
+    FREQUENCY_CAP = 1
+    BUDGET = 2
+    CREEPINESS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CapCheck:
+    """At most `limit` entries younger than `window_ms`; `index` names the cap in the policy."""
+
+    index: int
+    limit: int
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One log of delivery times in a person's state, e.g. `c:email` for the email channel.
+
+    `keep` and `window_ms` bound the log: entries older than the window go, and only the
+    newest `keep` stay, which is all the caps on it need to be exact.
+    """
+
+    name: str
+    keep: int
+    window_ms: int
+    caps: tuple[CapCheck, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    limit_milli: int
+    window_ms: int
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class RepetitionCheck:
+    """Count the entries of `counter` younger than `window_ms`, at most `saturation` of them."""
+
+    counter: str
+    weight_milli: int
+    window_ms: int
+    saturation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What one decision asks of the store; scores are in thousandths, times in ms."""
+
+    person: str
+    now_ms: int
+    ttl_ms: int
+    score_milli: int
+    threshold_milli: int
+    counters: tuple[Counter, ...]
+    budget: BudgetCheck | None = None
+    repetition: RepetitionCheck | None = None
+    # Count the person into this segment's audience (its k-anonymity count).
+    segment: str = ""
+    audience_window_ms: int = 0
+    # Report the audience sizes of these segments in the outcome.
+    count_segments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    # Index of the cap that refused, in policy order; -1 when no cap did.
+    cap_index: int
+    score_milli: int
+    repetitions: int
+    segment_sizes: Mapping[str, int] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Where per-person state lives. `memory://` for one process, `redis://` to share it."""
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        """Check every counter and the budget for one message, and record it if all pass."""
+        ...
+
+    async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
+        """How many distinct people each segment has seen in the last `window_ms`."""
+        ...
+
+    async def state(self, person: str) -> dict[str, Any] | None:
+        """Everything held about one person (their decoded state), or None."""
+        ...
+
+    async def erase(self, person: str) -> bool:
+        """Delete one person's state; True when there was some."""
+        ...
+
+    async def aclose(self) -> None: ...

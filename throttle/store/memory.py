@@ -1,0 +1,168 @@
+"""The embedded store: one process's state in a dict, for demos, development and app tests.
+
+It does the same arithmetic as `lua/deliver.lua`, so a policy behaves the same on both stores;
+the behaviour suite runs against each. State expires by the same rule, and is swept as it goes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from throttle.store.base import Delivery, Outcome, Verdict
+
+_SWEEP_EVERY = 1024
+_MAX_AUDIENCE = 100_000
+
+
+@dataclass(slots=True)
+class _Person:
+    counters: dict[str, list[int]] = field(default_factory=dict)
+    budget: list[list[int]] = field(default_factory=list)
+    expires_ms: int = 0
+
+
+class MemoryStore:
+    """Per-person state in this process's memory. Atomic because a decision never awaits."""
+
+    def __init__(self) -> None:
+        self._people: dict[str, _Person] = {}
+        self._audiences: dict[str, dict[str, int]] = {}
+        self._now_ms = 0
+        self._until_sweep = _SWEEP_EVERY
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        now = delivery.now_ms
+        self._now_ms = max(self._now_ms, now)
+        self._count_in(delivery)
+        sizes = {
+            s: self._audience_size(s, delivery.audience_window_ms) for s in delivery.count_segments
+        }
+        verdict, cap_index, score, repetitions = self._decide(delivery)
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:
+            self._sweep()
+        return Outcome(verdict, cap_index, score, repetitions, sizes)
+
+    def _decide(self, delivery: Delivery) -> tuple[Verdict, int, int, int]:
+        now = delivery.now_ms
+        person = self._people.get(delivery.person)
+        if person is not None and person.expires_ms <= now:
+            person = None
+        logs = dict(person.counters) if person else {}
+        for counter in delivery.counters:
+            logs[counter.name] = _pruned(
+                logs.get(counter.name, []), now, counter.window_ms, counter.keep
+            )
+
+        repetitions = 0
+        if delivery.repetition is not None:
+            rep = delivery.repetition
+            repetitions = min(
+                _younger_than(logs.get(rep.counter, []), now, rep.window_ms), rep.saturation
+            )
+            weight = rep.weight_milli
+        else:
+            weight = 0
+        score = min(1000, delivery.score_milli + weight * repetitions)
+        if score > delivery.threshold_milli:
+            return Verdict.CREEPINESS, -1, score, repetitions
+
+        refused_by = min(
+            (
+                cap.index
+                for counter in delivery.counters
+                for cap in counter.caps
+                if _younger_than(logs[counter.name], now, cap.window_ms) >= cap.limit
+            ),
+            default=-1,
+        )
+        if refused_by >= 0:
+            return Verdict.FREQUENCY_CAP, refused_by, score, repetitions
+
+        budget_log: list[list[int]] = []
+        if delivery.budget is not None:
+            budget = delivery.budget
+            oldest = now - budget.window_ms
+            budget_log = [entry for entry in (person.budget if person else []) if entry[0] > oldest]
+            if sum(entry[1] for entry in budget_log) + score > budget.limit_milli:
+                return Verdict.BUDGET, -1, score, repetitions
+            if score > 0:
+                budget_log.append([now, score])
+                if len(budget_log) > budget.entries:
+                    budget_log.sort(key=lambda entry: entry[0])
+                    first, second = budget_log[0], budget_log[1]
+                    budget_log[:2] = [[second[0], first[1] + second[1]]]
+
+        if delivery.ttl_ms <= 0:
+            return Verdict.DELIVERED, -1, score, repetitions
+        for counter in delivery.counters:
+            logs[counter.name].append(now)
+        kept = {name: _pruned(log, now, delivery.ttl_ms, len(log)) for name, log in logs.items()}
+        kept = {name: log for name, log in kept.items() if log}
+        if kept or budget_log:
+            self._people[delivery.person] = _Person(kept, budget_log, now + delivery.ttl_ms)
+        return Verdict.DELIVERED, -1, score, repetitions
+
+    def _count_in(self, delivery: Delivery) -> None:
+        if not delivery.segment:
+            return
+        audience = self._audiences.setdefault(delivery.segment, {})
+        if len(audience) >= _MAX_AUDIENCE and delivery.person not in audience:
+            self._prune_audience(audience, delivery.audience_window_ms)
+            if len(audience) >= _MAX_AUDIENCE:
+                return
+        audience[delivery.person] = delivery.now_ms
+
+    def _audience_size(self, segment: str, window_ms: int) -> int:
+        audience = self._audiences.get(segment)
+        if not audience:
+            return 0
+        self._prune_audience(audience, window_ms)
+        return len(audience)
+
+    def _prune_audience(self, audience: dict[str, int], window_ms: int) -> None:
+        oldest = self._now_ms - window_ms
+        for person in [p for p, seen in audience.items() if seen <= oldest]:
+            del audience[person]
+
+    def _sweep(self) -> None:
+        self._until_sweep = _SWEEP_EVERY
+        now = self._now_ms
+        for key in [k for k, person in self._people.items() if person.expires_ms <= now]:
+            del self._people[key]
+
+    async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
+        return {s: self._audience_size(s, window_ms) for s in segments}
+
+    async def state(self, person: str) -> dict[str, Any] | None:
+        held = self._people.get(person)
+        if held is None or held.expires_ms <= self._now_ms:
+            return None
+        state: dict[str, Any] = {}
+        if held.counters:
+            state["c"] = {name: list(log) for name, log in held.counters.items()}
+        if held.budget:
+            state["b"] = [list(entry) for entry in held.budget]
+        return state
+
+    async def erase(self, person: str) -> bool:
+        held = self._people.pop(person, None)
+        return held is not None and held.expires_ms > self._now_ms
+
+    async def aclose(self) -> None:
+        self._people.clear()
+        self._audiences.clear()
+
+
+def _younger_than(log: list[int], now: int, window_ms: int) -> int:
+    oldest = now - window_ms
+    return sum(1 for t in log if t > oldest)
+
+
+def _pruned(log: list[int], now: int, window_ms: int, keep: int) -> list[int]:
+    oldest = now - window_ms
+    kept = [t for t in log if t > oldest]
+    if len(kept) > keep:
+        kept = sorted(kept)[len(kept) - keep :]
+    return kept
