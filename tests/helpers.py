@@ -7,7 +7,13 @@ SECRET = b"test-secret-0123456789abcdef"
 
 
 def policy(body: str = "", *, name: str = "test", mode: str = "enforce") -> Policy:
-    """A policy from TOML text; unset sections take their defaults (no caps, no budget)."""
+    """A policy from TOML text; unset sections take their defaults (no caps, no budget).
+
+    The store timeout is generous unless the test sets one: a busy test machine must not turn
+    a behaviour test into a timeout test.
+    """
+    if "[store]" not in body:
+        body += '\n[store]\ntimeout = "5s"\n'
     return Policy.from_toml(f'[policy]\nname = "{name}"\nmode = "{mode}"\n{body}', source="<test>")
 
 

@@ -24,6 +24,7 @@ from throttle.store.base import (
     CapCheck,
     Counter,
     Delivery,
+    Limits,
     RepetitionCheck,
     Store,
     Verdict,
@@ -34,7 +35,7 @@ from throttle.store.base import (
 _ALWAYS_ENFORCED = frozenset({"consent", "invalid-marker", "internal-error"})
 # Audience sizes only grow slowly; asking Redis again this often keeps k-anonymity current.
 _AUDIENCE_REFRESH_SECONDS = 30.0
-_COUNTER_CACHE_SIZE = 4096
+_LIMITS_CACHE_SIZE = 4096
 
 
 class Reason(StrEnum):
@@ -112,7 +113,7 @@ class Engine:
         self._clock = clock
         self._monotonic = monotonic
         self._audiences: dict[str, tuple[int, float]] = {}
-        self._counters: dict[tuple[str, str], tuple[Counter, ...]] = {}
+        self._limits: dict[tuple[str, str], Limits] = {}
         self.policy = policy
         self.guard = StoreGuard(
             timeout=policy.store.timeout, retry_after=policy.store.retry_after, clock=monotonic
@@ -128,7 +129,6 @@ class Engine:
         self._policy = policy
         self._scorer = Scorer(policy.creepiness)
         self._threshold = milli(policy.creepiness.threshold)
-        self._ttl_ms = math.ceil(policy.longest_window * 1000)
         self._audience_window_ms = math.ceil(policy.fallback.audience_window * 1000)
         self._shadow = policy.policy.mode == "shadow"
         self._caps_by_scope: dict[str, list[tuple[int, Cap]]] = {
@@ -144,7 +144,8 @@ class Engine:
             if budget
             else None
         )
-        self._counters.clear()
+        self._limits.clear()
+        self._policy_name, self._policy_version = policy.name, policy.version
         if hasattr(self, "guard"):
             self.guard.timeout = policy.store.timeout
             self.guard.retry_after = policy.store.retry_after
@@ -213,41 +214,24 @@ class Engine:
     def _delivery(
         self, marker: Marker, pseudonym: str, content: ContentScore, count_segments: tuple[str, ...]
     ) -> Delivery:
-        scorer = self._scorer
-        repetition = (
-            RepetitionCheck(
-                f"k:{marker.campaign}",
-                scorer.repetition_milli,
-                math.ceil(self._policy.creepiness.repetition.window * 1000),
-                scorer.repetition_saturation,
-            )
-            if scorer.repetition_saturation
-            else None
-        )
+        key = (marker.channel, marker.campaign)
+        limits = self._limits.get(key)
+        if limits is None:
+            if len(self._limits) >= _LIMITS_CACHE_SIZE:
+                self._limits.clear()
+            limits = self._limits[key] = self._build_limits(*key)
         return Delivery(
-            person=pseudonym,
-            now_ms=math.floor(self._clock() * 1000),
-            ttl_ms=self._ttl_ms,
-            score_milli=content.milli,
-            threshold_milli=self._threshold,
-            counters=self._counters_for(marker.channel, marker.campaign),
-            budget=self._budget,
-            repetition=repetition,
-            segment=marker.segment,
-            audience_window_ms=self._audience_window_ms,
-            count_segments=count_segments,
+            pseudonym,
+            math.floor(self._clock() * 1000),
+            content.milli,
+            limits,
+            marker.segment,
+            count_segments,
         )
 
-    def _counters_for(self, channel: str, campaign: str) -> tuple[Counter, ...]:
-        key = (channel, campaign)
-        counters = self._counters.get(key)
-        if counters is None:
-            if len(self._counters) >= _COUNTER_CACHE_SIZE:
-                self._counters.clear()
-            counters = self._counters[key] = self._build_counters(channel, campaign)
-        return counters
-
-    def _build_counters(self, channel: str, campaign: str) -> tuple[Counter, ...]:
+    def _build_limits(self, channel: str, campaign: str) -> Limits:
+        policy, scorer = self._policy, self._scorer
+        repetition_window = policy.creepiness.repetition.window
         counters = []
         for scope, name in (
             ("user", "u"),
@@ -257,16 +241,33 @@ class Engine:
             caps = self._caps_by_scope[scope]
             keep = max((cap.limit for _, cap in caps), default=0)
             window = max((cap.window for _, cap in caps), default=0.0)
-            if scope == "campaign" and self._scorer.repetition_saturation:
+            if scope == "campaign" and scorer.repetition_saturation:
                 # The campaign's log also feeds the repetition factor.
-                keep = max(keep, self._scorer.repetition_saturation)
-                window = max(window, self._policy.creepiness.repetition.window)
+                keep = max(keep, scorer.repetition_saturation)
+                window = max(window, repetition_window)
             if keep:
                 checks = tuple(
                     CapCheck(index, cap.limit, math.ceil(cap.window * 1000)) for index, cap in caps
                 )
                 counters.append(Counter(name, keep, math.ceil(window * 1000), checks))
-        return tuple(counters)
+        repetition = (
+            RepetitionCheck(
+                f"k:{campaign}",
+                scorer.repetition_milli,
+                math.ceil(repetition_window * 1000),
+                scorer.repetition_saturation,
+            )
+            if scorer.repetition_saturation
+            else None
+        )
+        return Limits(
+            ttl_ms=math.ceil(policy.longest_window * 1000),
+            threshold_milli=self._threshold,
+            counters=tuple(counters),
+            budget=self._budget,
+            repetition=repetition,
+            audience_window_ms=self._audience_window_ms,
+        )
 
     def _stale(self, segments: tuple[str, ...]) -> tuple[str, ...]:
         now = self._monotonic()
@@ -327,7 +328,7 @@ class Engine:
             channel=marker.channel if marker else None,
             segment=segment,
             shadow=self._shadow and reason not in _ALWAYS_ENFORCED,
-            policy=self._policy.name,
-            policy_version=self._policy.version,
+            policy=self._policy_name,
+            policy_version=self._policy_version,
             unknown_signals=content.unknown_signals if content is not None else (),
         )

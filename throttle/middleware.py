@@ -136,10 +136,18 @@ class ThrottleMiddleware:
         try:
             person = self._person(scope)
             gpc = gpc_opt_out(scope.get("headers", ()))
-            return await self.engine.decide(marker, person=person, gpc=gpc)
+            decision = await self.engine.decide(marker, person=person, gpc=gpc)
         except Exception:
             self._logs.warning("decide", "throttle: deciding failed", exc_info=True)
             return self.engine.internal_error()
+        for signal in decision.unknown_signals:
+            self._logs.warning(
+                f"signal:{signal}",
+                "throttle: signal %r has no weight in policy %s; scored at default_signal",
+                signal,
+                decision.policy,
+            )
+        return decision
 
     def _person(self, scope: Scope) -> str | None:
         try:

@@ -61,21 +61,32 @@ class RepetitionCheck:
     saturation: int
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Limits:
+    """Everything that applies to one channel and campaign under one policy.
+
+    The engine prepares one per (channel, campaign) and reuses it, so a store may cache what it
+    derives from one (compares and hashes by identity).
+    """
+
+    ttl_ms: int
+    threshold_milli: int
+    counters: tuple[Counter, ...]
+    budget: BudgetCheck | None = None
+    repetition: RepetitionCheck | None = None
+    audience_window_ms: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """What one decision asks of the store; scores are in thousandths, times in ms."""
 
     person: str
     now_ms: int
-    ttl_ms: int
     score_milli: int
-    threshold_milli: int
-    counters: tuple[Counter, ...]
-    budget: BudgetCheck | None = None
-    repetition: RepetitionCheck | None = None
+    limits: Limits
     # Count the person into this segment's audience (its k-anonymity count).
     segment: str = ""
-    audience_window_ms: int = 0
     # Report the audience sizes of these segments in the outcome.
     count_segments: tuple[str, ...] = ()
 

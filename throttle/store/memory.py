@@ -32,12 +32,10 @@ class MemoryStore:
         self._until_sweep = _SWEEP_EVERY
 
     async def deliver(self, delivery: Delivery) -> Outcome:
-        now = delivery.now_ms
-        self._now_ms = max(self._now_ms, now)
+        self._now_ms = max(self._now_ms, delivery.now_ms)
         self._count_in(delivery)
-        sizes = {
-            s: self._audience_size(s, delivery.audience_window_ms) for s in delivery.count_segments
-        }
+        window_ms = delivery.limits.audience_window_ms
+        sizes = {s: self._audience_size(s, window_ms) for s in delivery.count_segments}
         verdict, cap_index, score, repetitions = self._decide(delivery)
         self._until_sweep -= 1
         if self._until_sweep <= 0:
@@ -45,19 +43,19 @@ class MemoryStore:
         return Outcome(verdict, cap_index, score, repetitions, sizes)
 
     def _decide(self, delivery: Delivery) -> tuple[Verdict, int, int, int]:
-        now = delivery.now_ms
+        now, limits = delivery.now_ms, delivery.limits
         person = self._people.get(delivery.person)
         if person is not None and person.expires_ms <= now:
             person = None
         logs = dict(person.counters) if person else {}
-        for counter in delivery.counters:
+        for counter in limits.counters:
             logs[counter.name] = _pruned(
                 logs.get(counter.name, []), now, counter.window_ms, counter.keep
             )
 
         repetitions = 0
-        if delivery.repetition is not None:
-            rep = delivery.repetition
+        if limits.repetition is not None:
+            rep = limits.repetition
             repetitions = min(
                 _younger_than(logs.get(rep.counter, []), now, rep.window_ms), rep.saturation
             )
@@ -65,13 +63,13 @@ class MemoryStore:
         else:
             weight = 0
         score = min(1000, delivery.score_milli + weight * repetitions)
-        if score > delivery.threshold_milli:
+        if score > limits.threshold_milli:
             return Verdict.CREEPINESS, -1, score, repetitions
 
         refused_by = min(
             (
                 cap.index
-                for counter in delivery.counters
+                for counter in limits.counters
                 for cap in counter.caps
                 if _younger_than(logs[counter.name], now, cap.window_ms) >= cap.limit
             ),
@@ -81,8 +79,8 @@ class MemoryStore:
             return Verdict.FREQUENCY_CAP, refused_by, score, repetitions
 
         budget_log: list[list[int]] = []
-        if delivery.budget is not None:
-            budget = delivery.budget
+        if limits.budget is not None:
+            budget = limits.budget
             oldest = now - budget.window_ms
             budget_log = [entry for entry in (person.budget if person else []) if entry[0] > oldest]
             if sum(entry[1] for entry in budget_log) + score > budget.limit_milli:
@@ -90,18 +88,18 @@ class MemoryStore:
             if score > 0:
                 budget_log.append([now, score])
                 if len(budget_log) > budget.entries:
-                    budget_log.sort(key=lambda entry: entry[0])
+                    budget_log.sort(key=lambda entry: (entry[0], entry[1]))
                     first, second = budget_log[0], budget_log[1]
                     budget_log[:2] = [[second[0], first[1] + second[1]]]
 
-        if delivery.ttl_ms <= 0:
+        if limits.ttl_ms <= 0:
             return Verdict.DELIVERED, -1, score, repetitions
-        for counter in delivery.counters:
+        for counter in limits.counters:
             logs[counter.name].append(now)
-        kept = {name: _pruned(log, now, delivery.ttl_ms, len(log)) for name, log in logs.items()}
+        kept = {name: _pruned(log, now, limits.ttl_ms, len(log)) for name, log in logs.items()}
         kept = {name: log for name, log in kept.items() if log}
         if kept or budget_log:
-            self._people[delivery.person] = _Person(kept, budget_log, now + delivery.ttl_ms)
+            self._people[delivery.person] = _Person(kept, budget_log, now + limits.ttl_ms)
         return Verdict.DELIVERED, -1, score, repetitions
 
     def _count_in(self, delivery: Delivery) -> None:
@@ -109,7 +107,7 @@ class MemoryStore:
             return
         audience = self._audiences.setdefault(delivery.segment, {})
         if len(audience) >= _MAX_AUDIENCE and delivery.person not in audience:
-            self._prune_audience(audience, delivery.audience_window_ms)
+            self._prune_audience(audience, delivery.limits.audience_window_ms)
             if len(audience) >= _MAX_AUDIENCE:
                 return
         audience[delivery.person] = delivery.now_ms

@@ -5,8 +5,8 @@
 --             c = { [counter] = { delivery time (ms), ... } }   e.g. c["c:email"]
 --             b = { { delivery time (ms), score (thousandths) }, ... }
 -- ARGV[1]   now, ms since the Unix epoch
--- ARGV[2]   ttl of the state, ms: the policy's longest window (0: keep nothing)
--- ARGV[3]   the message's score before repetition, thousandths (0..1000)
+-- ARGV[2]   the message's score before repetition, thousandths (0..1000)
+-- ARGV[3]   ttl of the state, ms: the policy's longest window (0: keep nothing)
 -- ARGV[4]   threshold, thousandths: a total above it is refused (verdict 3)
 -- ARGV[5]   repetition counter, e.g. "k:spring-sale", or "" when repetition is off
 -- ARGV[6]   repetition weight, thousandths per earlier delivery
@@ -22,7 +22,7 @@
 --           verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness
 
 local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
 
 local state = {}
 local raw = redis.call('GET', KEYS[1])
@@ -75,7 +75,7 @@ local repetitions = 0
 if ARGV[5] ~= '' then
   repetitions = math.min(younger_than(logs[ARGV[5]] or {}, tonumber(ARGV[7])), tonumber(ARGV[8]))
 end
-local score = math.min(1000, tonumber(ARGV[3]) + tonumber(ARGV[6]) * repetitions)
+local score = math.min(1000, tonumber(ARGV[2]) + tonumber(ARGV[6]) * repetitions)
 if score > tonumber(ARGV[4]) then
   return { 3, -1, score, repetitions }
 end
@@ -109,7 +109,8 @@ if budget_limit >= 0 then
   if score > 0 then
     budget_log[#budget_log + 1] = { now, score }
     if #budget_log > tonumber(ARGV[11]) then
-      table.sort(budget_log, function(a, b) return a[1] < b[1] end)
+      -- Oldest first; equal times by score, so every store merges the same two entries.
+      table.sort(budget_log, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
       budget_log[2] = { budget_log[2][1], budget_log[1][2] + budget_log[2][2] }
       table.remove(budget_log, 1)
     end

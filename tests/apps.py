@@ -1,0 +1,119 @@
+"""Small Starlette apps for the middleware tests: a handler for every kind of response."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from throttle import ThrottleMiddleware, personalization
+
+PERSONAL_BODY = {"offer": "running shoes for ana, size 38, seen in Berlin yesterday"}
+PERSONAL_HEADERS = {
+    "x-recommendation-id": "ana-8812",
+    "etag": '"personal-etag"',
+    "last-modified": "Sun, 22 Nov 2026 10:00:00 GMT",
+    "set-cookie": "last_viewed=shoe-8812",
+    "content-disposition": 'inline; filename="ana-offer.json"',
+    "link": "</img/ana.png>; rel=preload",
+}
+
+
+class HeaderUser(AuthenticationBackend):
+    """Test-only sign-in: the X-Test-User header names the signed-in person."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
+        name = conn.headers.get("x-test-user")
+        return (AuthCredentials(["authenticated"]), SimpleUser(name)) if name else None
+
+
+def marker_headers(request: Request) -> dict[str, str]:
+    """The marker comes from the query, raw, so tests can send malformed ones too."""
+    raw = request.query_params.get("marker")
+    if raw is not None:
+        return {"personalization": raw}
+    return personalization(
+        request.query_params.get("campaign", "spring-sale"),
+        segment=request.query_params.get("segment", ""),
+        signals=request.query_params.getlist("signal"),
+        inferred="inferred" in request.query_params,
+    )
+
+
+async def plain(request: Request) -> Response:
+    return PlainTextResponse("hello, nobody in particular", headers={"x-app": "1"})
+
+
+async def offer(request: Request) -> Response:
+    return JSONResponse(PERSONAL_BODY, headers={**PERSONAL_HEADERS, **marker_headers(request)})
+
+
+async def cached_offer(request: Request) -> Response:
+    headers = {"cache-control": "no-store", **marker_headers(request)}
+    return JSONResponse(PERSONAL_BODY, headers=headers)
+
+
+async def page(request: Request) -> Response:
+    body = "<h1>Hello ana, your size 38 shoes are back</h1>"
+    return Response(body, media_type="text/html", headers=marker_headers(request))
+
+
+async def no_content(request: Request) -> Response:
+    return Response(status_code=204, headers=marker_headers(request))
+
+
+async def stream(request: Request) -> Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in (b'{"offer": ', b'"shoes for ana"', b"}"):
+            yield part
+
+    return StreamingResponse(
+        chunks(), media_type="application/json", headers=marker_headers(request)
+    )
+
+
+ROUTES = [
+    Route("/plain", plain),
+    Route("/offer", offer, methods=["GET", "HEAD"]),
+    Route("/cached-offer", cached_offer),
+    Route("/page", page),
+    Route("/no-content", no_content),
+    Route("/stream", stream),
+]
+
+
+class ScopeSpy:
+    """An outer middleware that keeps the scope of the last request, as an app's logger would."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.last_scope: Scope | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.last_scope = scope
+        await self.app(scope, receive, send)
+
+
+def storefront(**throttle: Any) -> Starlette:
+    """The test app with throttle mounted; keyword arguments go to ThrottleMiddleware."""
+    return Starlette(
+        routes=ROUTES,
+        middleware=[
+            Middleware(AuthenticationMiddleware, backend=HeaderUser()),
+            Middleware(ThrottleMiddleware, **throttle),
+        ],
+    )
+
+
+def bare() -> Starlette:
+    return Starlette(
+        routes=ROUTES, middleware=[Middleware(AuthenticationMiddleware, backend=HeaderUser())]
+    )

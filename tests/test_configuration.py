@@ -1,0 +1,78 @@
+"""Mounting the middleware: what it needs, and the clear errors when it does not get it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+
+from tests.helpers import policy
+from throttle import ConfigurationError, PolicyError, ThrottleMiddleware, open_store
+from throttle.store import MemoryStore, RedisStore
+
+
+def mount(**options: object) -> ThrottleMiddleware:
+    return ThrottleMiddleware(Starlette(), **options)  # type: ignore[arg-type]
+
+
+async def test_a_shared_store_without_a_secret_fails_at_startup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("THROTTLE_SECRET", raising=False)
+    with pytest.raises(ConfigurationError, match="THROTTLE_SECRET"):
+        mount(policy=policy(), store="redis://127.0.0.1:1/0")
+
+
+async def test_the_secret_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THROTTLE_SECRET", "from-the-environment-0123")
+    middleware = mount(policy=policy(), store="redis://127.0.0.1:1/0")
+    other = mount(policy=policy(), store="redis://127.0.0.1:1/0", secret="another-secret-45678")
+    assert middleware.engine.pseudonym("ana") != other.engine.pseudonym("ana")
+    monkeypatch.setenv("THROTTLE_SECRET", "from-the-environment-0123")
+    again = mount(policy=policy(), store="redis://127.0.0.1:1/0")
+    assert again.engine.pseudonym("ana") == middleware.engine.pseudonym("ana")
+    for opened in (middleware, other, again):
+        await opened.engine.store.aclose()
+
+
+def test_a_short_secret_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="at least 16 bytes"):
+        mount(policy=policy(), secret="short")
+
+
+def test_the_memory_store_needs_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("THROTTLE_SECRET", raising=False)
+    middleware = mount(policy=policy())
+    assert isinstance(middleware.engine.store, MemoryStore)
+
+
+async def test_stores_are_chosen_by_uri_scheme() -> None:
+    assert isinstance(open_store("memory://"), MemoryStore)
+    for uri in ("redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/0", "unix:///tmp/r.sock"):
+        store = open_store(uri)
+        assert isinstance(store, RedisStore)
+        await store.aclose()
+    with pytest.raises(ConfigurationError, match=r"unknown scheme 'mongodb'.*memory://"):
+        open_store("mongodb://localhost")
+
+
+def test_a_bad_policy_file_fails_at_startup_naming_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('[policy]\nname = "x"\n[[caps]]\nname = "c"\nper = "day"\nlimit = 3\n')
+    with pytest.raises(PolicyError) as raised:
+        mount(policy=str(path))
+    message = str(raised.value)
+    assert str(path) in message
+    assert "caps[0].per: is 'day'; should be 'user', 'channel' or 'campaign'" in message
+    assert "caps[0].window: is required" in message
+
+
+def test_a_missing_policy_file_fails_at_startup(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot be read"):
+        mount(policy=tmp_path / "nowhere.toml")
+
+
+def test_the_shipped_default_policy_mounts() -> None:
+    middleware = mount(policy="policies/default.toml")
+    assert middleware.engine.policy.name == "default"

@@ -1,0 +1,320 @@
+"""The `Personalization` marker: an RFC 8941 dictionary that reads back to the marker it carries."""
+
+from __future__ import annotations
+
+import re
+import string
+
+import pytest
+from http_sfv.dictionary import Dictionary
+from http_sfv.item import InnerList
+from http_sfv.types import Token
+from hypothesis import given
+from hypothesis import strategies as st
+
+from throttle import Marker, MarkerError, parse_marker, personalization
+from throttle.message import PERSONALIZATION_HEADER
+
+EVERY_MEMBER = Marker(
+    campaign="spring-sale",
+    segment="eu/de/returning",
+    channel="email",
+    signals=("purchase_history", "location.city"),
+    event_age=120,
+    inferred=True,
+    third_party=True,
+    explained=True,
+    transactional=True,
+)
+
+
+def header(marker: Marker) -> str:
+    headers = personalization(
+        marker.campaign,
+        segment=marker.segment,
+        channel=marker.channel,
+        signals=list(marker.signals),
+        event_age=marker.event_age,
+        inferred=marker.inferred,
+        third_party=marker.third_party,
+        explained=marker.explained,
+        transactional=marker.transactional,
+    )
+    assert list(headers) == [PERSONALIZATION_HEADER]
+    return headers[PERSONALIZATION_HEADER]
+
+
+def test_every_member_survives_the_round_trip() -> None:
+    value = header(EVERY_MEMBER)
+    assert value == (
+        'campaign="spring-sale", segment="eu/de/returning", channel=email, '
+        'signals=("purchase_history" "location.city"), event-age=120, '
+        "inferred, third-party, explained, transactional"
+    )
+    assert parse_marker(value.encode()) == EVERY_MEMBER
+
+
+@pytest.mark.parametrize("flag", ["inferred", "third_party", "explained", "transactional"], ids=str)
+def test_each_boolean_reads_back_on_its_own(flag: str) -> None:
+    marker = Marker(campaign="spring-sale", **{flag: True})  # type: ignore[arg-type]
+    value = header(marker)
+    assert value == f'campaign="spring-sale", {flag.replace("_", "-")}'
+    assert parse_marker(value.encode()) == marker
+
+
+def test_a_bare_marker_names_only_the_campaign_and_reads_back_with_the_defaults() -> None:
+    assert personalization("spring-sale") == {"Personalization": 'campaign="spring-sale"'}
+    parsed = parse_marker(b'campaign="spring-sale"')
+    assert parsed.channel == "web"
+    assert parsed.segment == ""
+    assert parsed.signals == ()
+    assert parsed.event_age is None
+    assert not (parsed.inferred or parsed.third_party or parsed.explained or parsed.transactional)
+
+
+def test_an_event_age_of_zero_is_carried() -> None:
+    value = header(Marker(campaign="spring-sale", event_age=0))
+    assert value == 'campaign="spring-sale", event-age=0'
+    assert parse_marker(value.encode()).event_age == 0
+
+
+def test_false_booleans_read_as_false() -> None:
+    parsed = parse_marker(b'campaign="spring-sale", inferred=?0, explained=?1')
+    assert parsed.inferred is False
+    assert parsed.explained is True
+
+
+def test_the_header_is_a_structured_field_dictionary() -> None:
+    value = header(EVERY_MEMBER)
+    members = Dictionary()
+    members.parse(value.encode())
+    assert list(members) == [
+        "campaign",
+        "segment",
+        "channel",
+        "signals",
+        "event-age",
+        "inferred",
+        "third-party",
+        "explained",
+        "transactional",
+    ]
+    assert members["campaign"].value == "spring-sale"
+    assert not isinstance(members["campaign"].value, Token)
+    assert isinstance(members["channel"].value, Token)
+    assert members["channel"].value == "email"
+    signals = members["signals"]
+    assert isinstance(signals, InnerList)
+    assert [item.value for item in signals] == ["purchase_history", "location.city"]
+    assert members["event-age"].value == 120
+    for flag in ("inferred", "third-party", "explained", "transactional"):
+        assert members[flag].value is True
+    assert str(members) == value
+
+
+_PRINTABLE = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=128
+)
+_PART = st.text(string.ascii_letters + string.digits + "._-", min_size=1, max_size=10)
+_SEGMENTS = st.one_of(st.just(""), st.lists(_PART, min_size=1, max_size=5).map("/".join))
+_CHANNELS = st.from_regex(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]{0,20}", fullmatch=True)
+_MARKERS = st.builds(
+    Marker,
+    campaign=_PRINTABLE,
+    segment=_SEGMENTS,
+    channel=_CHANNELS,
+    signals=st.lists(_PRINTABLE, max_size=32).map(tuple),
+    event_age=st.none() | st.integers(min_value=0, max_value=999_999_999_999_999),
+    inferred=st.booleans(),
+    third_party=st.booleans(),
+    explained=st.booleans(),
+    transactional=st.booleans(),
+)
+
+
+@given(_MARKERS)
+def test_any_marker_the_helper_accepts_reads_back_equal(marker: Marker) -> None:
+    value = header(marker)
+    Dictionary().parse(value.encode())
+    assert parse_marker(value.encode()) == marker
+
+
+def test_unknown_members_are_ignored() -> None:
+    parsed = parse_marker(
+        b'campaign="spring-sale", priority=5, locale="de";q=1, future, event_age=7, third_party'
+    )
+    assert parsed == Marker(campaign="spring-sale")
+
+
+def test_members_may_come_in_any_order() -> None:
+    parsed = parse_marker(b'explained, signals=("cart"), campaign="spring-sale", channel=push')
+    assert parsed == Marker(
+        campaign="spring-sale", channel="push", signals=("cart",), explained=True
+    )
+
+
+def test_a_channel_may_be_sent_as_a_string() -> None:
+    assert parse_marker(b'campaign="spring-sale", channel="email"').channel == "email"
+
+
+_THIRTY_THREE_SIGNALS = b" ".join(b'"s%d"' % number for number in range(33))
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        pytest.param(b"", "not an RFC 8941 dictionary", id="empty"),
+        pytest.param(b"campaign=", "not an RFC 8941 dictionary: Empty item", id="no-value"),
+        pytest.param(b"campaign=1", "campaign must be a string, got 1", id="campaign-integer"),
+        pytest.param(
+            b'segment="eu/de", channel=web',
+            'campaign is required, e.g. campaign="spring-sale"',
+            id="no-campaign",
+        ),
+        pytest.param(b'campaign=""', "campaign must be a non-empty string", id="campaign-empty"),
+        pytest.param(
+            b'campaign="x", signals="a"',
+            'signals must be an inner list of strings, e.g. ("a" "b")',
+            id="signals-not-a-list",
+        ),
+        pytest.param(
+            b'campaign="x", signals=(1 2)', "signals must be a string, got 1", id="signals-numbers"
+        ),
+        pytest.param(
+            b'campaign="x", event-age=-1',
+            "event-age must be a whole number of seconds >= 0, got -1",
+            id="event-age-negative",
+        ),
+        pytest.param(
+            b'campaign="x", event-age="5"',
+            "event-age must be an integer, got '5'",
+            id="event-age-string",
+        ),
+        pytest.param(
+            b'campaign="x", event-age=1.5', "event-age must be an integer", id="event-age-decimal"
+        ),
+        pytest.param(
+            b'campaign="x", event-age=?1', "event-age must be an integer", id="event-age-boolean"
+        ),
+        pytest.param(
+            b'campaign="x", inferred=1',
+            "inferred must be a boolean (?1 or ?0), got 1",
+            id="inferred-integer",
+        ),
+        pytest.param(
+            b'campaign="x", inferred="yes"',
+            "inferred must be a boolean (?1 or ?0), got 'yes'",
+            id="inferred-string",
+        ),
+        pytest.param(
+            b'campaign="x", segment="eu//de"',
+            "segment 'eu//de' must be a path of letters, digits",
+            id="segment-empty-step",
+        ),
+        pytest.param(
+            b'campaign="x", segment="a b"',
+            "segment 'a b' must be a path of letters, digits",
+            id="segment-space",
+        ),
+        pytest.param(
+            b'campaign="x", segment=("eu")',
+            "segment must be a single value, not a list",
+            id="segment-list",
+        ),
+        pytest.param(
+            b'campaign="x", channel="not a token"',
+            "channel 'not a token' must be a token such as web or email",
+            id="channel-not-a-token",
+        ),
+        pytest.param(
+            'campaign="café"'.encode(),
+            "not an RFC 8941 dictionary: String contains disallowed character",
+            id="non-ascii",
+        ),
+        pytest.param(
+            b'campaign="x",',
+            "not an RFC 8941 dictionary: Dictionary has trailing comma",
+            id="trailing-comma",
+        ),
+        pytest.param(
+            b'campaign="x", signals=(' + _THIRTY_THREE_SIGNALS + b")",
+            "at most 32 signals, got 33",
+            id="33-signals",
+        ),
+        pytest.param(
+            b'campaign="' + b"a" * 129 + b'"',
+            "must be printable ASCII, at most 128 characters",
+            id="campaign-129-characters",
+        ),
+        pytest.param(b"\x00\xff", "not an RFC 8941 dictionary", id="garbage"),
+    ],
+)
+def test_a_malformed_marker_is_refused_naming_the_problem(value: bytes, problem: str) -> None:
+    with pytest.raises(MarkerError, match=re.escape(problem)):
+        parse_marker(value)
+
+
+def test_a_campaign_of_128_characters_is_accepted() -> None:
+    assert parse_marker(b'campaign="' + b"a" * 128 + b'"').campaign == "a" * 128
+
+
+def test_32_signals_are_accepted() -> None:
+    signals = b" ".join(b'"s%d"' % number for number in range(32))
+    assert len(parse_marker(b'campaign="x", signals=(' + signals + b")").signals) == 32
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        pytest.param(
+            {"campaign": "spring\nsale"},
+            "campaign 'spring\\nsale' must be printable ASCII",
+            id="campaign-not-printable",
+        ),
+        pytest.param({"campaign": ""}, "campaign must be a non-empty string", id="campaign-empty"),
+        pytest.param(
+            {"campaign": "x", "segment": "eu//de"},
+            "segment 'eu//de' must be a path",
+            id="segment",
+        ),
+        pytest.param(
+            {"campaign": "x", "channel": "in app"},
+            "channel 'in app' must be a token such as web or email",
+            id="channel",
+        ),
+        pytest.param(
+            {"campaign": "x", "signals": ["ok", "caf\u00e9"]},
+            "signal 'café' must be printable ASCII",
+            id="signal-not-ascii",
+        ),
+        pytest.param(
+            {"campaign": "x", "event_age": -1},
+            "event-age must be a whole number of seconds >= 0, got -1",
+            id="event-age-negative",
+        ),
+        pytest.param(
+            {"campaign": "x", "event_age": True},
+            "event-age must be a whole number of seconds >= 0, got True",
+            id="event-age-bool",
+        ),
+        pytest.param(
+            {"campaign": "x", "event_age": 1.0},
+            "event-age must be a whole number of seconds >= 0, got 1.0",
+            id="event-age-float",
+        ),
+    ],
+)
+def test_the_helper_refuses_values_the_header_cannot_carry(
+    fields: dict[str, object], problem: str
+) -> None:
+    campaign = fields.pop("campaign")
+    with pytest.raises(MarkerError, match=re.escape(problem)):
+        personalization(campaign, **fields)  # type: ignore[arg-type]
+
+
+def test_parsed_markers_are_cached_by_value() -> None:
+    first = parse_marker(b'campaign="cached", signals=("cart")')
+    again = parse_marker(bytes(bytearray(b'campaign="cached", signals=("cart")')))
+    assert again is first
+    other = parse_marker(b'campaign="cached", signals=("cart"), explained')
+    assert other is not first

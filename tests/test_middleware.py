@@ -1,0 +1,397 @@
+"""The middleware as an app sees it: marked responses in, decided responses out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from http_sfv.item import Item
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from tests.apps import PERSONAL_HEADERS, ScopeSpy, bare, storefront
+from tests.helpers import SECRET, policy
+from throttle import (
+    DECISION_SCOPE_KEY,
+    Decision,
+    FallbackRequest,
+    SegmentContent,
+    ThrottleMiddleware,
+    personalization,
+)
+from throttle.store import MemoryStore, Store
+
+CAP_OF_2 = policy(
+    """
+[[caps]]
+name = "campaign-daily"
+per = "campaign"
+limit = 2
+window = "24h"
+
+[creepiness]
+repetition = { weight = 0.0, window = "1h" }
+
+[creepiness.signals]
+"health" = 0.9
+"cart" = 0.05
+
+[fallback]
+k = 1
+"""
+)
+
+
+class CountingStore(MemoryStore):
+    """The memory store, counting how often the middleware reaches for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def deliver(self, delivery: Any) -> Any:
+        self.calls += 1
+        return await super().deliver(delivery)
+
+    async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
+        self.calls += 1
+        return await super().segment_sizes(segments, window_ms=window_ms)
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://shop.test")
+
+
+def decision_of(response: httpx.Response) -> tuple[str, dict[str, Any]]:
+    """The Personalization-Decision header, read as the RFC 8941 item it must be."""
+    item = Item()
+    item.parse(response.headers["personalization-decision"].encode())
+    return str(item.value), dict(item.params)
+
+
+@pytest.fixture
+async def shop(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    async with client(storefront(policy=CAP_OF_2, store=store, secret=SECRET)) as http:
+        yield http
+
+
+ANA = {"x-test-user": "ana"}
+
+
+async def test_unmarked_responses_pass_through_byte_for_byte_without_a_store_call() -> None:
+    store = CountingStore()
+    async with client(bare()) as without, client(storefront(policy=CAP_OF_2, store=store)) as with_:
+        expected = await without.get("/plain", headers=ANA)
+        got = await with_.get("/plain", headers=ANA)
+    assert got.content == expected.content
+    assert got.headers.raw == expected.headers.raw
+    assert store.calls == 0
+
+
+async def test_personalized_response_keeps_its_body_and_loses_the_marker(
+    shop: httpx.AsyncClient,
+) -> None:
+    response = await shop.get("/offer", headers=ANA)
+    assert response.status_code == 200
+    assert response.json()["offer"].startswith("running shoes for ana")
+    assert "personalization" not in response.headers
+    assert response.headers["x-recommendation-id"] == "ana-8812"
+    assert response.headers["cache-control"] == "private"
+    outcome, params = decision_of(response)
+    assert outcome == "personalized"
+    assert params["reason"] == "allowed"
+    assert params["policy"].startswith("test@")
+
+
+async def test_the_apps_own_cache_control_is_kept(shop: httpx.AsyncClient) -> None:
+    response = await shop.get("/cached-offer", headers=ANA)
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_segment_content_replaces_the_body_and_leaks_no_personal_header(
+    shop: httpx.AsyncClient,
+) -> None:
+    for _ in range(2):
+        await shop.get("/offer", headers=ANA)
+    response = await shop.get("/offer", headers=ANA)
+    outcome, params = decision_of(response)
+    assert (outcome, params["reason"], params["rule"]) == (
+        "segment", "frequency-cap", "campaign-daily",
+    )  # fmt: skip
+    assert b"ana" not in response.content
+    for name in PERSONAL_HEADERS:
+        if name != "etag":
+            assert name not in response.headers, name
+    assert response.headers["etag"] != PERSONAL_HEADERS["etag"]
+    assert response.headers["etag"] == (
+        '"' + hashlib.blake2b(response.content, digest_size=12).hexdigest() + '"'
+    )
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "cache-control" not in response.headers
+
+
+async def test_segment_content_comes_from_the_apps_fallback_provider() -> None:
+    asked: list[FallbackRequest] = []
+
+    async def best_sellers(request: FallbackRequest) -> SegmentContent:
+        asked.append(request)
+        return SegmentContent.json({"best_sellers": ["socks"], "for": request.segment})
+
+    app = storefront(policy=CAP_OF_2, fallback=best_sellers)
+    async with client(app) as shop:
+        for _ in range(3):
+            response = await shop.get("/offer?segment=eu/de/berlin", headers=ANA)
+    assert response.json() == {"best_sellers": ["socks"], "for": "eu/de/berlin"}
+    assert response.headers["content-type"] == "application/json"
+    (request,) = asked
+    assert (request.campaign, request.channel, request.media_type) == (
+        "spring-sale", "web", "application/json",
+    )  # fmt: skip
+    assert request.decision.reason == "frequency-cap"
+
+
+@pytest.mark.parametrize("provider_result", ["raises", "none"])
+async def test_policy_content_stands_in_when_the_provider_has_none(provider_result: str) -> None:
+    async def provider(request: FallbackRequest) -> SegmentContent | None:
+        if provider_result == "raises":
+            raise RuntimeError("catalogue down")
+        return None
+
+    with_content = policy(
+        '[fallback.content."spring-sale"]\nmedia_type = "application/json"\n'
+        'body = \'{"offer": "spring sale: 20% off everything"}\'\n'
+    )
+    async with client(storefront(policy=with_content, fallback=provider)) as shop:
+        response = await shop.get("/offer")  # anonymous: segment content
+    assert response.json() == {"offer": "spring sale: 20% off everything"}
+
+
+@pytest.mark.parametrize(
+    ("path", "media_type", "empty_body"),
+    [
+        ("/offer", "application/json", b"{}"),
+        ("/page", "text/html; charset=utf-8", b"<!DOCTYPE html>\n<html></html>\n"),
+    ],
+)
+async def test_without_any_content_segment_is_an_empty_document_of_the_same_type(
+    path: str, media_type: str, empty_body: bytes
+) -> None:
+    async with client(storefront(policy=policy())) as shop:
+        response = await shop.get(path)
+    assert response.content == empty_body
+    assert response.headers["content-type"] == media_type
+
+
+async def test_streaming_responses_are_decided_too(shop: httpx.AsyncClient) -> None:
+    personalized = await shop.get("/stream", headers=ANA)
+    assert personalized.json() == {"offer": "shoes for ana"}
+    anonymous = await shop.get("/stream")
+    assert anonymous.content == b"{}"
+    assert decision_of(anonymous)[1]["reason"] == "anonymous"
+
+
+async def test_head_requests_get_segment_headers_and_no_body(shop: httpx.AsyncClient) -> None:
+    response = await shop.head("/offer")
+    assert response.content == b""
+    assert response.headers["content-length"] == "2"
+    assert decision_of(response)[0] == "segment"
+
+
+async def test_bodiless_statuses_stay_bodiless(shop: httpx.AsyncClient) -> None:
+    response = await shop.get("/no-content")
+    assert response.status_code == 204
+    assert response.content == b""
+    assert decision_of(response)[0] == "segment"
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "",
+        "campaign=",
+        'signals=("cart")',
+        'campaign="x", event-age="soon"',
+        'campaign="x", inferred=1',
+        'campaign="x", segment="eu//de"',
+        'campaign="x",',
+        "%%%",
+    ],
+)
+async def test_a_malformed_marker_gets_segment_content(
+    shop: httpx.AsyncClient, marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="throttle"):
+        response = await shop.get("/offer", params={"marker": marker}, headers=ANA)
+    assert response.status_code == 200
+    assert b"ana" not in response.content
+    outcome, params = decision_of(response)
+    assert (outcome, params["reason"], params["segment"]) == ("segment", "invalid-marker", "*")
+    assert "invalid Personalization header" in caplog.text
+
+
+async def test_malformed_markers_are_logged_once_per_burst(
+    shop: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="throttle"):
+        for _ in range(20):
+            await shop.get("/offer", params={"marker": "campaign="}, headers=ANA)
+    assert caplog.text.count("invalid Personalization header") == 1
+
+
+@pytest.mark.parametrize(
+    ("gpc_headers", "honored"),
+    [
+        ([("sec-gpc", "1")], True),
+        ([("sec-gpc", " 1 ")], True),
+        ([("sec-gpc", "0"), ("sec-gpc", "1")], True),
+        ([("sec-gpc", "0")], False),
+        ([("sec-gpc", "yes")], False),
+        ([("sec-gpc", "?1")], False),
+        ([("sec-gpc", "")], False),
+        ([], False),
+    ],
+)
+async def test_sec_gpc_is_honored_only_when_exactly_1(
+    shop: httpx.AsyncClient, gpc_headers: list[tuple[str, str]], honored: bool
+) -> None:
+    headers = [("x-test-user", "ana"), *gpc_headers]
+    response = await shop.get("/offer?inferred=1", headers=headers)
+    outcome, params = decision_of(response)
+    if honored:
+        assert (outcome, params["reason"], params["rule"]) == ("segment", "consent", "consent.gpc")
+        assert b"ana" not in response.content
+    else:
+        assert outcome == "personalized"
+
+
+async def test_people_who_are_not_signed_in_get_segment_content(shop: httpx.AsyncClient) -> None:
+    response = await shop.get("/offer")
+    assert decision_of(response)[1]["reason"] == "anonymous"
+    assert b"ana" not in response.content
+
+
+async def test_too_creepy_messages_get_segment_content_with_their_score(
+    shop: httpx.AsyncClient,
+) -> None:
+    response = await shop.get("/offer?signal=health", headers=ANA)
+    outcome, params = decision_of(response)
+    assert (outcome, params["reason"], params["rule"]) == (
+        "segment", "creepiness", "creepiness.threshold",
+    )  # fmt: skip
+    assert float(params["score"]) == pytest.approx(0.9)
+
+
+async def test_shadow_mode_delivers_the_personalized_body_and_says_what_enforce_would_do() -> None:
+    shadow = policy(
+        '[[caps]]\nname = "once"\nper = "user"\nlimit = 1\nwindow = "1h"\n', mode="shadow"
+    )
+    async with client(storefront(policy=shadow)) as shop:
+        await shop.get("/offer", headers=ANA)
+        response = await shop.get("/offer", headers=ANA)
+    assert response.json()["offer"].startswith("running shoes for ana")
+    outcome, params = decision_of(response)
+    assert (outcome, params["reason"], params["shadow"]) == ("segment", "frequency-cap", True)
+
+
+async def test_the_decision_travels_in_the_scope_for_outer_middleware() -> None:
+    spy = ScopeSpy(storefront(policy=CAP_OF_2))
+    async with client(spy) as shop:
+        await shop.get("/offer", headers=ANA)
+    assert spy.last_scope is not None
+    decision = spy.last_scope[DECISION_SCOPE_KEY]
+    assert isinstance(decision, Decision)
+    assert (decision.outcome, decision.campaign) == ("personalized", "spring-sale")
+
+
+async def test_the_policy_can_turn_the_decision_header_off() -> None:
+    quiet = policy("[decisions]\nheader = false\n")
+    async with client(storefront(policy=quiet)) as shop:
+        response = await shop.get("/offer", headers=ANA)
+    assert "personalization-decision" not in response.headers
+    assert "personalization" not in response.headers
+
+
+async def test_a_failing_identify_means_nobody_never_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(scope: Any) -> str:
+        raise KeyError("session")
+
+    async with client(storefront(policy=CAP_OF_2, identify=broken)) as shop:
+        response = await shop.get("/offer", headers=ANA)
+    assert response.status_code == 200
+    assert decision_of(response)[1]["reason"] == "anonymous"
+    assert "identify() failed" in caplog.text
+
+
+@pytest.mark.parametrize(("identity", "personalized"), [(42, True), ("", False), (3.5, False)])
+async def test_identify_may_return_an_int_id_and_nothing_else_odd(
+    identity: object, personalized: bool
+) -> None:
+    app = storefront(policy=CAP_OF_2, identify=lambda scope: identity)
+    async with client(app) as shop:
+        response = await shop.get("/offer")
+    assert (decision_of(response)[0] == "personalized") is personalized
+
+
+async def test_a_failing_engine_is_a_segment_response_never_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenStore(MemoryStore):
+        async def deliver(self, delivery: Any) -> Any:
+            return "not an outcome"
+
+    async with client(storefront(policy=CAP_OF_2, store=BrokenStore())) as shop:
+        response = await shop.get("/offer", headers=ANA)
+    assert response.status_code == 200
+    assert decision_of(response)[1]["reason"] == "internal-error"
+    assert b"ana" not in response.content
+    assert "deciding failed" in caplog.text
+
+
+async def test_works_under_fastapi() -> None:
+    app = FastAPI()
+    app.add_middleware(
+        ThrottleMiddleware, policy=CAP_OF_2, identify=lambda scope: "ana", secret=SECRET
+    )
+
+    @app.get("/offer")
+    async def offer() -> JSONResponse:
+        return JSONResponse({"offer": "for ana"}, headers=personalization("spring-sale"))
+
+    async with client(app) as shop:
+        bodies = [(await shop.get("/offer")).json() for _ in range(3)]
+    assert bodies[:2] == [{"offer": "for ana"}] * 2
+    assert bodies[2] == {}
+
+
+def test_decision_header_is_a_valid_structured_field_for_every_reason() -> None:
+    app = Starlette(middleware=[Middleware(ThrottleMiddleware, policy=CAP_OF_2)])
+    middleware = ThrottleMiddleware(app, policy=CAP_OF_2)
+    for decision in (middleware.engine.invalid_marker(), middleware.engine.internal_error()):
+        item = Item()
+        item.parse(middleware.decision_header(decision).encode())
+        assert item.value == "segment"
+        assert json.dumps(dict(item.params))
+
+
+async def test_unknown_signals_are_scored_at_the_default_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spy_app = ScopeSpy(storefront(policy=CAP_OF_2))
+    async with client(spy_app) as http:
+        with caplog.at_level(logging.WARNING, logger="throttle"):
+            for _ in range(3):
+                await http.get("/offer?signal=shoe_size&campaign=other", headers=ANA)
+    assert spy_app.last_scope is not None
+    decision = spy_app.last_scope[DECISION_SCOPE_KEY]
+    assert decision.unknown_signals == ("shoe_size",)
+    assert decision.score == pytest.approx(0.3)
+    assert caplog.text.count("signal 'shoe_size' has no weight in policy test") == 1

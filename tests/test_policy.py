@@ -1,0 +1,358 @@
+"""Policies: a TOML file read once into frozen objects, or refused with every problem named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from throttle import Policy, PolicyError, PolicyProblem, load_policy
+
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.toml"
+HEADER = '[policy]\nname = "test"\n'
+
+
+def refusal(text: str, *, source: str = "<test>") -> PolicyError:
+    with pytest.raises(PolicyError) as caught:
+        Policy.from_toml(text, source=source)
+    return caught.value
+
+
+def problems(text: str) -> dict[str, str]:
+    return {problem.key: problem.message for problem in refusal(text).problems}
+
+
+def cap(window: str, *, name: str = "hourly", limit: str = "4") -> str:
+    return f'[[caps]]\nname = "{name}"\nper = "user"\nlimit = {limit}\nwindow = {window}\n'
+
+
+def test_the_default_policy_loads_with_caps_and_a_budget() -> None:
+    policy = load_policy(DEFAULT_POLICY)
+    assert policy.name == "default"
+    assert policy.source == str(DEFAULT_POLICY)
+    assert [c.name for c in policy.caps] == [
+        "per-channel-hourly",
+        "per-user-daily",
+        "per-campaign-daily",
+    ]
+    assert policy.creepiness.budget is not None
+    assert policy.creepiness.budget.limit == 2.5
+    assert policy.creepiness.budget.window == 86400.0
+    assert re.fullmatch(r"[0-9a-f]{12}", policy.version)
+
+
+def test_the_default_policy_loads_from_a_relative_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(DEFAULT_POLICY.parent.parent)
+    policy = load_policy("policies/default.toml")
+    assert policy.source == "policies/default.toml"
+    assert policy.caps
+
+
+def test_the_version_follows_the_text(tmp_path: Path) -> None:
+    text = DEFAULT_POLICY.read_text(encoding="utf-8")
+    first = tmp_path / "first.toml"
+    first.write_text(text, encoding="utf-8")
+    same = tmp_path / "same.toml"
+    same.write_text(text, encoding="utf-8")
+    changed = tmp_path / "changed.toml"
+    changed.write_text(text.replace("threshold = 0.7", "threshold = 0.6"), encoding="utf-8")
+    assert load_policy(first).version == load_policy(same).version
+    assert load_policy(changed).version != load_policy(first).version
+    assert Policy.from_toml(text + "# a comment\n").version != load_policy(first).version
+
+
+def test_a_policy_that_names_itself_gets_the_documented_defaults() -> None:
+    policy = Policy.from_toml('[policy]\nname="x"')
+    assert policy.name == "x"
+    assert policy.policy.mode == "enforce"
+    assert policy.caps == ()
+    assert policy.creepiness.threshold == 0.7
+    assert policy.creepiness.budget is None
+    assert policy.creepiness.default_signal == 0.3
+    assert policy.fallback.k == 50
+    assert policy.store.timeout == 0.05
+    assert policy.store.on_error == "segment"
+    assert policy.source == "<memory>"
+    assert re.fullmatch(r"[0-9a-f]{12}", policy.version)
+
+
+def test_a_policy_is_frozen() -> None:
+    policy = Policy.from_toml(HEADER + cap('"1h"'))
+    with pytest.raises(ValidationError, match="frozen"):
+        policy.caps[0].limit = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30.0),
+        ("15m", 900.0),
+        ("1h", 3600.0),
+        ("1.5h", 5400.0),
+        ("2d", 172_800.0),
+        ("50ms", 0.05),
+        (" 7d ", 604_800.0),
+        ("366d", 31_622_400.0),
+    ],
+)
+def test_durations_are_a_number_with_a_unit(text: str, seconds: float) -> None:
+    policy = Policy.from_toml(HEADER + f'[creepiness.recency]\nwindow = "{text}"\n')
+    assert policy.creepiness.recency.window == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        pytest.param('"90 minutes"', "'90 minutes' is not a duration; write 90m", id="words"),
+        pytest.param('"2 Hours"', "'2 Hours' is not a duration; write 2h", id="capitals"),
+        pytest.param('"1.5 days"', "'1.5 days' is not a duration; write 1.5d", id="decimal-words"),
+        pytest.param(
+            '"an hour"',
+            "'an hour' is not a duration; write a number with ms, s, m, h or d, e.g. 90m or 24h",
+            id="no-number",
+        ),
+        pytest.param(
+            '"-1s"',
+            "'-1s' is not a duration; write a number with ms, s, m, h or d",
+            id="negative",
+        ),
+        pytest.param(
+            "90",
+            '90 is not a duration; write it as text with a unit, e.g. "1h"',
+            id="number",
+        ),
+        pytest.param(
+            "true",
+            'True is not a duration; write it as text with a unit, e.g. "1h"',
+            id="boolean",
+        ),
+        pytest.param('"0s"', "'0s' must be longer than 0 and at most 366d", id="zero"),
+        pytest.param('"400d"', "'400d' must be longer than 0 and at most 366d", id="too-long"),
+    ],
+)
+def test_a_bad_duration_says_how_to_write_it(window: str, message: str) -> None:
+    found = problems(HEADER + cap(window))
+    assert list(found) == ["caps[0].window"]
+    assert message in found["caps[0].window"]
+
+
+def test_a_cap_window_under_a_second_is_refused() -> None:
+    assert problems(HEADER + cap('"50ms"')) == {
+        "caps[0].window": "is 0.05; should be greater than or equal to 1"
+    }
+
+
+def test_every_problem_is_listed_at_once_with_its_key_path() -> None:
+    error = refusal(
+        '[policy]\nname = "test"\nmode = "loud"\n'
+        + cap('"1h"', name="first")
+        + cap('"1h"', name="second", limit="0")
+        + '[creepiness.signals]\n"location.precise" = 2\ncart = -0.1\n'
+    )
+    assert error.source == "<test>"
+    assert error.problems == (
+        PolicyProblem("policy.mode", "is 'loud'; should be 'enforce' or 'shadow'"),
+        PolicyProblem("caps[1].limit", "is 0; should be greater than or equal to 1"),
+        PolicyProblem(
+            'creepiness.signals."location.precise"', "is 2; should be less than or equal to 1"
+        ),
+        PolicyProblem("creepiness.signals.cart", "is -0.1; should be greater than or equal to 0"),
+    )
+    assert str(error) == (
+        "policy <test> cannot be used:\n"
+        "  policy.mode: is 'loud'; should be 'enforce' or 'shadow'\n"
+        "  caps[1].limit: is 0; should be greater than or equal to 1\n"
+        '  creepiness.signals."location.precise": is 2; should be less than or equal to 1\n'
+        "  creepiness.signals.cart: is -0.1; should be greater than or equal to 0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        pytest.param(
+            HEADER + '[[caps]]\nname = "a"\nper = "user"\nlimt = 1\nwindow = "1h"\n',
+            "caps[0].limt",
+            "is not a policy key (did you mean 'limit'?)",
+            id="cap",
+        ),
+        pytest.param(
+            HEADER + "[creepiness]\nthreshhold = 0.5\n",
+            "creepiness.threshhold",
+            "is not a policy key (did you mean 'threshold'?)",
+            id="section",
+        ),
+        pytest.param(
+            HEADER + "[creepiness.recency]\nwieght = 0.5\n",
+            "creepiness.recency.wieght",
+            "is not a policy key (did you mean 'weight'?)",
+            id="nested",
+        ),
+        pytest.param(
+            HEADER + '[creepiness]\nbudget = { limit = 1, window = "1h", entires = 8 }\n',
+            "creepiness.budget.entires",
+            "is not a policy key (did you mean 'entries'?)",
+            id="optional-section",
+        ),
+        pytest.param(
+            HEADER + "[creepines]\nthreshold = 0.5\n",
+            "creepines",
+            "is not a policy key (did you mean 'creepiness'?)",
+            id="top-level",
+        ),
+        pytest.param(
+            HEADER + "colour = 1\n",
+            "policy.colour",
+            "is not a policy key (known keys: name, mode)",
+            id="nothing-close",
+        ),
+    ],
+)
+def test_a_misspelt_key_suggests_the_right_one(text: str, key: str, message: str) -> None:
+    assert problems(text)[key] == message
+
+
+def test_a_misspelt_key_reports_the_key_it_left_missing() -> None:
+    assert problems(HEADER + '[[caps]]\nname = "a"\nper = "user"\nlimt = 1\nwindow = "1h"\n') == {
+        "caps[0].limit": "is required; add it",
+        "caps[0].limt": "is not a policy key (did you mean 'limit'?)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        pytest.param("", "policy", id="policy"),
+        pytest.param('[policy]\nmode = "shadow"\n', "policy.name", id="name"),
+        pytest.param(
+            HEADER + '[[caps]]\nname = "a"\nlimit = 1\nwindow = "1h"\n', "caps[0].per", id="cap-per"
+        ),
+        pytest.param(
+            HEADER + '[fallback.content."*"]\nmedia_type = "text/plain"\n',
+            'fallback.content."*".body',
+            id="content-body",
+        ),
+    ],
+)
+def test_a_missing_required_key_is_named(text: str, key: str) -> None:
+    assert problems(text) == {key: "is required; add it"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        pytest.param(
+            "caps = 3\n" + HEADER, "caps", "should be a valid tuple, got 3", id="caps-not-a-list"
+        ),
+        pytest.param(
+            "creepiness = 3\n" + HEADER,
+            "creepiness",
+            "should be a valid dictionary or instance of Creepiness, got 3",
+            id="section-not-a-table",
+        ),
+        pytest.param(
+            HEADER + '[creepiness.signals]\nhealth = "high"\n',
+            "creepiness.signals.health",
+            "is 'high'; should be a valid number, unable to parse string as a number",
+            id="signal-not-a-number",
+        ),
+        pytest.param(
+            HEADER + cap('"1h"', limit='"four"'),
+            "caps[0].limit",
+            "is 'four'; should be a valid integer, unable to parse string as an integer",
+            id="limit-not-a-number",
+        ),
+        pytest.param(
+            HEADER + '[store]\ntimeout = "11s"\n',
+            "store.timeout",
+            "is 11.0; should be less than or equal to 10",
+            id="timeout-too-long",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_named_with_what_it_should_be(
+    text: str, key: str, message: str
+) -> None:
+    assert problems(text) == {key: message}
+
+
+def test_invalid_toml_names_the_problem() -> None:
+    error = refusal('[policy\nname = "x"\n', source="broken.toml")
+    assert error.problems == (
+        PolicyProblem(
+            "",
+            "not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 8)",
+        ),
+    )
+    assert str(error).startswith("policy broken.toml cannot be used:\n  not valid TOML: ")
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.toml"
+    with pytest.raises(PolicyError) as caught:
+        load_policy(missing)
+    assert caught.value.source == str(missing)
+    [problem] = caught.value.problems
+    assert problem.message.startswith("cannot be read: ")
+    assert "No such file or directory" in problem.message
+    assert str(caught.value).startswith(f"policy {missing} cannot be used:\n  cannot be read: ")
+
+
+def test_a_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(PolicyError, match=rf"^policy {re.escape(str(binary))} cannot be used:"):
+        load_policy(binary)
+
+
+def test_a_directory_is_not_a_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot be read: "):
+        load_policy(tmp_path)
+
+
+def test_a_bad_file_names_the_file_and_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "shop.toml"
+    path.write_text(HEADER + cap('"90 minutes"'), encoding="utf-8")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert str(caught.value) == (
+        f"policy {path} cannot be used:\n"
+        "  caps[0].window: '90 minutes' is not a duration; write 90m"
+    )
+
+
+def test_two_caps_may_not_share_a_name() -> None:
+    error = refusal(HEADER + cap('"1h"', name="hourly") + cap('"2h"', name="hourly"))
+    assert [problem.message for problem in error.problems] == [
+        "two caps are named 'hourly'; give each its own name"
+    ]
+
+
+def test_the_error_message_starts_with_the_source() -> None:
+    error = refusal('[policy]\nname = "x"\nmode = "loud"\n', source="policies/shop.toml")
+    assert str(error).startswith("policy policies/shop.toml cannot be used:\n")
+
+
+def test_the_longest_window_is_the_longest_cap_budget_or_repetition_window() -> None:
+    caps = cap('"4h"', name="a") + cap('"2d"', name="b")
+    assert Policy.from_toml(HEADER + caps).longest_window == 2 * 86400.0
+    budget = '[creepiness]\nbudget = { limit = 1, window = "3d" }\n'
+    assert Policy.from_toml(HEADER + caps + budget).longest_window == 3 * 86400.0
+    repetition = (
+        '[creepiness]\nbudget = { limit = 1, window = "3d" }\n'
+        'repetition = { weight = 0.1, window = "5d" }\n'
+    )
+    assert Policy.from_toml(HEADER + caps + repetition).longest_window == 5 * 86400.0
+
+
+def test_the_default_repetition_window_counts_towards_the_longest_window() -> None:
+    assert Policy.from_toml(HEADER).longest_window == 86400.0
+    assert Policy.from_toml(HEADER + cap('"4h"')).longest_window == 86400.0
+
+
+def test_a_repetition_without_weight_keeps_no_window() -> None:
+    off = '[creepiness]\nrepetition = { weight = 0.0, window = "5d" }\n'
+    assert Policy.from_toml(HEADER + cap('"4h"') + off).longest_window == 4 * 3600.0
+    assert Policy.from_toml(HEADER + off).longest_window == 0.0

@@ -1,0 +1,218 @@
+"""What only a real redis-server can show: key layout, round trips, faults, several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import re
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+from redis.asyncio.connection import AbstractConnection
+
+from tests.apps import storefront
+from tests.conftest import ManualClock
+from tests.helpers import NO_REPETITION, SECRET, engine, marker, policy
+from tests.redis_server import RedisServer
+from tests.workers import decide_concurrently
+from throttle import Engine, Reason
+from throttle.store import RedisStore
+
+CAPS = (
+    '[[caps]]\nname = "hourly"\nper = "user"\nlimit = 3\nwindow = "1h"\n'
+    '[[caps]]\nname = "email"\nper = "channel"\nlimit = 2\nwindow = "1h"\n'
+    '[creepiness]\nbudget = { limit = 2.0, window = "24h" }\n'
+    '[creepiness.signals]\n"cart" = 0.1\n'
+)
+
+
+@pytest.fixture
+async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore(redis_url)
+    yield store
+    await store.aclose()
+
+
+async def test_a_persons_state_is_one_hash_tagged_msgpack_key(
+    redis_store: RedisStore, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    throttle = engine(CAPS, redis_store, clock)
+    for channel in ("web", "email"):
+        await throttle.decide(marker(signals=("cart",), channel=channel), person="ana")
+    client = redis_server.client()
+    person_keys = [k for k in client.keys("*") if b"audience" not in k]
+    assert len(person_keys) == 1
+    assert re.fullmatch(rb"throttle:\{[0-9a-f]{32}\}", person_keys[0])
+    state = msgpack.unpackb(client.get(person_keys[0]), raw=False)
+    now_ms = int(clock.now * 1000)
+    assert state["c"]["u"] == [now_ms, now_ms]
+    assert state["c"]["c:web"] == [now_ms] and state["c"]["c:email"] == [now_ms]
+    assert state["b"] == [[now_ms, 100], [now_ms, 200]]  # the second repeats the campaign
+    assert 0 < client.pttl(person_keys[0]) <= 24 * 3600 * 1000
+    client.close()
+
+
+async def test_raw_user_ids_never_reach_redis(
+    redis_store: RedisStore, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    raw_id = "ana.garcia@example.com"
+    throttle = engine(CAPS, redis_store, clock)
+    for _ in range(5):
+        await throttle.decide(marker(signals=("cart",), segment="eu/de"), person=raw_id)
+    client = redis_server.client()
+    keys = client.keys("*")
+    assert keys
+    for key in keys:
+        dumped = client.dump(key) or b""
+        for needle in (raw_id.encode(), b"ana.garcia", b"example.com"):
+            assert needle not in key
+            assert needle not in dumped
+    client.close()
+
+
+async def test_a_decision_is_one_round_trip(
+    redis_store: RedisStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    throttle = engine(CAPS, redis_store, clock)
+    await throttle.decide(marker(segment="eu/de/berlin"), person="warm-up")  # connect, load script
+    sends = 0
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        nonlocal sends
+        sends += 1
+        await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    for person in ("ana", "ben", "cleo"):
+        await throttle.decide(marker(segment="eu/de/berlin"), person=person)
+    assert sends == 3
+
+
+async def test_the_script_is_reloaded_after_redis_forgets_it(
+    redis_store: RedisStore, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    three = '[[caps]]\nname = "hourly"\nper = "user"\nlimit = 3\nwindow = "1h"\n' + NO_REPETITION
+    throttle = engine(three, redis_store, clock)
+    assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
+    client = redis_server.client()
+    client.script_flush()
+    client.close()
+    outcomes = [(await throttle.decide(marker(), person="ana")).outcome for _ in range(3)]
+    assert outcomes == ["personalized", "personalized", "segment"]
+
+
+async def test_several_worker_processes_share_one_exact_cap(redis_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
+        loop = asyncio.get_running_loop()
+        counts = await asyncio.gather(
+            *(loop.run_in_executor(pool, decide_concurrently, redis_url, 50) for _ in range(4))
+        )
+    assert sum(counts) == 5
+
+
+def fault_tolerant_policy(on_error: str = "segment") -> Any:
+    return policy(
+        '[[caps]]\nname = "hourly"\nper = "user"\nlimit = 3\nwindow = "1h"\n'
+        + NO_REPETITION
+        + f'[store]\ntimeout = "50ms"\nretry_after = "1ms"\non_error = "{on_error}"\n'
+    )
+
+
+async def decide_over_http(app: Any, count: int = 1) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as http:
+        return [await http.get("/offer", headers={"x-test-user": "ana"}) for _ in range(count)]
+
+
+def reason_of(response: httpx.Response) -> str:
+    match = re.search(r"reason=([a-z-]+)", response.headers["personalization-decision"])
+    assert match is not None
+    return match[1]
+
+
+async def test_redis_down_serves_segment_content_logs_once_and_recovers(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(private_redis.url)
+    app = storefront(policy=fault_tolerant_policy(), store=store, secret=SECRET)
+    assert reason_of((await decide_over_http(app))[0]) == "allowed"
+    private_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="throttle"):
+        down = await decide_over_http(app, 20)
+    assert {r.status_code for r in down} == {200}
+    assert {reason_of(r) for r in down} == {"store-unavailable"}
+    assert all(b"ana" not in r.content for r in down)
+    assert caplog.text.count("store unavailable") == 1
+    private_redis.start()  # same port, empty: Redis restarted without its data or scripts
+    with caplog.at_level(logging.WARNING, logger="throttle"):
+        back = await decide_over_http(app, 4)
+    assert [reason_of(r) for r in back] == ["allowed", "allowed", "allowed", "frequency-cap"]
+    assert "store answers again" in caplog.text
+    await store.aclose()
+
+
+async def test_redis_down_can_fail_open_when_the_policy_says_so(private_redis: RedisServer) -> None:
+    store = RedisStore(private_redis.url)
+    app = storefront(policy=fault_tolerant_policy("personalize"), store=store, secret=SECRET)
+    private_redis.stop()
+    (response,) = await decide_over_http(app)
+    assert response.headers["personalization-decision"].startswith(
+        "personalized;reason=store-unavailable"
+    )
+    assert b"ana" in response.content
+    await store.aclose()
+
+
+async def test_a_slow_redis_times_out_within_the_policy_timeout(private_redis: RedisServer) -> None:
+    store = RedisStore(private_redis.url)
+    app = storefront(policy=fault_tolerant_policy(), store=store, secret=SECRET)
+    await decide_over_http(app)  # connected
+    admin = private_redis.client()
+    admin.execute_command("CLIENT", "PAUSE", 5000, "ALL")
+    try:
+        started = time.monotonic()
+        (response,) = await decide_over_http(app)
+        elapsed = time.monotonic() - started
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+    assert reason_of(response) == "store-unavailable"
+    assert elapsed < 2.0  # bounded by the 50 ms timeout, far below the 5 s pause
+    assert reason_of((await decide_over_http(app))[0]) == "allowed"
+    await store.aclose()
+
+
+async def test_redis_answering_errors_serves_segment_content(private_redis: RedisServer) -> None:
+    store = RedisStore(private_redis.url)
+    app = storefront(policy=fault_tolerant_policy(), store=store, secret=SECRET)
+    admin = private_redis.client()
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    try:
+        (response,) = await decide_over_http(app)
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert response.status_code == 200
+    assert reason_of(response) == "store-unavailable"
+    assert reason_of((await decide_over_http(app))[0]) == "allowed"
+    await store.aclose()
+
+
+async def test_a_corrupt_state_key_is_a_store_error_not_a_500(
+    redis_store: RedisStore, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    throttle = Engine(fault_tolerant_policy(), redis_store, secret=SECRET, clock=clock)
+    client = redis_server.client()
+    client.hset(redis_store.person_key(throttle.pseudonym("ana")), "x", "1")
+    client.close()
+    decision = await throttle.decide(marker(), person="ana")
+    assert (decision.outcome, decision.reason) == ("segment", Reason.STORE_UNAVAILABLE)

@@ -1,0 +1,90 @@
+"""The memory store and the Lua script are two implementations of one arithmetic: prove it."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ManualClock
+from tests.helpers import SECRET, marker, policy
+from throttle import Engine
+from throttle.store import MemoryStore, RedisStore
+
+POLICY = policy(
+    """
+[[caps]]
+name = "channel-hourly"
+per = "channel"
+limit = 3
+window = "1h"
+
+[[caps]]
+name = "campaign-2h"
+per = "campaign"
+limit = 4
+window = "2h"
+
+[[caps]]
+name = "user-daily"
+per = "user"
+limit = 8
+window = "24h"
+
+[creepiness]
+threshold = 0.6
+budget = { limit = 1.5, window = "6h", entries = 4 }
+repetition = { weight = 0.15, window = "3h" }
+
+[creepiness.signals]
+"cart" = 0.05
+"city" = 0.25
+"health" = 0.85
+"""
+)
+
+step = st.tuples(
+    st.integers(min_value=0, max_value=5400),  # seconds since the previous message
+    st.sampled_from(["ana", "ben"]),
+    st.sampled_from(["spring", "autumn"]),
+    st.sampled_from(["web", "email"]),
+    st.sets(st.sampled_from(["cart", "city", "health"]), max_size=2),
+    st.booleans(),  # explained
+)
+runs = itertools.count()
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(steps=st.lists(step, min_size=1, max_size=40))
+async def test_memory_and_redis_stores_decide_every_sequence_alike(
+    redis_url: str, steps: list[tuple[int, str, str, str, set[str], bool]]
+) -> None:
+    redis = RedisStore(redis_url, prefix=f"equivalence-{next(runs)}:")
+    memory_clock, redis_clock = ManualClock(), ManualClock()
+    on_memory = Engine(POLICY, MemoryStore(), secret=SECRET, clock=memory_clock)
+    on_redis = Engine(POLICY, redis, secret=SECRET, clock=redis_clock)
+    try:
+        for seconds, person, campaign, channel, signals, explained in steps:
+            memory_clock.advance(seconds)
+            redis_clock.advance(seconds)
+            message = marker(
+                campaign, channel=channel, signals=tuple(sorted(signals)), explained=explained
+            )
+            expected = await on_memory.decide(message, person=person)
+            got = await on_redis.decide(message, person=person)
+            assert (got.outcome, got.reason, got.rule, got.score, got.factors) == (
+                expected.outcome,
+                expected.reason,
+                expected.rule,
+                expected.score,
+                expected.factors,
+            )
+            pseudonym = on_memory.pseudonym(person)
+            assert await redis.state(pseudonym) == await on_memory.store.state(pseudonym)
+    finally:
+        await redis.aclose()
