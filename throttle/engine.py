@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from throttle.consent import gpc_forbids
 from throttle.errors import StoreUnavailable
@@ -36,6 +34,7 @@ _ALWAYS_ENFORCED = frozenset({"consent", "invalid-marker", "internal-error"})
 # Audience sizes only grow slowly; asking Redis again this often keeps k-anonymity current.
 _AUDIENCE_REFRESH_SECONDS = 30.0
 _LIMITS_CACHE_SIZE = 4096
+_SHA256_BLOCK = 64
 
 
 class Reason(StrEnum):
@@ -56,8 +55,7 @@ class Reason(StrEnum):
 Outcome = Literal["personalized", "segment"]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What throttle decided for one marked response, and why.
 
     - `outcome`: `"personalized"` or `"segment"`.
@@ -68,7 +66,8 @@ class Decision:
       (never for `consent`, `invalid-marker` or `internal-error`).
     - `unknown_signals`: signals the policy has no weight for (scored at its default).
 
-    The middleware puts it in the ASGI scope under `"throttle.decision"`.
+    The middleware puts it in the ASGI scope under `"throttle.decision"`. Immutable (a named
+    tuple: cheap to make on every request).
     """
 
     outcome: Outcome
@@ -109,15 +108,16 @@ class Engine:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self._keyed_hash = hmac.new(secret, digestmod=hashlib.sha256)
+        key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+        self._hmac_outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
         self._clock = clock
         self._monotonic = monotonic
         self._audiences: dict[str, tuple[int, float]] = {}
         self._limits: dict[tuple[str, str], Limits] = {}
         self.policy = policy
-        self.guard = StoreGuard(
-            timeout=policy.store.timeout, retry_after=policy.store.retry_after, clock=monotonic
-        )
+        self.guard = StoreGuard(retry_after=policy.store.retry_after, clock=monotonic)
 
     @property
     def policy(self) -> Policy:
@@ -131,6 +131,7 @@ class Engine:
         self._threshold = milli(policy.creepiness.threshold)
         self._audience_window_ms = math.ceil(policy.fallback.audience_window * 1000)
         self._shadow = policy.policy.mode == "shadow"
+        self._anonymous_get_segment = policy.consent.anonymous == "segment"
         self._caps_by_scope: dict[str, list[tuple[int, Cap]]] = {
             "user": [],
             "channel": [],
@@ -147,14 +148,19 @@ class Engine:
         self._limits.clear()
         self._policy_name, self._policy_version = policy.name, policy.version
         if hasattr(self, "guard"):
-            self.guard.timeout = policy.store.timeout
             self.guard.retry_after = policy.store.retry_after
 
     def pseudonym(self, person: str) -> str:
-        """The keyed hash that stands for a person in the store; the raw id never leaves."""
-        digest = self._keyed_hash.copy()
-        digest.update(person.encode("utf-8", "surrogatepass"))
-        return digest.hexdigest()[:32]
+        """The keyed hash that stands for a person in the store; the raw id never leaves.
+
+        HMAC-SHA256(secret, id), its first 128 bits in hex. Computed from the key's inner and
+        outer pads hashed once (RFC 2104), which halves the cost of each call.
+        """
+        inner = self._hmac_inner.copy()
+        inner.update(person.encode("utf-8", "surrogatepass"))
+        outer = self._hmac_outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:16].hex()
 
     async def decide(self, marker: Marker, *, person: str | None, gpc: bool = False) -> Decision:
         """Decide one message for one person (`None`: not signed in)."""
@@ -162,7 +168,7 @@ class Engine:
         content = self._scorer.score(marker)
         if gpc and gpc_forbids(marker, policy.consent, self._scorer):
             return await self._segment(marker, Reason.CONSENT, "consent.gpc", content)
-        if person is None and policy.consent.anonymous == "segment":
+        if person is None and self._anonymous_get_segment:
             return await self._segment(marker, Reason.ANONYMOUS, "consent.anonymous", content)
         if content.milli > self._threshold:
             return await self._segment(marker, Reason.CREEPINESS, "creepiness.threshold", content)
@@ -188,9 +194,9 @@ class Engine:
                 content.factors,
                 self._resolve(wanted),
             )
-        self._remember(outcome.segment_sizes)
-        score, factors = self._scorer.total(content, outcome.repetitions)
-        scored = ContentScore(score, factors, content.unknown_signals)
+        if outcome.segment_sizes:
+            self._remember(outcome.segment_sizes)
+        scored = self._scorer.total(content, outcome.repetitions)
         if outcome.verdict is Verdict.DELIVERED:
             return self._personalized(marker, Reason.ALLOWED, scored)
         if outcome.verdict is Verdict.FREQUENCY_CAP:
@@ -200,7 +206,7 @@ class Engine:
         else:
             reason, rule = Reason.CREEPINESS, "creepiness.threshold"
         return self._decision(
-            "segment", reason, rule, marker, scored, factors, self._resolve(wanted)
+            "segment", reason, rule, marker, scored, scored.factors, self._resolve(wanted)
         )
 
     def invalid_marker(self) -> Decision:
@@ -267,6 +273,7 @@ class Engine:
             budget=self._budget,
             repetition=repetition,
             audience_window_ms=self._audience_window_ms,
+            timeout_ms=math.ceil(policy.store.timeout * 1000),
         )
 
     def _stale(self, segments: tuple[str, ...]) -> tuple[str, ...]:
@@ -298,7 +305,10 @@ class Engine:
             if stale:
                 self._remember(
                     await self.guard.run(
-                        self.store.segment_sizes, stale, window_ms=self._audience_window_ms
+                        self.store.segment_sizes,
+                        stale,
+                        window_ms=self._audience_window_ms,
+                        timeout=self._policy.store.timeout,
                     )
                 )
         return self._decision(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -57,6 +58,7 @@ class FallbackRequest:
 FallbackProvider = Callable[[FallbackRequest], Awaitable[SegmentContent | None]]
 
 
+@functools.lru_cache(maxsize=4096)
 def lineage(segment: str) -> tuple[str, ...]:
     """`"eu/de/berlin"` -> `("eu/de/berlin", "eu/de", "eu")`: the segment and its ancestors."""
     if not segment:

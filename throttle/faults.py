@@ -1,4 +1,4 @@
-"""Store faults: a per-decision timeout, a short pause after a failure, one log line per burst."""
+"""Store faults: a short pause after a failure, and one log line per burst of them."""
 
 from __future__ import annotations
 
@@ -6,31 +6,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from throttle.errors import StoreUnavailable
 
 logger = logging.getLogger("throttle")
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
 class StoreGuard:
-    """Runs store calls with a timeout; after a failure, fails fast for `retry_after` seconds.
+    """Runs store calls; after a failure, fails fast for `retry_after` seconds.
 
     A dead Redis must cost the app's requests nothing, and must not fill its logs: the first
     failure of a burst is logged, the rest are counted, and the recovery is logged with the count.
+    Decisions are timed by the store itself (it batches them); other calls pass `timeout`.
     """
 
-    def __init__(
-        self,
-        *,
-        timeout: float,
-        retry_after: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.timeout = timeout
+    def __init__(self, *, retry_after: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.retry_after = retry_after
         self._clock = clock
         self._paused_until = 0.0
@@ -40,15 +33,24 @@ class StoreGuard:
     def failing(self) -> bool:
         return self._failures > 0
 
-    async def run(self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(
+        self,
+        call: Callable[..., Awaitable[T]],
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline for calls without their own
+        **kwargs: Any,
+    ) -> T:
         if self._failures and self._clock() < self._paused_until:
             self._failures += 1
             raise StoreUnavailable("store paused after a failure")
         try:
-            async with asyncio.timeout(self.timeout):
+            if timeout is None:
                 result = await call(*args, **kwargs)
-        except TimeoutError:
-            self._failed(f"no answer within {self.timeout * 1000:.0f} ms")
+            else:
+                async with asyncio.timeout(timeout):
+                    result = await call(*args, **kwargs)
+        except TimeoutError as error:
+            self._failed(str(error) or f"no answer within {(timeout or 0) * 1000:.0f} ms")
             raise StoreUnavailable("store timed out") from None
         except Exception as error:  # refused connections, Redis error replies, broken answers
             self._failed(f"{type(error).__name__}: {error}")

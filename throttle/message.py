@@ -33,6 +33,10 @@ _BOOLEAN_MEMBERS = {
     "explained": "explained",
     "transactional": "transactional",
 }
+_MEMBERS = frozenset({"campaign", "segment", "channel", "signals", "event-age", *_BOOLEAN_MEMBERS})
+_MISSPELT = {"event_age": "event-age", "third_party": "third-party", "eventage": "event-age"}
+# RFC 8941 integers have at most 15 digits.
+_MAX_EVENT_AGE = 999_999_999_999_999
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +79,12 @@ class Marker:
             raise MarkerError(f"at most {_MAX_SIGNALS} signals, got {len(self.signals)}")
         for signal in self.signals:
             _check_text("signal", signal)
-        if self.event_age is not None and (type(self.event_age) is not int or self.event_age < 0):
+        if self.event_age is not None and (
+            type(self.event_age) is not int or not 0 <= self.event_age <= _MAX_EVENT_AGE
+        ):
             raise MarkerError(
-                f"event-age must be a whole number of seconds >= 0, got {self.event_age!r}"
+                f"event-age must be a whole number of seconds from 0 to {_MAX_EVENT_AGE}, "
+                f"got {self.event_age!r}"
             )
 
     def header_value(self) -> str:
@@ -140,6 +147,8 @@ def parse_marker(value: bytes) -> Marker:
 
     Handlers send the same few markers over and over, so parsed markers are cached by value.
     """
+    if not value.strip(b" \t"):
+        raise MarkerError('the header is empty; campaign is required, e.g. campaign="spring-sale"')
     members = Dictionary()
     try:
         members.parse(value)
@@ -147,6 +156,10 @@ def parse_marker(value: bytes) -> Marker:
         raise MarkerError(f"not an RFC 8941 dictionary: {_root_cause(error)}") from None
     fields: dict[str, Any] = {}
     for name, member in members.items():
+        if name not in _MEMBERS:
+            if name in _MISSPELT:  # a typo here would silently under-score the message
+                raise MarkerError(f"unknown member {name}; did you mean {_MISSPELT[name]}?")
+            continue  # a dictionary may grow members a newer throttle reads
         if name == "signals":
             if not isinstance(member, InnerList):
                 raise MarkerError('signals must be an inner list of strings, e.g. ("a" "b")')
@@ -155,19 +168,16 @@ def parse_marker(value: bytes) -> Marker:
         if isinstance(member, InnerList):
             raise MarkerError(f"{name} must be a single value, not a list")
         item = member.value
-        if name in ("campaign", "segment"):
+        if name in ("campaign", "segment", "channel"):
             fields[name] = _text(name, item)
-        elif name == "channel":
-            fields["channel"] = _text(name, item)
         elif name == "event-age":
             if type(item) is not int:
-                raise MarkerError(f"event-age must be an integer, got {item!r}")
+                raise MarkerError(f"event-age must be a whole number of seconds, got {item}")
             fields["event_age"] = item
-        elif name in _BOOLEAN_MEMBERS:
-            if type(item) is not bool:
-                raise MarkerError(f"{name} must be a boolean (?1 or ?0), got {item!r}")
+        elif type(item) is not bool:
+            raise MarkerError(f"{name} must be a boolean (?1 or ?0), got {item}")
+        else:
             fields[_BOOLEAN_MEMBERS[name]] = item
-        # Other members are ignored: a dictionary may grow members a newer throttle reads.
     if "campaign" not in fields:
         raise MarkerError('campaign is required, e.g. campaign="spring-sale"')
     return Marker(**fields)
@@ -180,7 +190,7 @@ def _text(name: str, value: object) -> str:
 
 
 def _check_text(name: str, value: str) -> None:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         raise MarkerError(f"{name} must be a non-empty string")
     if len(value) > _MAX_TEXT or not _PRINTABLE.fullmatch(value):
         raise MarkerError(

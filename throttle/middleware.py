@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from throttle.consent import gpc_opt_out
@@ -35,6 +34,7 @@ from throttle.store import RedisStore, Store, open_store
 
 DECISION_SCOPE_KEY = "throttle.decision"
 DECISION_HEADER = "personalization-decision"
+_DECISION_HEADER = DECISION_HEADER.encode("ascii")
 _MARKER_HEADER = b"personalization"
 _MIN_SECRET_BYTES = 16
 # Headers that say nothing about the body they came with, so segment content may keep them.
@@ -109,7 +109,8 @@ class ThrottleMiddleware:
         self.fallback = fallback
         self._logs = LogLimiter()
         self._kept_for: Policy | None = None
-        self._kept = _NEUTRAL_HEADERS
+        self._kept: frozenset[bytes] = frozenset()
+        self._headers: dict[tuple[object, ...], bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -184,15 +185,29 @@ class ThrottleMiddleware:
                 return provided
         return policy_content(self.engine.policy.fallback, campaign) or empty_document(media_type)
 
-    def kept_headers(self) -> frozenset[str]:
-        """Names of the app's headers that segment content keeps."""
+    def kept_headers(self) -> frozenset[bytes]:
+        """Names of the app's headers that segment content keeps, lowercased."""
         policy = self.engine.policy
         if self._kept_for is not policy:
-            self._kept = _NEUTRAL_HEADERS.union(h.lower() for h in policy.fallback.keep_headers)
+            names = _NEUTRAL_HEADERS.union(h.lower() for h in policy.fallback.keep_headers)
+            self._kept = frozenset(name.encode("latin-1") for name in names)
             self._kept_for = policy
         return self._kept
 
-    def decision_header(self, decision: Decision) -> str:
+    def decision_header(self, decision: Decision) -> bytes:
+        """The `Personalization-Decision` value: an RFC 8941 token with parameters."""
+        key = (
+            decision.outcome, decision.reason, decision.rule, decision.score, decision.segment,
+            decision.shadow, decision.policy_version,
+        )  # fmt: skip
+        value = self._headers.get(key)
+        if value is None:
+            if len(self._headers) >= 4096:
+                self._headers.clear()
+            value = self._headers[key] = self._decision_header(decision).encode("ascii")
+        return value
+
+    def _decision_header(self, decision: Decision) -> str:
         parts = [f"{decision.outcome};reason={decision.reason.value}"]
         if decision.rule:
             parts.append(f'rule="{decision.rule}"')
@@ -229,7 +244,7 @@ class _Responder:
             await self._start(message)
 
     async def _start(self, message: Message) -> None:
-        raw: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+        raw: list[tuple[bytes, bytes]] = message.get("headers") or []
         markers = [value for name, value in raw if name.lower() == _MARKER_HEADER]
         if not markers:
             self.passing = True
@@ -240,36 +255,48 @@ class _Responder:
         self.scope[DECISION_SCOPE_KEY] = decision
         show = middleware.engine.policy.decisions.header
         if decision.delivers_personalized:
-            headers = MutableHeaders(raw=[(n, v) for n, v in raw if n.lower() != _MARKER_HEADER])
-            if "cache-control" not in headers:
-                headers["cache-control"] = "private"
+            headers = []
+            cache_control = False
+            for name, value in raw:
+                lowered = name.lower()
+                if lowered == _MARKER_HEADER:
+                    continue
+                cache_control = cache_control or lowered == b"cache-control"
+                headers.append((name, value))
+            if not cache_control:
+                headers.append((b"cache-control", b"private"))
             if show:
-                headers[DECISION_HEADER] = middleware.decision_header(decision)
+                headers.append((_DECISION_HEADER, middleware.decision_header(decision)))
             self.passing = True
-            await self.send({**message, "headers": headers.raw})
+            await self.send({**message, "headers": headers})
             return
 
         self.discarding = True
-        app_headers = MutableHeaders(raw=raw)
-        media_type = app_headers.get("content-type", "application/octet-stream")
+        media_type = "application/octet-stream"
+        kept = middleware.kept_headers()
+        headers = []
+        for name, value in raw:
+            lowered = name.lower()
+            if lowered == b"content-type":
+                media_type = value.decode("latin-1")
+            elif lowered in kept:
+                headers.append((name, value))
         content = await middleware.segment_content(self.scope, decision, media_type)
-        keep = middleware.kept_headers()
-        headers = MutableHeaders(
-            raw=[(n, v) for n, v in raw if n.lower().decode("latin-1") in keep]
-        )
         status = message["status"]
         body = content.body
         if status in _BODILESS_STATUS:
             body = b""
         else:
-            headers["content-type"] = content.media_type
-            headers["content-length"] = str(len(body))
-            headers["etag"] = content.etag
+            headers += (
+                (b"content-type", content.media_type.encode("latin-1")),
+                (b"content-length", b"%d" % len(body)),
+                (b"etag", content.etag.encode("latin-1")),
+            )
         if show:
-            headers[DECISION_HEADER] = middleware.decision_header(decision)
+            headers.append((_DECISION_HEADER, middleware.decision_header(decision)))
         if self.scope.get("method") == "HEAD":
             body = b""
-        await self.send({"type": "http.response.start", "status": status, "headers": headers.raw})
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
 

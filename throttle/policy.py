@@ -10,17 +10,19 @@ import hashlib
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
-    model_validator,
+    field_validator,
 )
 
 from throttle.errors import PolicyError, PolicyProblem
@@ -59,7 +61,30 @@ def _duration_hint(value: str) -> str:
     return "write a number with ms, s, m, h or d, e.g. 90m or 24h"
 
 
+def _at_least(minimum: float, words: str) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds < minimum:
+            raise ValueError(f"{value!r} is too short; it must be at least {words}")
+        return seconds
+
+    return parse
+
+
+def _check_name(value: str) -> str:
+    if not re.fullmatch(_NAME, value) or len(value) > 64:
+        raise ValueError(
+            f"{value!r} is not a usable name; use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, at most 64 characters"
+        )
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Windows count whole seconds at least: delivery times are kept to the millisecond, but a
+# window shorter than a second would cap nothing a person notices.
+Window = Annotated[float, BeforeValidator(_at_least(1.0, "1s"))]
+Name = Annotated[str, AfterValidator(_check_name)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -68,22 +93,22 @@ class _Model(BaseModel):
 
 
 class PolicyInfo(_Model):
-    name: Annotated[str, Field(pattern=f"^{_NAME}$", max_length=64)]
+    name: Name
     mode: Literal["enforce", "shadow"] = "enforce"
 
 
 class Cap(_Model):
     """At most `limit` personalized messages in any `window`, per user, channel or campaign."""
 
-    name: Annotated[str, Field(pattern=f"^{_NAME}$", max_length=64)]
+    name: Name
     per: Literal["user", "channel", "campaign"]
     limit: Annotated[int, Field(ge=1, le=1000)]
-    window: Duration = Field(ge=1.0)
+    window: Window
 
 
 class Budget(_Model):
     limit: Annotated[float, Field(gt=0.0, le=1000.0)]
-    window: Duration = Field(ge=1.0)
+    window: Window
     # Oldest deliveries are merged beyond this many, which only ever over-counts (privacy-safe).
     entries: Annotated[int, Field(ge=4, le=256)] = 32
 
@@ -133,7 +158,7 @@ class Content(_Model):
 class Fallback(_Model):
     k: Annotated[int, Field(ge=1, le=100_000)] = 50
     # Distinct people are counted over this period, then the count starts again.
-    audience_window: Duration = Field(default=30 * 86400.0, ge=3600.0)
+    audience_window: Annotated[float, BeforeValidator(_at_least(3600.0, "1h"))] = 30 * 86400.0
     # Segment content per campaign; "*" stands in for campaigns not listed.
     content: dict[str, Content] = Field(default_factory=dict)
     # Response headers kept on segment content, besides those that say nothing about the body.
@@ -165,14 +190,15 @@ class Policy(_Model):
     _version: str = PrivateAttr(default="")
     _source: str = PrivateAttr(default="<memory>")
 
-    @model_validator(mode="after")
-    def _cap_names_are_unique(self) -> Policy:
+    @field_validator("caps")
+    @classmethod
+    def _cap_names_are_unique(cls, caps: tuple[Cap, ...]) -> tuple[Cap, ...]:
         seen: set[str] = set()
-        for cap in self.caps:
+        for cap in caps:
             if cap.name in seen:
                 raise ValueError(f"two caps are named {cap.name!r}; give each its own name")
             seen.add(cap.name)
-        return self
+        return caps
 
     @property
     def name(self) -> str:
@@ -253,12 +279,15 @@ def _key_path(location: tuple[Any, ...]) -> str:
 
 def _suggestion(location: tuple[Any, ...]) -> str:
     model: Any = Policy
-    for part in location[:-1]:
+    parts = iter(location[:-1])
+    for part in parts:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        field = model.model_fields.get(part)
         if field is None:
             return ""
+        if getattr(field.annotation, "__origin__", None) is dict:
+            next(parts, None)  # the table's own key, e.g. the campaign in fallback.content
         model = _model_of(field.annotation)
         if model is None:
             return ""

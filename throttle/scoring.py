@@ -51,8 +51,11 @@ class Scorer:
         self._cache: dict[Marker, ContentScore] = {}
         repetition = creepiness.repetition
         self.repetition_milli = milli(repetition.weight)
+        # Repeats past 1 / weight cannot add more (the score stops at 1), so none are counted.
         self.repetition_saturation = (
-            min(math.ceil(1 / repetition.weight), MAX_REPETITIONS) if repetition.weight > 0 else 0
+            0
+            if self.repetition_milli == 0
+            else min(math.ceil(1000 / self.repetition_milli), MAX_REPETITIONS)
         )
 
     def weight(self, signal: str) -> float:
@@ -97,7 +100,7 @@ class Scorer:
         factors = [f for f in factors if f.contribution != 0]
         return ContentScore(milli(subtotal), tuple(factors), unknown)
 
-    def total(self, content: ContentScore, repetitions: int) -> tuple[int, tuple[Factor, ...]]:
+    def total(self, content: ContentScore, repetitions: int) -> ContentScore:
         """The full score once the store has counted earlier deliveries of the campaign.
 
         Must agree with the Lua script and the memory store, which compute the same sum.
@@ -106,5 +109,6 @@ class Scorer:
         score = min(1000, content.milli + self.repetition_milli * counted)
         added = score - content.milli
         if added <= 0:
-            return score, content.factors
-        return score, (*content.factors, Factor("repetition", added / 1000))
+            return content
+        factors = (*content.factors, Factor("repetition", added / 1000))
+        return ContentScore(score, factors, content.unknown_signals)

@@ -9,9 +9,9 @@ runs against both.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class Verdict(IntEnum):
@@ -75,10 +75,11 @@ class Limits:
     budget: BudgetCheck | None = None
     repetition: RepetitionCheck | None = None
     audience_window_ms: int = 0
+    # A store that can be slow answers within this or raises (the memory store never waits).
+    timeout_ms: int = 50
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """What one decision asks of the store; scores are in thousandths, times in ms."""
 
     person: str
@@ -91,14 +92,13 @@ class Delivery:
     count_segments: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     verdict: Verdict
     # Index of the cap that refused, in policy order; -1 when no cap did.
     cap_index: int
     score_milli: int
     repetitions: int
-    segment_sizes: Mapping[str, int] = field(default_factory=dict)
+    segment_sizes: Mapping[str, int]
 
 
 class Store(Protocol):

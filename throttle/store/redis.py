@@ -2,57 +2,58 @@
 
 Each decision runs `lua/deliver.lua` by its SHA on the person's key, which is hash-tagged
 (`prefix{pseudonym}`) so everything about one person sits in one cluster slot and erasure is
-one DEL. Decisions made while an earlier batch is on the wire are coalesced: the next batch
-goes out as one write of every EVALSHA plus the segment-audience HyperLogLog commands, and
-comes back as one read. Each script still runs atomically, so caps stay exact.
+one DEL. Decisions made in the same event-loop tick are coalesced: one write carries every
+EVALSHA and the segment-audience HyperLogLog commands, and one read brings the replies back.
+Each script still runs atomically, so caps stay exact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from importlib import resources
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, ResponseError
 
 from throttle.store.base import Delivery, Limits, Outcome, Verdict
+from throttle.store.pipe import Pipe, bulk, command, reply_error
 
 _SCRIPT = resources.files("throttle.store").joinpath("lua/deliver.lua").read_text("utf-8")
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
-# RESP for `EVALSHA <sha> 1`, the start of every decision's command.
-_EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n" + _SCRIPT_SHA + b"\r\n$1\r\n1\r\n"
+# `EVALSHA <sha> 1 <key> <now> <score> <limits>`: seven arguments, the first three fixed.
+_EVALSHA = b"*7\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
+_SCRIPT_LOAD = command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
 _LIMITS_CACHE_SIZE = 4096
 
 
 class RedisStore:
-    """State in Redis at `url` (`redis://`, `rediss://` or `unix://`), keys under `prefix`."""
+    """State in Redis at `url` (`redis://`, `rediss://` or `unix://`), keys under `prefix`.
+
+    `stall_limit`: a connection that has not answered for this long is dropped and reopened.
+    """
 
     def __init__(
         self,
         url: str,
         *,
         prefix: str = "throttle:",
-        max_connections: int = 8,
         connect_timeout: float = 1.0,
-        socket_timeout: float = 5.0,
+        stall_limit: float = 5.0,
     ) -> None:
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=None,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            decode_responses=False,
+        self._pipe = Pipe(url, connect_timeout=connect_timeout)
+        # redis-py serves everything off the decision path (access, erasure, script loading).
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
         )
-        self._client: aioredis.Redis = aioredis.Redis.from_pool(self._pool)
         self.prefix = prefix
-        self._encoded_limits: dict[Limits, tuple[int, bytes]] = {}
+        self._stall_limit = stall_limit
+        self._encoded_limits: dict[Limits, bytes] = {}
         self._pending: list[_Call] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def person_key(self, person: str) -> str:
         return f"{self.prefix}{{{person}}}"
@@ -61,109 +62,130 @@ class RedisStore:
         return f"{self.prefix}audience:{segment}"
 
     async def deliver(self, delivery: Delivery) -> Outcome:
-        call = _Call(delivery, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        call = _Call(delivery, loop.create_future())
         self._pending.append(call)
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return await call.future
 
-    async def _flush(self) -> None:
-        # One batch on the wire at a time; decisions arriving meanwhile form the next batch.
-        try:
-            while self._pending:
-                batch = [call for call in self._pending if not call.future.done()]
-                self._pending = []
-                if batch:
-                    await self._send(batch)
-        finally:
-            self._flusher = None
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if self._pipe.ready and self._pipe.oldest_wait() < self._stall_limit:
+            self._send(batch)
+        else:
+            self._background(self._reconnect_and_send(batch))
 
-    async def _send(self, batch: list[_Call]) -> None:
+    async def _reconnect_and_send(self, batch: list[_Call]) -> None:
+        if self._pipe.ready:  # ready but stalled: Redis stopped answering this connection
+            self._pipe.abort(TimeoutError(f"no answer for {self._stall_limit:.0f} s"))
         try:
-            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            await self._pipe.connect()
         except Exception as error:
             _fail(batch, error)
             return
-        try:
-            answers, sizes = await self._exchange(connection, batch)
-        except BaseException as error:
-            await connection.disconnect()
-            _fail(batch, error if isinstance(error, Exception) else ConnectionError("cancelled"))
-            if not isinstance(error, Exception):
-                raise
-            return
-        finally:
-            await self._pool.release(connection)
-        for call, answer in zip(batch, answers, strict=True):
-            if call.future.done():
-                continue
-            if isinstance(answer, Exception):
-                call.future.set_exception(answer)
-                continue
-            verdict, cap_index, score, repetitions = answer
-            outcome_sizes = {s: sizes[s] for s in call.delivery.count_segments}
-            call.future.set_result(
-                Outcome(Verdict(verdict), cap_index, score, repetitions, outcome_sizes)
-            )
+        self._send(batch)
 
-    async def _exchange(
-        self, connection: AbstractConnection, batch: list[_Call]
-    ) -> tuple[list[Any], dict[str, int]]:
-        """One write, one read: every script call of the batch, then its audience commands."""
+    def _send(self, batch: list[_Call]) -> None:
+        batch = [call for call in batch if not call.future.done()]
+        if not batch:
+            return
         audiences, audience_replies, counted = self._audience_commands(batch)
         payload = b"".join(self._evalsha(call.delivery) for call in batch) + audiences
-        await connection.send_packed_command(payload, check_health=False)
-        answers = [await _reply(connection) for _ in batch]
-        for _ in range(audience_replies):
-            await _reply(connection)
-        sizes = {segment: int(await _reply(connection)) for segment in counted}
-        forgotten = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+        replies = self._pipe.send(payload, len(batch) + audience_replies + len(counted))
+        timeout = batch[0].delivery.limits.timeout_ms / 1000
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, batch, timeout)
+        replies.add_done_callback(functools.partial(self._settle, batch, counted, timer))
+
+    def _settle(
+        self,
+        batch: list[_Call],
+        counted: list[str],
+        timer: asyncio.TimerHandle,
+        replies: asyncio.Future[list[Any]],
+    ) -> None:
+        timer.cancel()
+        if (error := replies.exception()) is not None:
+            _fail(batch, error)
+            return
+        values = replies.result()
+        counts = values[len(values) - len(counted) :] if counted else []
+        sizes = {segment: int(count) for segment, count in zip(counted, counts, strict=True)}
+        forgotten = []
+        for call, answer in zip(batch, values, strict=False):
+            if call.future.done():
+                continue
+            if (failure := reply_error(answer)) is not None:
+                if str(failure).startswith("NOSCRIPT"):
+                    forgotten.append(call)
+                else:
+                    call.future.set_exception(failure)
+                continue
+            verdict, cap_index, score, repetitions = answer
+            call.future.set_result(
+                Outcome(
+                    Verdict(verdict),
+                    cap_index,
+                    score,
+                    repetitions,
+                    {s: sizes[s] for s in call.delivery.count_segments},
+                )
+            )
         if forgotten:
             # Redis restarted or was flushed: load the script again, resend what it refused.
-            await connection.send_command("SCRIPT", "LOAD", _SCRIPT, check_health=False)
-            await _reply(connection)
-            payload = b"".join(self._evalsha(batch[i].delivery) for i in forgotten)
-            await connection.send_packed_command(payload, check_health=False)
-            for i in forgotten:
-                answers[i] = await _reply(connection)
-        return answers, sizes
+            self._background(self._reload_and_send(forgotten))
+
+    async def _reload_and_send(self, calls: list[_Call]) -> None:
+        try:
+            await self._pipe.connect()
+            (loaded,) = await self._pipe.send(_SCRIPT_LOAD, 1)
+            if (error := reply_error(loaded)) is not None:
+                raise error
+        except Exception as error:
+            _fail(calls, error)
+            return
+        self._send(calls)
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _audience_commands(self, batch: list[_Call]) -> tuple[bytes, int, list[str]]:
         """PFADD and PEXPIRE per segment the batch counts people into, PFCOUNT per one it asks."""
-        members: dict[str, list[str]] = {}
+        members: dict[str, list[bytes]] = {}
         counted: dict[str, None] = {}
         for call in batch:
             delivery = call.delivery
             if delivery.segment:
-                members.setdefault(delivery.segment, []).append(delivery.person)
-            counted.update(dict.fromkeys(delivery.count_segments))
+                members.setdefault(delivery.segment, []).append(delivery.person.encode())
+            if delivery.count_segments:
+                counted.update(dict.fromkeys(delivery.count_segments))
         if not members and not counted:
             return b"", 0, []
-        window = str(batch[0].delivery.limits.audience_window_ms)
+        window = b"%d" % batch[0].delivery.limits.audience_window_ms
         commands: list[bytes] = []
         for segment, people in members.items():
-            key = self.audience_key(segment)
-            commands.append(_command(b"PFADD", key, *people))
-            commands.append(_command(b"PEXPIRE", key, window, "NX"))
-        commands += (_command(b"PFCOUNT", self.audience_key(s)) for s in counted)
+            key = self.audience_key(segment).encode()
+            commands.append(command(b"PFADD", key, *people))
+            commands.append(command(b"PEXPIRE", key, window, b"NX"))
+        commands += (command(b"PFCOUNT", self.audience_key(s).encode()) for s in counted)
         return b"".join(commands), 2 * len(members), list(counted)
 
     def _evalsha(self, delivery: Delivery) -> bytes:
-        encoded = self._encoded_limits.get(delivery.limits)
-        if encoded is None:
+        limits = self._encoded_limits.get(delivery.limits)
+        if limits is None:
             if len(self._encoded_limits) >= _LIMITS_CACHE_SIZE:
                 self._encoded_limits.clear()
-            arguments = _limit_arguments(delivery.limits)
-            encoded = (len(arguments), b"".join(_bulk(a.encode()) for a in arguments))
-            self._encoded_limits[delivery.limits] = encoded
-        count, limits = encoded
+            limits = self._encoded_limits[delivery.limits] = bulk(_packed(delivery.limits))
         return b"".join(
             (
-                b"*%d\r\n" % (count + 6),
                 _EVALSHA,
-                _bulk(self.person_key(delivery.person).encode()),
-                _bulk(b"%d" % delivery.now_ms),
-                _bulk(b"%d" % delivery.score_milli),
+                bulk(self.person_key(delivery.person).encode()),
+                bulk(b"%d" % delivery.now_ms),
+                bulk(b"%d" % delivery.score_milli),
                 limits,
             )
         )
@@ -186,8 +208,10 @@ class RedisStore:
         return bool(await self._client.delete(self.person_key(person)))
 
     async def aclose(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pipe.close()
         await self._client.aclose()
 
 
@@ -199,48 +223,34 @@ class _Call:
         self.future = future
 
 
-async def _reply(connection: AbstractConnection) -> Any:
-    try:
-        return await connection.read_response()
-    except ResponseError as error:  # an error reply: the connection is still in step
-        return error
+def _expire(batch: list[_Call], timeout: float) -> None:
+    _fail(batch, TimeoutError(f"no answer within {timeout * 1000:.0f} ms"))
 
 
-def _fail(batch: list[_Call], error: Exception) -> None:
+def _fail(batch: list[_Call], error: BaseException) -> None:
     for call in batch:
         if not call.future.done():
             call.future.set_exception(error)
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def _command(name: bytes, *arguments: str) -> bytes:
-    return (
-        b"*%d\r\n" % (len(arguments) + 1)
-        + _bulk(name)
-        + b"".join(_bulk(a.encode()) for a in arguments)
-    )
-
-
-def _limit_arguments(limits: Limits) -> list[str]:
-    """ARGV[3] onwards of deliver.lua: what is the same for every message under these limits."""
+def _packed(limits: Limits) -> bytes:
+    """ARGV[3] of deliver.lua: what is the same for every message under these limits."""
     repetition, budget = limits.repetition, limits.budget
-    arguments: list[int | str] = [
-        limits.ttl_ms,
-        limits.threshold_milli,
-        repetition.counter if repetition else "",
-        repetition.weight_milli if repetition else 0,
-        repetition.window_ms if repetition else 0,
-        repetition.saturation if repetition else 0,
-        budget.limit_milli if budget else -1,
-        budget.window_ms if budget else 0,
-        budget.entries if budget else 0,
-        len(limits.counters),
-    ]
-    for counter in limits.counters:
-        arguments += (counter.name, counter.keep, counter.window_ms, len(counter.caps))
-        for cap in counter.caps:
-            arguments += (cap.index, cap.limit, cap.window_ms)
-    return [str(argument) for argument in arguments]
+    packed: bytes = msgpack.packb(
+        [
+            limits.ttl_ms,
+            limits.threshold_milli,
+            repetition.counter if repetition else "",
+            repetition.weight_milli if repetition else 0,
+            repetition.window_ms if repetition else 0,
+            repetition.saturation if repetition else 0,
+            budget.limit_milli if budget else -1,
+            budget.window_ms if budget else 0,
+            budget.entries if budget else 0,
+            [
+                [c.name, c.keep, c.window_ms, [[k.index, k.limit, k.window_ms] for k in c.caps]]
+                for c in limits.counters
+            ],
+        ]
+    )
+    return packed

@@ -1,28 +1,29 @@
 -- Check every frequency cap and the creepiness budget of one person, and record the message
 -- if all pass. Atomic: concurrent decisions for one person never both take the last slot.
 --
--- KEYS[1]   the person's state: "<prefix>{<pseudonym>}", a msgpack map
---             c = { [counter] = { delivery time (ms), ... } }   e.g. c["c:email"]
---             b = { { delivery time (ms), score (thousandths) }, ... }
--- ARGV[1]   now, ms since the Unix epoch
--- ARGV[2]   the message's score before repetition, thousandths (0..1000)
--- ARGV[3]   ttl of the state, ms: the policy's longest window (0: keep nothing)
--- ARGV[4]   threshold, thousandths: a total above it is refused (verdict 3)
--- ARGV[5]   repetition counter, e.g. "k:spring-sale", or "" when repetition is off
--- ARGV[6]   repetition weight, thousandths per earlier delivery
--- ARGV[7]   repetition window, ms
--- ARGV[8]   repetition saturation: earlier deliveries counted at most
--- ARGV[9]   budget limit, thousandths, or -1 for no budget
--- ARGV[10]  budget window, ms
--- ARGV[11]  budget entries kept; beyond it the two oldest merge (over-counting, never under)
--- ARGV[12]  number of counters N, then N groups of
---             name, entries kept, longest window (ms), number of caps C,
---             then C triples: cap index, limit, window (ms)
--- Returns   { verdict, cap index or -1, total score (thousandths), earlier deliveries counted }
---           verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness
+-- KEYS[1]  the person's state: "<prefix>{<pseudonym>}", a msgpack map
+--            c = { [counter] = { delivery time (ms), ... } }   e.g. c["c:email"]
+--            b = { { delivery time (ms), score (thousandths) }, ... }
+-- ARGV[1]  now, ms since the Unix epoch
+-- ARGV[2]  the message's score before repetition, thousandths (0..1000)
+-- ARGV[3]  the limits, a msgpack array (the same for every message of a channel and campaign):
+--            1 ttl of the state, ms: the policy's longest window (0: keep nothing)
+--            2 threshold, thousandths: a total above it is refused (verdict 3)
+--            3 repetition counter, e.g. "k:spring-sale", or "" when repetition is off
+--            4 repetition weight, thousandths per earlier delivery
+--            5 repetition window, ms
+--            6 repetition saturation: earlier deliveries counted at most
+--            7 budget limit, thousandths, or -1 for no budget
+--            8 budget window, ms
+--            9 budget entries kept; beyond it the two oldest merge (over-counting, never under)
+--           10 counters: { { name, entries kept, longest window (ms),
+--                            { { cap index, limit, window (ms) }, ... } }, ... }
+-- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted }
+--          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness
 
 local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[3])
+local limits = cmsgpack.unpack(ARGV[3])
+local ttl, counters = limits[1], limits[10]
 
 local state = {}
 local raw = redis.call('GET', KEYS[1])
@@ -30,11 +31,9 @@ if raw then
   state = cmsgpack.unpack(raw)
 end
 local logs = state.c or {}
-local budget_log = state.b or {}
 
 local function younger_than(log, window)
-  local count = 0
-  local oldest = now - window
+  local count, oldest = 0, now - window
   for i = 1, #log do
     if log[i] > oldest then count = count + 1 end
   end
@@ -43,8 +42,7 @@ end
 
 -- Entries younger than `window`, the newest `keep` of them, oldest first.
 local function pruned(log, window, keep)
-  local kept = {}
-  local oldest = now - window
+  local kept, oldest = {}, now - window
   for i = 1, #(log or {}) do
     if log[i] > oldest then kept[#kept + 1] = log[i] end
   end
@@ -57,34 +55,29 @@ local function pruned(log, window, keep)
   return kept
 end
 
-local counters = {}
-local arg = 13
-for _ = 1, tonumber(ARGV[12]) do
-  local counter = { name = ARGV[arg], caps = {} }
-  local keep, window, cap_count = tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3])
-  arg = arg + 4
-  for c = 1, cap_count do
-    counter.caps[c] = { index = tonumber(ARGV[arg]), limit = tonumber(ARGV[arg + 1]), window = tonumber(ARGV[arg + 2]) }
-    arg = arg + 3
-  end
-  logs[counter.name] = pruned(logs[counter.name], window, keep)
-  counters[#counters + 1] = counter
+local touched = {}
+for i = 1, #counters do
+  local counter = counters[i]
+  logs[counter[1]] = pruned(logs[counter[1]], counter[3], counter[2])
+  touched[counter[1]] = true
 end
 
 local repetitions = 0
-if ARGV[5] ~= '' then
-  repetitions = math.min(younger_than(logs[ARGV[5]] or {}, tonumber(ARGV[7])), tonumber(ARGV[8]))
+if limits[3] ~= '' then
+  repetitions = math.min(younger_than(logs[limits[3]] or {}, limits[5]), limits[6])
 end
-local score = math.min(1000, tonumber(ARGV[2]) + tonumber(ARGV[6]) * repetitions)
-if score > tonumber(ARGV[4]) then
+local score = math.min(1000, tonumber(ARGV[2]) + limits[4] * repetitions)
+if score > limits[2] then
   return { 3, -1, score, repetitions }
 end
 
 local refused_by = -1
-for _, counter in ipairs(counters) do
-  for _, cap in ipairs(counter.caps) do
-    if younger_than(logs[counter.name], cap.window) >= cap.limit then
-      if refused_by < 0 or cap.index < refused_by then refused_by = cap.index end
+for i = 1, #counters do
+  local counter = counters[i]
+  local log = logs[counter[1]]
+  for _, cap in ipairs(counter[4]) do
+    if (refused_by < 0 or cap[1] < refused_by) and younger_than(log, cap[3]) >= cap[2] then
+      refused_by = cap[1]
     end
   end
 end
@@ -92,47 +85,43 @@ if refused_by >= 0 then
   return { 1, refused_by, score, repetitions }
 end
 
-local budget_limit = tonumber(ARGV[9])
-if budget_limit >= 0 then
-  local oldest = now - tonumber(ARGV[10])
-  local spent, kept = 0, {}
-  for _, entry in ipairs(budget_log) do
+local budget_log = {}
+if limits[7] >= 0 then
+  local spent, oldest = 0, now - limits[8]
+  for _, entry in ipairs(state.b or {}) do
     if entry[1] > oldest then
-      kept[#kept + 1] = entry
+      budget_log[#budget_log + 1] = entry
       spent = spent + entry[2]
     end
   end
-  if spent + score > budget_limit then
+  if spent + score > limits[7] then
     return { 2, -1, score, repetitions }
   end
-  budget_log = kept
   if score > 0 then
     budget_log[#budget_log + 1] = { now, score }
-    if #budget_log > tonumber(ARGV[11]) then
+    if #budget_log > limits[9] then
       -- Oldest first; equal times by score, so every store merges the same two entries.
       table.sort(budget_log, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
       budget_log[2] = { budget_log[2][1], budget_log[1][2] + budget_log[2][2] }
       table.remove(budget_log, 1)
     end
   end
-else
-  budget_log = {}
 end
 
 if ttl <= 0 then
   return { 0, -1, score, repetitions }
 end
 
-for _, counter in ipairs(counters) do
-  local log = logs[counter.name]
-  log[#log + 1] = now
-end
 -- Counters this message did not touch are pruned by the longest window, so nothing outlives it.
 local kept_logs, any_log = {}, false
 for name, log in pairs(logs) do
-  local kept = pruned(log, ttl, #log)
-  if #kept > 0 then
-    kept_logs[name] = kept
+  if touched[name] then
+    log[#log + 1] = now
+  else
+    log = pruned(log, ttl, #log)
+  end
+  if #log > 0 then
+    kept_logs[name] = log
     any_log = true
   end
 end
