@@ -1,0 +1,48 @@
+"""`make demo` end to end: the storefront example under uvicorn, on Redis and on memory."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from examples import demo
+
+
+def outcomes(output: str) -> list[tuple[str, str, str]]:
+    """(who, outcome, reason) of every request line the demo printed."""
+    rows = re.findall(r"^(\S+)\s+/\S*\s+(personalized|segment|-)\s+(\S+)", output, re.MULTILINE)
+    return [(who, outcome, reason) for who, outcome, reason in rows]
+
+
+EXPECTED = (
+    [("ana", "personalized", "allowed")] * 3
+    + [("ana", "segment", "frequency-cap")] * 2
+    + [("ben", "segment", "creepiness")]
+    + [("cleo", "segment", "consent")]
+    + [("(anon)", "segment", "anonymous")]
+    + [("dev", "personalized", "transactional")] * 4
+    + [("ben", "-", "(unmarked)")]
+)
+
+
+async def test_the_demo_runs_on_redis_and_shows_each_reason(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert await demo.main() == 0
+    output = capsys.readouterr().out
+    assert f"store: Redis at {redis_url}" in output
+    assert outcomes(output) == EXPECTED
+    assert "Person keys in Redis: 1" in output
+    assert "ana" not in output.split("Person keys in Redis")[1].split("\n\n")[0]
+
+
+async def test_the_demo_falls_back_to_memory_when_no_redis_answers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    assert await demo.main() == 0
+    output = capsys.readouterr().out
+    assert "so: memory://" in output
+    assert outcomes(output) == EXPECTED
