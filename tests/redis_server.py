@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -22,7 +23,8 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server the tests own: start it, stop it, start it again on the same port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
+        self.extra = extra
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -48,17 +50,18 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", str(self.directory),
                 "--logfile", str(self.directory / "redis.log"),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = self.client(socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.ResponseError):
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.02)
@@ -71,8 +74,13 @@ class RedisServer:
             self.process.wait(timeout=10)
             self.process = None
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+    def client(self, **options: Any) -> redis.Redis:
+        password = (
+            self.extra[self.extra.index("--requirepass") + 1]
+            if "--requirepass" in self.extra
+            else None
+        )
+        return redis.Redis(port=self.port, password=password, **options)
 
     def cleanup(self) -> None:
         self.stop()

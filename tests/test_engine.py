@@ -327,3 +327,9 @@ async def test_odd_user_ids_are_just_hashed(store: Store, clock: ManualClock, pe
     decisions = [await throttle.decide(marker(), person=person) for _ in range(4)]
     assert [d.outcome for d in decisions] == ["personalized"] * 3 + ["segment"]
     assert len(throttle.pseudonym(person)) == 32
+
+
+async def test_a_policy_that_counts_nothing_keeps_nothing(store: Store, clock: ManualClock) -> None:
+    throttle = engine(NO_REPETITION, store, clock)
+    assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
+    assert await store.state(throttle.pseudonym("ana")) is None

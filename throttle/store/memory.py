@@ -31,6 +31,10 @@ class MemoryStore:
         self._now_ms = 0
         self._until_sweep = _SWEEP_EVERY
 
+    def __len__(self) -> int:
+        """How many people's state is held (expired state may linger until the next sweep)."""
+        return len(self._people)
+
     async def deliver(self, delivery: Delivery) -> Outcome:
         self._now_ms = max(self._now_ms, delivery.now_ms)
         self._count_in(delivery)
