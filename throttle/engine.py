@@ -180,9 +180,16 @@ class Engine:
         pseudonym = self.pseudonym(person)
         wanted = lineage(marker.segment)
         delivery = self._delivery(marker, pseudonym, content, self._stale(wanted))
-        try:
-            outcome = await self.guard.run(self.store.deliver, delivery)
-        except StoreUnavailable:
+        guard = self.guard
+        outcome = None
+        if guard.available():
+            try:
+                outcome = await self.store.deliver(delivery)
+            except Exception as error:  # whatever the store failed with, the decision stands
+                guard.failed(error)
+            else:
+                guard.succeeded()
+        if outcome is None:
             if policy.store.on_error == "personalize":
                 return self._personalized(marker, Reason.STORE_UNAVAILABLE, content)
             return self._decision(

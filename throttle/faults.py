@@ -20,7 +20,8 @@ class StoreGuard:
 
     A dead Redis must cost the app's requests nothing, and must not fill its logs: the first
     failure of a burst is logged, the rest are counted, and the recovery is logged with the count.
-    Decisions are timed by the store itself (it batches them); other calls pass `timeout`.
+    The engine asks `available()` before a decision and reports `succeeded()` or `failed()`
+    (the store times decisions itself, as it batches them); other calls go through `run`.
     """
 
     def __init__(self, *, retry_after: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -33,6 +34,23 @@ class StoreGuard:
     def failing(self) -> bool:
         return self._failures > 0
 
+    def available(self) -> bool:
+        """Whether to try the store now; a call skipped during a pause counts as a failure."""
+        if self._failures and self._clock() < self._paused_until:
+            self._failures += 1
+            return False
+        return True
+
+    def succeeded(self) -> None:
+        if self._failures:
+            logger.warning(
+                "throttle: store answers again; %d decisions fell back meanwhile", self._failures
+            )
+            self._failures = 0
+
+    def failed(self, error: BaseException) -> None:
+        self._failed(str(error) if isinstance(error, TimeoutError) else _describe(error))
+
     async def run(
         self,
         call: Callable[..., Awaitable[T]],
@@ -40,8 +58,7 @@ class StoreGuard:
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline for calls without their own
         **kwargs: Any,
     ) -> T:
-        if self._failures and self._clock() < self._paused_until:
-            self._failures += 1
+        if not self.available():
             raise StoreUnavailable("store paused after a failure")
         try:
             if timeout is None:
@@ -53,13 +70,9 @@ class StoreGuard:
             self._failed(str(error) or f"no answer within {(timeout or 0) * 1000:.0f} ms")
             raise StoreUnavailable("store timed out") from None
         except Exception as error:  # refused connections, Redis error replies, broken answers
-            self._failed(f"{type(error).__name__}: {error}")
+            self.failed(error)
             raise StoreUnavailable(str(error)) from error
-        if self._failures:
-            logger.warning(
-                "throttle: store answers again; %d decisions fell back meanwhile", self._failures
-            )
-            self._failures = 0
+        self.succeeded()
         return result
 
     def _failed(self, why: str) -> None:
@@ -72,6 +85,10 @@ class StoreGuard:
             )
         self._failures += 1
         self._paused_until = self._clock() + self.retry_after
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 class LogLimiter:

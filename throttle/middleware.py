@@ -111,6 +111,7 @@ class ThrottleMiddleware:
         self._kept_for: Policy | None = None
         self._kept: frozenset[bytes] = frozenset()
         self._headers: dict[tuple[object, ...], bytes] = {}
+        self._reported: set[tuple[str, str]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -141,14 +142,22 @@ class ThrottleMiddleware:
         except Exception:
             self._logs.warning("decide", "throttle: deciding failed", exc_info=True)
             return self.engine.internal_error()
-        for signal in decision.unknown_signals:
-            self._logs.warning(
-                f"signal:{signal}",
-                "throttle: signal %r has no weight in policy %s; scored at default_signal",
-                signal,
-                decision.policy,
-            )
+        if decision.unknown_signals:
+            self._report_unknown(decision)
         return decision
+
+    def _report_unknown(self, decision: Decision) -> None:
+        for signal in decision.unknown_signals:
+            key = (decision.policy_version, signal)
+            if key not in self._reported:
+                if len(self._reported) >= 1024:
+                    self._reported.clear()
+                self._reported.add(key)
+                logger.warning(
+                    "throttle: signal %r has no weight in policy %s; scored at default_signal",
+                    signal,
+                    decision.policy,
+                )
 
     def _person(self, scope: Scope) -> str | None:
         try:

@@ -49,6 +49,7 @@ class Scorer:
     def __init__(self, creepiness: Creepiness) -> None:
         self._policy = creepiness
         self._cache: dict[Marker, ContentScore] = {}
+        self._by_identity: dict[int, tuple[Marker, ContentScore]] = {}
         repetition = creepiness.repetition
         self.repetition_milli = milli(repetition.weight)
         # Repeats past 1 / weight cannot add more (the score stops at 1), so none are counted.
@@ -62,11 +63,18 @@ class Scorer:
         return self._policy.signals.get(signal, self._policy.default_signal)
 
     def score(self, marker: Marker) -> ContentScore:
+        # Parsed markers are shared objects (parse_marker caches them), so identity finds most;
+        # hashing a marker's nine fields is the slower path for markers built per request.
+        known = self._by_identity.get(id(marker))
+        if known is not None and known[0] is marker:
+            return known[1]
         cached = self._cache.get(marker)
         if cached is None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
+                self._by_identity.clear()
             cached = self._cache[marker] = self._score(marker)
+        self._by_identity[id(marker)] = (marker, cached)
         return cached
 
     def _score(self, marker: Marker) -> ContentScore:

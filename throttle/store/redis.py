@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+from collections.abc import Mapping
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from throttle.store.base import Delivery, Limits, Outcome, Verdict
 from throttle.store.pipe import Pipe, bulk, command, reply_error
@@ -27,6 +30,8 @@ _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
 _EVALSHA = b"*7\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
 _SCRIPT_LOAD = command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
 _LIMITS_CACHE_SIZE = 4096
+_VERDICTS = tuple(Verdict)
+_NO_SIZES: Mapping[str, int] = MappingProxyType({})
 
 
 class RedisStore:
@@ -49,6 +54,7 @@ class RedisStore:
             url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
         )
         self.prefix = prefix
+        self._key_prefix = f"{prefix}{{".encode()
         self._stall_limit = stall_limit
         self._encoded_limits: dict[Limits, bytes] = {}
         self._pending: list[_Call] = []
@@ -115,22 +121,24 @@ class RedisStore:
         sizes = {segment: int(count) for segment, count in zip(counted, counts, strict=True)}
         forgotten = []
         for call, answer in zip(batch, values, strict=False):
-            if call.future.done():
+            future = call.future
+            if future.done():
                 continue
-            if (failure := reply_error(answer)) is not None:
-                if str(failure).startswith("NOSCRIPT"):
+            if type(answer) is not list:  # an error reply
+                if str(answer).startswith("NOSCRIPT"):
                     forgotten.append(call)
                 else:
-                    call.future.set_exception(failure)
+                    future.set_exception(reply_error(answer) or ResponseError(repr(answer)))
                 continue
             verdict, cap_index, score, repetitions = answer
-            call.future.set_result(
+            asked = call.delivery.count_segments
+            future.set_result(
                 Outcome(
-                    Verdict(verdict),
+                    _VERDICTS[verdict],
                     cap_index,
                     score,
                     repetitions,
-                    {s: sizes[s] for s in call.delivery.count_segments},
+                    {s: sizes[s] for s in asked} if asked else _NO_SIZES,
                 )
             )
         if forgotten:
@@ -180,14 +188,18 @@ class RedisStore:
             if len(self._encoded_limits) >= _LIMITS_CACHE_SIZE:
                 self._encoded_limits.clear()
             limits = self._encoded_limits[delivery.limits] = bulk(_packed(delivery.limits))
-        return b"".join(
-            (
-                _EVALSHA,
-                bulk(self.person_key(delivery.person).encode()),
-                bulk(b"%d" % delivery.now_ms),
-                bulk(b"%d" % delivery.score_milli),
-                limits,
-            )
+        key = self._key_prefix + delivery.person.encode() + b"}"
+        now = b"%d" % delivery.now_ms
+        score = b"%d" % delivery.score_milli
+        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
+            _EVALSHA,
+            len(key),
+            key,
+            len(now),
+            now,
+            len(score),
+            score,
+            limits,
         )
 
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
