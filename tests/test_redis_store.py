@@ -48,8 +48,13 @@ async def test_a_persons_state_is_one_hash_tagged_msgpack_key(
     person_keys = [k for k in client.keys("*") if b"audience" not in k]
     assert len(person_keys) == 1
     assert re.fullmatch(rb"throttle:\{[0-9a-f]{32}\}", person_keys[0])
-    state = msgpack.unpackb(client.get(person_keys[0]), raw=False)
+    stored = msgpack.unpackb(client.get(person_keys[0]), raw=False)
     now_ms = int(clock.now * 1000)
+    # Times are kept as offsets from a base: the oldest instant the longest window counts.
+    assert stored["t"] == now_ms - 24 * 3600 * 1000
+    assert stored["c"]["u"] == [24 * 3600 * 1000] * 2
+    state = await redis_store.state(person_keys[0].decode()[len("throttle:{") : -1])
+    assert state is not None
     assert state["c"]["u"] == [now_ms, now_ms]
     assert state["c"]["c:web"] == [now_ms] and state["c"]["c:email"] == [now_ms]
     assert state["b"] == [[now_ms, 100], [now_ms, 200]]  # the second repeats the campaign

@@ -213,8 +213,14 @@ class RedisStore:
         raw = await self._client.get(self.person_key(person))
         if raw is None:
             return None
-        decoded: dict[str, Any] = msgpack.unpackb(raw, raw=False)
-        return decoded
+        stored: dict[str, Any] = msgpack.unpackb(raw, raw=False)
+        base = stored.pop("t", 0)
+        state: dict[str, Any] = {}
+        if "c" in stored:
+            state["c"] = {name: [base + t for t in log] for name, log in stored["c"].items()}
+        if "b" in stored:
+            state["b"] = [[base + t, score] for t, score in stored["b"]]
+        return state
 
     async def erase(self, person: str) -> bool:
         return bool(await self._client.delete(self.person_key(person)))

@@ -2,8 +2,9 @@
 -- if all pass. Atomic: concurrent decisions for one person never both take the last slot.
 --
 -- KEYS[1]  the person's state: "<prefix>{<pseudonym>}", a msgpack map
---            c = { [counter] = { delivery time (ms), ... } }   e.g. c["c:email"]
---            b = { { delivery time (ms), score (thousandths) }, ... }
+--            t = base time (ms since the Unix epoch); the times below are offsets from it
+--            c = { [counter] = { delivery time, ... } }   e.g. c["c:email"]
+--            b = { { delivery time, score (thousandths) }, ... }
 -- ARGV[1]  now, ms since the Unix epoch
 -- ARGV[2]  the message's score before repetition, thousandths (0..1000)
 -- ARGV[3]  the limits, a msgpack array (the same for every message of a channel and campaign):
@@ -29,6 +30,11 @@ local state = {}
 local raw = redis.call('GET', KEYS[1])
 if raw then
   state = cmsgpack.unpack(raw)
+  local base = state.t or 0
+  for _, log in pairs(state.c or {}) do
+    for i = 1, #log do log[i] = log[i] + base end
+  end
+  for _, entry in ipairs(state.b or {}) do entry[1] = entry[1] + base end
 end
 local logs = state.c or {}
 
@@ -125,9 +131,17 @@ for name, log in pairs(logs) do
     any_log = true
   end
 end
-local packed = {}
+-- Times are stored from a base, the oldest instant still counted, so that most take 5 bytes
+-- of msgpack instead of 9: a person's state stays small.
+local base = now - ttl
+for _, log in pairs(kept_logs) do
+  for i = 1, #log do log[i] = log[i] - base end
+end
+local stored_budget = {}
+for i, entry in ipairs(budget_log) do stored_budget[i] = { entry[1] - base, entry[2] } end
+local packed = { t = base }
 if any_log then packed.c = kept_logs end
-if #budget_log > 0 then packed.b = budget_log end
+if #budget_log > 0 then packed.b = stored_budget end
 if any_log or #budget_log > 0 then
   redis.call('SET', KEYS[1], cmsgpack.pack(packed), 'PX', ttl)
 end
