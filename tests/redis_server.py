@@ -23,8 +23,9 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server the tests own: start it, stop it, start it again on the same port."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, client_options: dict[str, Any] | None = None) -> None:
         self.extra = extra
+        self.client_options = client_options or {}
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -63,6 +64,7 @@ class RedisServer:
                 break
             except (redis.ConnectionError, redis.ResponseError):
                 if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.02)
             finally:
@@ -80,7 +82,9 @@ class RedisServer:
             if "--requirepass" in self.extra
             else None
         )
-        return redis.Redis(port=self.port, password=password, **options)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=password, **self.client_options, **options
+        )
 
     def cleanup(self) -> None:
         self.stop()
