@@ -30,6 +30,7 @@ from throttle.fallback import (
 from throttle.faults import LogLimiter
 from throttle.message import parse_marker
 from throttle.policy import Policy, load_policy
+from throttle.reload import PolicyWatcher
 from throttle.store import RedisStore, Store, open_store
 
 DECISION_SCOPE_KEY = "throttle.decision"
@@ -87,6 +88,8 @@ class ThrottleMiddleware:
     - `secret`: key of the hash that replaces user ids in the store; defaults to the
       `THROTTLE_SECRET` environment variable. Required with Redis.
     - `fallback`: an async callable giving segment content for a `FallbackRequest`.
+    - `reload_interval`: how often, in seconds, to look for an edited policy file (`None`: never).
+      A valid edit takes effect without a restart; an invalid one is logged and ignored.
     - `clock`: seconds since the epoch; tests and simulations pass their own.
     """
 
@@ -99,10 +102,16 @@ class ThrottleMiddleware:
         identify: Identify | None = None,
         secret: str | bytes | None = None,
         fallback: FallbackProvider | None = None,
+        reload_interval: float | None = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+        self._watcher = (
+            PolicyWatcher(policy, loaded, interval=reload_interval)
+            if reload_interval is not None and not isinstance(policy, Policy)
+            else None
+        )
         opened = open_store(store) if isinstance(store, str) else store
         self.engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
         self.identify = identify or authenticated_user
@@ -130,6 +139,8 @@ class ThrottleMiddleware:
         return send_and_close
 
     async def decide(self, scope: Scope, marker_value: bytes) -> Decision:
+        if self._watcher is not None and (reloaded := self._watcher.poll()) is not None:
+            self.engine.policy = reloaded
         try:
             marker = parse_marker(marker_value)
         except MarkerError as error:

@@ -1,0 +1,87 @@
+"""Hot reload: a running middleware picks up an edited policy file, and survives a bad edit."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from throttle.errors import PolicyError
+from throttle.policy import Policy
+
+logger = logging.getLogger("throttle")
+
+
+class PolicyWatcher:
+    """Looks at a policy file at most every `interval` seconds and loads it when it changed.
+
+    An edit that does not validate leaves the policy in force and is logged once; so is a file
+    that disappears. The caller swaps in whatever `poll()` returns.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        current: Policy,
+        *,
+        interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._clock = clock
+        self._next_look = clock() + interval
+        self._signature = self._stat()
+        self._version = current.version
+        self._refused: str | None = None
+
+    def poll(self) -> Policy | None:
+        """A newly loaded policy when the file changed and is valid; otherwise None."""
+        now = self._clock()
+        if now < self._next_look:
+            return None
+        self._next_look = now + self.interval
+        signature = self._stat()
+        if signature == self._signature:
+            return None
+        self._signature = signature
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            self._refuse(f"unreadable: {error}", f"unreadable:{signature}")
+            return None
+        version = hashlib.sha256(text.encode()).hexdigest()[:12]
+        if version == self._version:
+            return None
+        try:
+            policy = Policy.from_toml(text, source=str(self.path))
+        except PolicyError as error:
+            self._refuse(str(error), version)
+            return None
+        logger.warning(
+            "throttle: policy %s reloaded: %s@%s (was @%s)",
+            self.path,
+            policy.name,
+            policy.version,
+            self._version,
+        )
+        self._version = version
+        self._refused = None
+        return policy
+
+    def _refuse(self, why: str, version: str) -> None:
+        if version != self._refused:
+            self._refused = version
+            logger.error(
+                "throttle: kept policy @%s; the edited file is not used: %s", self._version, why
+            )
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
