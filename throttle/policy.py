@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -80,10 +81,19 @@ def _check_name(value: str) -> str:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Editors see durations as what the file holds: text with a unit.
+_DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*$"
+_DURATION_SCHEMA = WithJsonSchema(
+    {
+        "type": "string",
+        "pattern": _DURATION_PATTERN,
+        "description": "A number with a unit: ms, s, m, h or d, e.g. 90m or 24h",
+    }
+)
+Duration = Annotated[float, BeforeValidator(parse_duration), _DURATION_SCHEMA]
 # Windows count whole seconds at least: delivery times are kept to the millisecond, but a
 # window shorter than a second would cap nothing a person notices.
-Window = Annotated[float, BeforeValidator(_at_least(1.0, "1s"))]
+Window = Annotated[float, BeforeValidator(_at_least(1.0, "1s")), _DURATION_SCHEMA]
 Name = Annotated[str, AfterValidator(_check_name)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -158,7 +168,9 @@ class Content(_Model):
 class Fallback(_Model):
     k: Annotated[int, Field(ge=1, le=100_000)] = 50
     # Distinct people are counted over this period, then the count starts again.
-    audience_window: Annotated[float, BeforeValidator(_at_least(3600.0, "1h"))] = 30 * 86400.0
+    audience_window: Annotated[
+        float, BeforeValidator(_at_least(3600.0, "1h")), _DURATION_SCHEMA
+    ] = 30 * 86400.0
     # Segment content per campaign; "*" stands in for campaigns not listed.
     content: dict[str, Content] = Field(default_factory=dict)
     # Response headers kept on segment content, besides those that say nothing about the body.
@@ -237,6 +249,41 @@ class Policy(_Model):
         policy._version = hashlib.sha256(text.encode()).hexdigest()[:12]
         policy._source = source
         return policy
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of policy files, for editors that complete and check TOML."""
+    schema = Policy.model_json_schema(mode="validation")
+    _durations_as_text(schema)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "throttle policy"
+    return schema
+
+
+def _durations_as_text(node: Any) -> None:
+    """Defaults of duration keys are seconds in the model; the file writes them as text.
+
+    Defaults of whole tables are dropped: their keys state their own.
+    """
+    if isinstance(node, dict):
+        if node.get("pattern") == _DURATION_PATTERN and isinstance(node.get("default"), float):
+            node["default"] = format_duration(node["default"])
+        if isinstance(node.get("default"), dict):
+            del node["default"]
+        for value in node.values():
+            _durations_as_text(value)
+    elif isinstance(node, list):
+        for value in node:
+            _durations_as_text(value)
+
+
+def format_duration(seconds: float) -> str:
+    """5400.0 -> "90m": the largest unit that states the duration exactly."""
+    for unit in ("d", "h", "m", "s"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{round(seconds * 1000)}ms"
 
 
 def load_policy(path: str | Path) -> Policy:
