@@ -48,6 +48,7 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[_Batch] = collections.deque()
         self.transport: asyncio.WriteTransport | None = None
         self.lost: Exception | None = None
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but write the same.
@@ -69,6 +70,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or ConnectionError("Redis closed the connection")
+        if not self.finished.done():
+            self.finished.set_result(None)
         while self.waiting:
             batch = self.waiting.popleft()
             if not batch.future.done():
@@ -88,6 +91,8 @@ class Pipe:
         self._connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
+        # Every connection opened, so that closing waits until each socket is really shut.
+        self._opened: list[_Protocol] = []
 
     @property
     def ready(self) -> bool:
@@ -141,6 +146,8 @@ class Pipe:
                     options.get("port", 6379),
                     ssl=context,
                 )
+            self._opened = [p for p in self._opened if not p.finished.done()]
+            self._opened.append(protocol)
             handshake = []
             if "password" in options:
                 username = options.get("username")
@@ -161,9 +168,18 @@ class Pipe:
                         raise error
         return protocol
 
-    def close(self) -> None:
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
+    async def aclose(self) -> None:
+        """Close every connection and wait (briefly) until their sockets are shut."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        for protocol in self._opened:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        waiting = [asyncio.shield(p.finished) for p in self._opened]
+        if waiting:
+            await asyncio.wait(waiting, timeout=1.0)
+        self._opened.clear()
         self._protocol = None
 
 

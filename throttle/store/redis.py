@@ -229,7 +229,7 @@ class RedisStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._pipe.close()
+        await self._pipe.aclose()
         await self._client.aclose()
 
 
