@@ -153,19 +153,21 @@ def test_every_problem_is_listed_at_once_with_its_key_path() -> None:
     )
     assert error.source == "<test>"
     assert error.problems == (
-        PolicyProblem("policy.mode", "is 'loud'; should be 'enforce' or 'shadow'"),
-        PolicyProblem("caps[1].limit", "is 0; should be greater than or equal to 1"),
+        PolicyProblem("policy.mode", "is 'loud'; should be 'enforce' or 'shadow'", 3),
+        PolicyProblem("caps[1].limit", "is 0; should be greater than or equal to 1", 12),
         PolicyProblem(
-            'creepiness.signals."location.precise"', "is 2; should be less than or equal to 1"
+            'creepiness.signals."location.precise"', "is 2; should be less than or equal to 1", 15
         ),
-        PolicyProblem("creepiness.signals.cart", "is -0.1; should be greater than or equal to 0"),
+        PolicyProblem(
+            "creepiness.signals.cart", "is -0.1; should be greater than or equal to 0", 16
+        ),
     )
     assert str(error) == (
         "policy <test> cannot be used:\n"
-        "  policy.mode: is 'loud'; should be 'enforce' or 'shadow'\n"
-        "  caps[1].limit: is 0; should be greater than or equal to 1\n"
-        '  creepiness.signals."location.precise": is 2; should be less than or equal to 1\n'
-        "  creepiness.signals.cart: is -0.1; should be greater than or equal to 0"
+        "  line 3: policy.mode: is 'loud'; should be 'enforce' or 'shadow'\n"
+        "  line 12: caps[1].limit: is 0; should be greater than or equal to 1\n"
+        '  line 15: creepiness.signals."location.precise": is 2; should be less than or equal to 1\n'
+        "  line 16: creepiness.signals.cart: is -0.1; should be greater than or equal to 0"
     )
 
 
@@ -319,7 +321,7 @@ def test_a_bad_file_names_the_file_and_the_key(tmp_path: Path) -> None:
         load_policy(path)
     assert str(caught.value) == (
         f"policy {path} cannot be used:\n"
-        "  caps[0].window: '90 minutes' is not a duration; write 90m"
+        "  line 7: caps[0].window: '90 minutes' is not a duration; write 90m"
     )
 
 
@@ -356,3 +358,23 @@ def test_a_repetition_without_weight_keeps_no_window() -> None:
     off = '[creepiness]\nrepetition = { weight = 0.0, window = "5d" }\n'
     assert Policy.from_toml(HEADER + cap('"4h"') + off).longest_window == 4 * 3600.0
     assert Policy.from_toml(HEADER + off).longest_window == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        pytest.param(HEADER + cap('"2 hours"'), 7, id="array-of-tables"),
+        pytest.param(HEADER + "[creepiness]\nbudget = { limit = 0, window = '1h' }\n", 4,
+                     id="inline-table"),
+        pytest.param("creepiness.threshold = 3\n" + HEADER, 1, id="dotted-key"),
+        pytest.param(HEADER + '[fallback.content."*"]\nmedia_type = "json"\nbody = "{}"\n', 4,
+                     id="quoted-table"),
+        pytest.param(HEADER + '[[caps]]\nname = "a"\nper = "user"\nlimit = 1\n', 3,
+                     id="missing-key-points-at-its-table"),
+        pytest.param(HEADER + '[fallback.content."*"]\nbody = """\nk = 0\n"""\n[fallback]\nk = 0\n',
+                     8, id="after-a-multiline-string"),
+    ],
+)  # fmt: skip
+def test_each_problem_names_the_line_to_edit(text: str, line: int) -> None:
+    (problem,) = refusal(text).problems
+    assert problem.line == line

@@ -25,13 +25,16 @@ class ConfigurationError(ThrottleError):
 
 @dataclass(frozen=True, slots=True)
 class PolicyProblem:
-    """One thing wrong in a policy file: where (`key`, e.g. `caps[2].window`) and what."""
+    """One thing wrong in a policy file: where (`key`, e.g. `caps[2].window`, and the `line`
+    to edit, when the file shows one) and what."""
 
     key: str
     message: str
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.key}: {self.message}" if self.key else self.message
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.key}: {self.message}" if self.key else f"{where}{self.message}"
 
 
 class PolicyError(ThrottleError):

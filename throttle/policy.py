@@ -5,6 +5,7 @@ Every key has a default except the policy's name, so a short file states only wh
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import math
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from throttle.errors import PolicyError, PolicyProblem
+from throttle.locate import key_lines, line_of
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -245,7 +247,12 @@ class Policy(_Model):
         try:
             policy = cls.model_validate(data)
         except ValidationError as error:
-            raise PolicyError(source, [_problem(item) for item in error.errors()]) from None
+            lines = key_lines(text)
+            problems = [
+                dataclasses.replace(_problem(item), line=line_of(lines, tuple(item["loc"])))
+                for item in error.errors()
+            ]
+            raise PolicyError(source, problems) from None
         policy._version = hashlib.sha256(text.encode()).hexdigest()[:12]
         policy._source = source
         return policy
