@@ -166,7 +166,8 @@ def test_every_problem_is_listed_at_once_with_its_key_path() -> None:
         "policy <test> cannot be used:\n"
         "  line 3: policy.mode: is 'loud'; should be 'enforce' or 'shadow'\n"
         "  line 12: caps[1].limit: is 0; should be greater than or equal to 1\n"
-        '  line 15: creepiness.signals."location.precise": is 2; should be less than or equal to 1\n'
+        '  line 15: creepiness.signals."location.precise": is 2; '
+        "should be less than or equal to 1\n"
         "  line 16: creepiness.signals.cart: is -0.1; should be greater than or equal to 0"
     )
 
