@@ -1,0 +1,57 @@
+"""`throttle check`: what a marketer sees for a good policy file and for a broken one."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from throttle.check import check
+
+
+def run(*paths: str | Path) -> tuple[int, str]:
+    out = io.StringIO()
+    status = check([str(p) for p in paths], out)
+    return status, out.getvalue()
+
+
+def test_a_valid_policy_is_summarized_in_plain_words() -> None:
+    status, text = run("policies/default.toml")
+    assert status == 0
+    lines = text.splitlines()
+    assert lines[0].startswith("policies/default.toml: ok, policy 'default' @")
+    assert "per-channel-hourly  4 per person and channel in any 1h" in text
+    assert "per-user-daily      12 per person in any 1d" in text
+    assert "threshold 0.7; budget 2.5 per 1d" in text
+    assert "Sec-GPC: 1 rules out inferred, third-party" in text
+    assert "a segment stands in once 50 people are in it" in text
+
+
+def test_a_broken_policy_exits_1_naming_file_line_key_and_fix(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text(
+        '[policy]\nname = "spring"\n\n[[caps]]\nname = "hourly"\nper = "user"\n'
+        'limit = 4\nwindow = "90 minutes"\n\n[fallback]\nk = 0\n'
+    )
+    status, text = run(broken)
+    assert status == 1
+    assert text.splitlines() == [
+        f"{broken}:8: caps[0].window: '90 minutes' is not a duration; write 90m",
+        f"{broken}:11: fallback.k: is 0; should be greater than or equal to 1",
+    ]
+
+
+def test_every_file_is_checked_even_after_a_bad_one(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    status, text = run(missing, "policies/default.toml")
+    assert status == 1
+    assert f"{missing}: cannot be read" in text
+    assert "policies/default.toml: ok" in text
+
+
+def test_shadow_mode_is_spelled_out(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow.toml"
+    shadow.write_text('[policy]\nname = "trial"\nmode = "shadow"\n')
+    status, text = run(shadow)
+    assert status == 0
+    assert "shadow (decides and reports, delivers everything)" in text
+    assert "caps:        none" in text
