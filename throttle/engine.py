@@ -284,13 +284,13 @@ class Engine:
         )
 
     def _stale(self, segments: tuple[str, ...]) -> tuple[str, ...]:
-        now = self._monotonic()
-        return tuple(
-            s
-            for s in segments
-            if (known := self._audiences.get(s)) is None
-            or now - known[1] > _AUDIENCE_REFRESH_SECONDS
-        )
+        """The segments whose audience sizes are unknown or older than the refresh period."""
+        if not segments:
+            return ()
+        oldest = self._monotonic() - _AUDIENCE_REFRESH_SECONDS
+        audiences = self._audiences
+        stale = [s for s in segments if (known := audiences.get(s)) is None or known[1] < oldest]
+        return tuple(stale) if stale else ()
 
     def _remember(self, sizes: Mapping[str, int]) -> None:
         if sizes:

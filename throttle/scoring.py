@@ -50,6 +50,7 @@ class Scorer:
         self._policy = creepiness
         self._cache: dict[Marker, ContentScore] = {}
         self._by_identity: dict[int, tuple[Marker, ContentScore]] = {}
+        self._totals: dict[tuple[int, int], tuple[ContentScore, ContentScore]] = {}
         repetition = creepiness.repetition
         self.repetition_milli = milli(repetition.weight)
         # Repeats past 1 / weight cannot add more (the score stops at 1), so none are counted.
@@ -114,9 +115,16 @@ class Scorer:
         Must agree with the Lua script and the memory store, which compute the same sum.
         """
         counted = min(repetitions, self.repetition_saturation)
-        score = min(1000, content.milli + self.repetition_milli * counted)
-        added = score - content.milli
-        if added <= 0:
+        if counted == 0 or self.repetition_milli == 0 or content.milli >= 1000:
             return content
-        factors = (*content.factors, Factor("repetition", added / 1000))
-        return ContentScore(score, factors, content.unknown_signals)
+        key = (id(content), counted)
+        known = self._totals.get(key)
+        if known is not None and known[0] is content:
+            return known[1]
+        score = min(1000, content.milli + self.repetition_milli * counted)
+        factors = (*content.factors, Factor("repetition", (score - content.milli) / 1000))
+        total = ContentScore(score, factors, content.unknown_signals)
+        if len(self._totals) >= _CACHE_SIZE:
+            self._totals.clear()
+        self._totals[key] = (content, total)
+        return total
