@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
 
 from tests.helpers import policy
-from throttle import ConfigurationError, PolicyError, ThrottleMiddleware, open_store
+from throttle import ConfigurationError, Engine, PolicyError, ThrottleMiddleware, open_store
 from throttle.store import MemoryStore, RedisStore
 
 
@@ -76,3 +78,11 @@ def test_a_missing_policy_file_fails_at_startup(tmp_path: Path) -> None:
 def test_the_shipped_default_policy_mounts() -> None:
     middleware = mount(policy="policies/default.toml")
     assert middleware.engine.policy.name == "default"
+
+
+@pytest.mark.parametrize("secret", [b"s" * 16, b"k" * 64, b"long-" * 40], ids=len)
+@pytest.mark.parametrize("person", ["ana", "", "ünï", "x" * 10_000])
+def test_pseudonyms_are_hmac_sha256_of_the_id(secret: bytes, person: str) -> None:
+    engine = Engine(policy(), MemoryStore(), secret=secret)
+    expected = hmac.new(secret, person.encode(), hashlib.sha256).hexdigest()[:32]
+    assert engine.pseudonym(person) == expected
