@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from tests.conftest import ManualClock
-from tests.helpers import NO_REPETITION, engine, marker
-from throttle import Reason
+from tests.helpers import NO_REPETITION, SECRET, engine, marker, policy
+from throttle import Engine, Reason
 from throttle.store import RedisStore, Store
 
 HOURLY_CAP_OF_3 = (
@@ -269,24 +269,32 @@ async def test_shadow_mode_reports_but_delivers_and_never_overrides_consent(
 
 
 async def test_segment_content_is_k_anonymous(store: Store, clock: ManualClock) -> None:
-    throttle = engine(
-        '[[caps]]\nname = "one"\nper = "user"\nlimit = 1\nwindow = "1h"\n[fallback]\nk = 3\n'
-        + NO_REPETITION,
+    monotonic = ManualClock(0.0)
+    throttle = Engine(
+        policy(
+            '[[caps]]\nname = "one"\nper = "user"\nlimit = 1\nwindow = "1h"\n[fallback]\nk = 3\n'
+            + NO_REPETITION
+        ),
         store,
-        clock,
+        secret=SECRET,
+        clock=clock,
+        monotonic=monotonic,
     )
     berlin, munich = marker(segment="eu/de/berlin"), marker(segment="eu/de/munich")
     for person in ("a", "b"):
         await throttle.decide(berlin, person=person)
     await throttle.decide(munich, person="c")
-    # Two people in Berlin, one in Munich: only "everyone" has seen three yet... except that
-    # audiences are counted per segment path, so eu/de has not been counted at all.
+    monotonic.advance(31)  # audience sizes are asked again after 30 s
+    # Two people in Berlin, three in eu/de (Berlin and Munich): eu/de stands in for Berlin.
     refused = await throttle.decide(berlin, person="a")
-    assert (refused.outcome, refused.segment) == ("segment", "")
+    assert (refused.outcome, refused.segment) == ("segment", "eu/de")
     await throttle.decide(berlin, person="d")
-    throttle._audiences.clear()  # forget cached sizes, as 30 s passing would
+    monotonic.advance(31)
     refused = await throttle.decide(berlin, person="a")
     assert refused.segment == "eu/de/berlin"
+    # A segment nobody has been counted in falls back to everyone.
+    alone = await throttle.decide(marker(segment="us/tx"), person="a")
+    assert alone.segment == ""
 
 
 async def test_state_expires_after_the_longest_window(store: Store, clock: ManualClock) -> None:

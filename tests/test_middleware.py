@@ -133,7 +133,8 @@ async def test_segment_content_replaces_the_body_and_leaks_no_personal_header(
         '"' + hashlib.blake2b(response.content, digest_size=12).hexdigest() + '"'
     )
     assert int(response.headers["content-length"]) == len(response.content)
-    assert "cache-control" not in response.headers
+    # The decision header speaks of one person, so no shared cache may keep the response.
+    assert response.headers["cache-control"] == "private"
 
 
 async def test_segment_content_comes_from_the_apps_fallback_provider() -> None:

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Literal, NamedTuple
 
 from throttle.consent import gpc_forbids
-from throttle.errors import StoreUnavailable
+from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.fallback import EVERYONE, k_anonymous, lineage
 from throttle.faults import StoreGuard
 from throttle.message import Marker
@@ -28,9 +28,9 @@ from throttle.store.base import (
     Verdict,
 )
 
-# Shadow mode delivers what the limits would refuse, never what a person refused or what
-# cannot be read.
-_ALWAYS_ENFORCED = frozenset({"consent", "invalid-marker", "internal-error"})
+# Shadow mode delivers what the limits would refuse, never what a person refused, nor to
+# nobody in particular, nor what cannot be read.
+_ALWAYS_ENFORCED = frozenset({"consent", "anonymous", "invalid-marker", "internal-error"})
 # Audience sizes only grow slowly; asking Redis again this often keeps k-anonymity current.
 _AUDIENCE_REFRESH_SECONDS = 30.0
 _LIMITS_CACHE_SIZE = 4096
@@ -63,7 +63,7 @@ class Decision(NamedTuple):
     - `score`, `factors`: the creepiness score and each factor's contribution to it.
     - `segment`: for segment outcomes, the k-anonymous segment whose content stands in.
     - `shadow`: the policy is in shadow mode, so the personalized content is delivered anyway
-      (never for `consent`, `invalid-marker` or `internal-error`).
+      (never for `consent`, `anonymous`, `invalid-marker` or `internal-error`).
     - `unknown_signals`: signals the policy has no weight for (scored at its default).
 
     The middleware puts it in the ASGI scope under `"throttle.decision"`. Immutable (a named
@@ -164,9 +164,10 @@ class Engine:
 
     async def decide(self, marker: Marker, *, person: str | None, gpc: bool = False) -> Decision:
         """Decide one message for one person (`None`: not signed in)."""
-        policy = self._policy
-        content = self._scorer.score(marker)
-        if gpc and gpc_forbids(marker, policy.consent, self._scorer):
+        # One policy for the whole decision, even if a reload swaps it meanwhile.
+        policy, scorer = self._policy, self._scorer
+        content = scorer.score(marker)
+        if gpc and gpc_forbids(marker, policy.consent, scorer):
             return await self._segment(marker, Reason.CONSENT, "consent.gpc", content)
         if person is None and self._anonymous_get_segment:
             return await self._segment(marker, Reason.ANONYMOUS, "consent.anonymous", content)
@@ -179,12 +180,14 @@ class Engine:
 
         pseudonym = self.pseudonym(person)
         wanted = lineage(marker.segment)
-        delivery = self._delivery(marker, pseudonym, content, self._stale(wanted))
+        delivery = self._delivery(pseudonym, marker, content, wanted, self._stale(wanted))
         guard = self.guard
         outcome = None
         if guard.available():
             try:
                 outcome = await self.store.deliver(delivery)
+            except DecisionRefused:
+                pass  # one person's state is broken; the store is fine for everyone else
             except Exception as error:  # whatever the store failed with, the decision stands
                 guard.failed(error)
             else:
@@ -203,7 +206,7 @@ class Engine:
             )
         if outcome.segment_sizes:
             self._remember(outcome.segment_sizes)
-        scored = self._scorer.total(content, outcome.repetitions)
+        scored = scorer.total(content, outcome.repetitions)
         if outcome.verdict is Verdict.DELIVERED:
             return self._personalized(marker, Reason.ALLOWED, scored)
         if outcome.verdict is Verdict.FREQUENCY_CAP:
@@ -225,7 +228,12 @@ class Engine:
         return self._decision("segment", Reason.INTERNAL_ERROR, None, None, None, (), EVERYONE)
 
     def _delivery(
-        self, marker: Marker, pseudonym: str, content: ContentScore, count_segments: tuple[str, ...]
+        self,
+        pseudonym: str,
+        marker: Marker,
+        content: ContentScore,
+        audiences: tuple[str, ...],
+        count_segments: tuple[str, ...],
     ) -> Delivery:
         key = (marker.channel, marker.campaign)
         limits = self._limits.get(key)
@@ -238,7 +246,7 @@ class Engine:
             math.floor(self._clock() * 1000),
             content.milli,
             limits,
-            marker.segment,
+            audiences,
             count_segments,
         )
 

@@ -5,7 +5,9 @@ ThrottleError
 ├── ConfigurationError   bad arguments to the middleware or a store (URI, secret)
 ├── PolicyError          a policy file that cannot be used; lists every problem
 ├── MarkerError          a Personalization header that cannot be read or built
-└── StoreUnavailable     the store did not answer in time or answered with an error
+└── StoreUnavailable     the store did not answer in time, or not at all
+    └── DecisionRefused  the store answered one decision with an error (e.g. a corrupt key);
+                         it says nothing about the store's health
 ```
 """
 
@@ -53,3 +55,7 @@ class MarkerError(ThrottleError):
 
 class StoreUnavailable(ThrottleError):
     """The store failed to answer a decision in time; the engine falls back to segment content."""
+
+
+class DecisionRefused(StoreUnavailable):
+    """The store answered one decision with an error; other decisions are unaffected."""

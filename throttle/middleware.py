@@ -31,7 +31,7 @@ from throttle.faults import LogLimiter
 from throttle.message import parse_marker
 from throttle.policy import Policy, load_policy
 from throttle.reload import PolicyWatcher
-from throttle.store import RedisStore, Store, open_store
+from throttle.store import Store, open_store
 
 DECISION_SCOPE_KEY = "throttle.decision"
 DECISION_HEADER = "personalization-decision"
@@ -50,7 +50,6 @@ _NEUTRAL_HEADERS = frozenset(
         "access-control-expose-headers",
     }
 )  # fmt: skip
-_BODILESS_STATUS = frozenset({204, 304})
 
 logger = logging.getLogger("throttle")
 
@@ -66,6 +65,8 @@ def authenticated_user(scope: Scope) -> str | None:
         identity = user.identity
     except NotImplementedError:
         identity = user.display_name
+    if isinstance(identity, int) and not isinstance(identity, bool):
+        return str(identity)
     return identity if isinstance(identity, str) else None
 
 
@@ -138,9 +139,19 @@ class ThrottleMiddleware:
 
         return send_and_close
 
-    async def decide(self, scope: Scope, marker_value: bytes) -> Decision:
-        if self._watcher is not None and (reloaded := self._watcher.poll()) is not None:
+    def _reload(self) -> None:
+        assert self._watcher is not None
+        try:
+            reloaded = self._watcher.poll()
+        except Exception:  # never let a policy edit cost a request
+            self._logs.warning("reload", "throttle: policy reload failed", exc_info=True)
+            return
+        if reloaded is not None:
             self.engine.policy = reloaded
+
+    async def decide(self, scope: Scope, marker_value: bytes) -> Decision:
+        if self._watcher is not None:
+            self._reload()
         try:
             marker = parse_marker(marker_value)
         except MarkerError as error:
@@ -202,7 +213,14 @@ class ThrottleMiddleware:
                 self._logs.warning("fallback", "throttle: fallback provider failed", exc_info=True)
                 provided = None
             if provided is not None:
-                return provided
+                if _usable(provided):
+                    return provided
+                self._logs.warning(
+                    "fallback-value",
+                    "throttle: the fallback provider returned %r, not a SegmentContent with a "
+                    "bytes body and an ASCII media type; using the policy's content",
+                    type(provided).__name__,
+                )
         return policy_content(self.engine.policy.fallback, campaign) or empty_document(media_type)
 
     def kept_headers(self) -> frozenset[bytes]:
@@ -264,11 +282,12 @@ class _Responder:
             await self._start(message)
 
     async def _start(self, message: Message) -> None:
-        raw: list[tuple[bytes, bytes]] = message.get("headers") or []
+        # Headers may be any iterable of pairs; read them once.
+        raw: list[tuple[bytes, bytes]] = list(message.get("headers") or ())
         markers = [value for name, value in raw if name.lower() == _MARKER_HEADER]
         if not markers:
             self.passing = True
-            await self.send(message)
+            await self.send({**message, "headers": raw})
             return
         middleware = self.middleware
         decision = await middleware.decide(self.scope, b", ".join(markers))
@@ -276,15 +295,19 @@ class _Responder:
         show = middleware.engine.policy.decisions.header
         if decision.delivers_personalized:
             headers = []
-            cache_control = False
+            cache_control: bytes | None = None
             for name, value in raw:
                 lowered = name.lower()
                 if lowered == _MARKER_HEADER:
                     continue
-                cache_control = cache_control or lowered == b"cache-control"
+                if lowered == b"cache-control":
+                    cache_control = (
+                        value if cache_control is None else cache_control + b", " + value
+                    )
+                    continue
                 headers.append((name, value))
-            if not cache_control:
-                headers.append((b"cache-control", b"private"))
+            # One person's content must never sit in a shared cache, whatever the app said.
+            headers.append((b"cache-control", _private(cache_control)))
             if show:
                 headers.append((_DECISION_HEADER, middleware.decision_header(decision)))
             self.passing = True
@@ -295,16 +318,23 @@ class _Responder:
         media_type = "application/octet-stream"
         kept = middleware.kept_headers()
         headers = []
+        cache_control = None
         for name, value in raw:
             lowered = name.lower()
             if lowered == b"content-type":
                 media_type = value.decode("latin-1")
+            elif lowered == b"cache-control":
+                cache_control = value if cache_control is None else cache_control + b", " + value
             elif lowered in kept:
                 headers.append((name, value))
         content = await middleware.segment_content(self.scope, decision, media_type)
         status = message["status"]
+        # A 304 would let the browser show the personalized copy it holds, and a 206 would
+        # promise a range of the personalized body: the segment content goes out whole.
+        if status in (304, 206):
+            status = 200
         body = content.body
-        if status in _BODILESS_STATUS:
+        if status == 204:
             body = b""
         else:
             headers += (
@@ -313,18 +343,46 @@ class _Responder:
                 (b"etag", content.etag.encode("latin-1")),
             )
         if show:
+            # The decision header speaks of one person (their reason, their score), so the
+            # response it rides on is theirs alone too.
+            headers.append((b"cache-control", _private(cache_control)))
             headers.append((_DECISION_HEADER, middleware.decision_header(decision)))
+        elif cache_control is not None:
+            headers.append((b"cache-control", cache_control))
         if self.scope.get("method") == "HEAD":
             body = b""
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def _private(cache_control: bytes | None) -> bytes:
+    """The app's Cache-Control with whatever lets a shared cache keep it replaced by `private`."""
+    if cache_control is None:
+        return b"private"
+    directives = [d.strip() for d in cache_control.split(b",") if d.strip()]
+    names = [d.split(b"=", 1)[0].strip().lower() for d in directives]
+    if b"no-store" in names or b"private" in names:
+        return cache_control
+    shared = {b"public", b"s-maxage", b"proxy-revalidate"}
+    kept = [d for d, name in zip(directives, names, strict=True) if name not in shared]
+    return b", ".join([b"private", *kept])
+
+
+def _usable(content: object) -> bool:
+    return (
+        isinstance(content, SegmentContent)
+        and isinstance(content.body, bytes)
+        and isinstance(content.media_type, str)
+        and content.media_type.isascii()
+        and content.media_type.isprintable()
+    )
+
+
 def _secret(secret: str | bytes | None, store: Store) -> bytes:
     if secret is None:
         secret = os.environ.get("THROTTLE_SECRET") or None
     if secret is None:
-        if isinstance(store, RedisStore):
+        if getattr(store, "shared", True):
             raise ConfigurationError(
                 "a shared store needs a secret to pseudonymize user ids: pass secret=... or set "
                 "THROTTLE_SECRET (e.g. to the output of: python -c 'import secrets; "

@@ -75,6 +75,8 @@ class Scorer:
                 self._cache.clear()
                 self._by_identity.clear()
             cached = self._cache[marker] = self._score(marker)
+        if len(self._by_identity) >= _CACHE_SIZE:
+            self._by_identity.clear()
         self._by_identity[id(marker)] = (marker, cached)
         return cached
 

@@ -86,8 +86,9 @@ class Delivery(NamedTuple):
     now_ms: int
     score_milli: int
     limits: Limits
-    # Count the person into this segment's audience (its k-anonymity count).
-    segment: str = ""
+    # Count the person into these segments' audiences (their k-anonymity counts): the
+    # message's segment and each of its ancestors.
+    audiences: tuple[str, ...] = ()
     # Report the audience sizes of these segments in the outcome.
     count_segments: tuple[str, ...] = ()
 
@@ -103,6 +104,9 @@ class Outcome(NamedTuple):
 
 class Store(Protocol):
     """Where per-person state lives. `memory://` for one process, `redis://` to share it."""
+
+    # Whether other processes see the state: then pseudonyms need a configured secret.
+    shared: bool
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         """Check every counter and the budget for one message, and record it if all pass."""

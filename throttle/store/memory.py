@@ -25,6 +25,9 @@ class _Person:
 class MemoryStore:
     """Per-person state in this process's memory. Atomic because a decision never awaits."""
 
+    # Its state never leaves the process, so its pseudonyms may use a key made at start-up.
+    shared = False
+
     def __init__(self) -> None:
         self._people: dict[str, _Person] = {}
         self._audiences: dict[str, dict[str, int]] = {}
@@ -107,14 +110,13 @@ class MemoryStore:
         return Verdict.DELIVERED, -1, score, repetitions
 
     def _count_in(self, delivery: Delivery) -> None:
-        if not delivery.segment:
-            return
-        audience = self._audiences.setdefault(delivery.segment, {})
-        if len(audience) >= _MAX_AUDIENCE and delivery.person not in audience:
-            self._prune_audience(audience, delivery.limits.audience_window_ms)
-            if len(audience) >= _MAX_AUDIENCE:
-                return
-        audience[delivery.person] = delivery.now_ms
+        for segment in delivery.audiences:
+            audience = self._audiences.setdefault(segment, {})
+            if len(audience) >= _MAX_AUDIENCE and delivery.person not in audience:
+                self._prune_audience(audience, delivery.limits.audience_window_ms)
+                if len(audience) >= _MAX_AUDIENCE:
+                    continue
+            audience[delivery.person] = delivery.now_ms
 
     def _audience_size(self, segment: str, window_ms: int) -> int:
         audience = self._audiences.get(segment)

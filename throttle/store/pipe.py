@@ -101,7 +101,8 @@ class Pipe:
     def send(self, payload: bytes, replies: int) -> asyncio.Future[list[Any]]:
         """Write `payload` now; the future gets its `replies` replies. Only when `ready`."""
         protocol = self._protocol
-        assert protocol is not None and protocol.transport is not None
+        if protocol is None or protocol.transport is None:
+            raise ConnectionError("not connected to Redis")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         protocol.waiting.append(_Batch(future, replies, loop.time()))
@@ -148,25 +149,30 @@ class Pipe:
                 )
             self._opened = [p for p in self._opened if not p.finished.done()]
             self._opened.append(protocol)
-            handshake = []
-            if "password" in options:
-                username = options.get("username")
-                credentials = (
-                    (username, options["password"]) if username else (options["password"],)
-                )
-                handshake.append(command(b"AUTH", *(c.encode() for c in credentials)))
-            if options.get("db"):
-                handshake.append(command(b"SELECT", str(options["db"]).encode()))
-            if handshake:
-                future: asyncio.Future[list[Any]] = loop.create_future()
-                protocol.waiting.append(_Batch(future, len(handshake), loop.time()))
-                assert protocol.transport is not None
-                protocol.transport.write(b"".join(handshake))
-                for reply in await future:
-                    if (error := reply_error(reply)) is not None:
-                        protocol._close(error)
-                        raise error
+            try:
+                await self._handshake(protocol)
+            except BaseException:
+                protocol._close(ConnectionError("Redis refused the handshake"))
+                raise
         return protocol
+
+    async def _handshake(self, protocol: _Protocol) -> None:
+        options = self._options
+        handshake = []
+        if "password" in options:
+            username = options.get("username")
+            credentials = (username, options["password"]) if username else (options["password"],)
+            handshake.append(command(b"AUTH", *(c.encode() for c in credentials)))
+        if options.get("db"):
+            handshake.append(command(b"SELECT", str(options["db"]).encode()))
+        if not handshake or protocol.transport is None:
+            return
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(_Batch(future, len(handshake), 0.0))
+        protocol.transport.write(b"".join(handshake))
+        for reply in await future:
+            if (error := reply_error(reply)) is not None:
+                raise error
 
     async def aclose(self) -> None:
         """Close every connection and wait (briefly) until their sockets are shut."""

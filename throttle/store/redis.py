@@ -19,8 +19,8 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
+from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.store.base import Delivery, Limits, Outcome, Verdict
 from throttle.store.pipe import Pipe, bulk, command, reply_error
 
@@ -39,6 +39,9 @@ class RedisStore:
 
     `stall_limit`: a connection that has not answered for this long is dropped and reopened.
     """
+
+    # Several processes read its state, so their pseudonyms must come from one shared secret.
+    shared = True
 
     def __init__(
         self,
@@ -60,6 +63,7 @@ class RedisStore:
         self._pending: list[_Call] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def person_key(self, person: str) -> str:
         return f"{self.prefix}{{{person}}}"
@@ -68,6 +72,8 @@ class RedisStore:
         return f"{self.prefix}audience:{segment}"
 
     async def deliver(self, delivery: Delivery) -> Outcome:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
         call = _Call(delivery, loop.create_future())
         self._pending.append(call)
@@ -79,46 +85,74 @@ class RedisStore:
     def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
-        if self._pipe.ready and self._pipe.oldest_wait() < self._stall_limit:
-            self._send(batch)
-        else:
-            self._background(self._reconnect_and_send(batch))
-
-    async def _reconnect_and_send(self, batch: list[_Call]) -> None:
-        if self._pipe.ready:  # ready but stalled: Redis stopped answering this connection
-            self._pipe.abort(TimeoutError(f"no answer for {self._stall_limit:.0f} s"))
-        try:
-            await self._pipe.connect()
-        except Exception as error:
-            _fail(batch, error)
+        if not batch:
             return
-        self._send(batch)
+        # Each decision gets its answer, or an error, within the policy's timeout from the
+        # moment it was queued: connecting, reloading the script and all.
+        timeout = batch[0].delivery.limits.timeout_ms / 1000
+        deadline = asyncio.get_running_loop().call_later(timeout, _expire, batch, timeout)
+        if self._pipe.ready and self._pipe.oldest_wait() < self._stall_limit:
+            self._send(batch, deadline)
+        else:
+            self._background(self._reconnect_and_send(batch, deadline))
 
-    def _send(self, batch: list[_Call]) -> None:
+    async def _reconnect_and_send(self, batch: list[_Call], deadline: asyncio.TimerHandle) -> None:
+        try:
+            if self._pipe.ready:  # ready but stalled: Redis stopped answering this connection
+                self._pipe.abort(TimeoutError(f"no answer for {self._stall_limit:.0f} s"))
+            await self._pipe.connect()
+        except BaseException as error:
+            _fail(batch, _store_error(error))
+            deadline.cancel()
+            if not isinstance(error, Exception):
+                raise
+            return
+        self._send(batch, deadline)
+
+    def _send(self, batch: list[_Call], deadline: asyncio.TimerHandle) -> None:
         batch = [call for call in batch if not call.future.done()]
         if not batch:
+            deadline.cancel()
             return
         audiences, audience_replies, counted = self._audience_commands(batch)
         payload = b"".join(self._evalsha(call.delivery) for call in batch) + audiences
-        replies = self._pipe.send(payload, len(batch) + audience_replies + len(counted))
-        timeout = batch[0].delivery.limits.timeout_ms / 1000
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, batch, timeout)
-        replies.add_done_callback(functools.partial(self._settle, batch, counted, timer))
+        try:
+            replies = self._pipe.send(payload, len(batch) + audience_replies + len(counted))
+        except ConnectionError as error:  # lost since it was found ready
+            _fail(batch, error)
+            deadline.cancel()
+            return
+        replies.add_done_callback(functools.partial(self._settle, batch, counted, deadline))
 
     def _settle(
         self,
         batch: list[_Call],
         counted: list[str],
-        timer: asyncio.TimerHandle,
+        deadline: asyncio.TimerHandle,
         replies: asyncio.Future[list[Any]],
     ) -> None:
-        timer.cancel()
+        try:
+            forgotten = self._answer(batch, counted, replies)
+        except Exception as error:  # an answer of a shape we never sent for: fail, never hang
+            forgotten = []
+            _fail(batch, error)
+        if forgotten:
+            # Redis restarted or was flushed: load the script again, resend what it refused.
+            # The deadline stays armed for them.
+            self._background(self._reload_and_send(forgotten, deadline))
+        else:
+            deadline.cancel()
+
+    def _answer(
+        self, batch: list[_Call], counted: list[str], replies: asyncio.Future[list[Any]]
+    ) -> list[_Call]:
         if (error := replies.exception()) is not None:
             _fail(batch, error)
-            return
+            return []
         values = replies.result()
         counts = values[len(values) - len(counted) :] if counted else []
-        sizes = {segment: int(count) for segment, count in zip(counted, counts, strict=True)}
+        # A count Redis could not give (an error reply) is unknown: the segment's parent stands in.
+        sizes = {s: count for s, count in zip(counted, counts, strict=True) if type(count) is int}
         forgotten = []
         for call, answer in zip(batch, values, strict=False):
             future = call.future
@@ -128,7 +162,7 @@ class RedisStore:
                 if str(answer).startswith("NOSCRIPT"):
                     forgotten.append(call)
                 else:
-                    future.set_exception(reply_error(answer) or ResponseError(repr(answer)))
+                    future.set_exception(DecisionRefused(str(answer)))
                 continue
             verdict, cap_index, score, repetitions = answer
             asked = call.delivery.count_segments
@@ -138,23 +172,24 @@ class RedisStore:
                     cap_index,
                     score,
                     repetitions,
-                    {s: sizes[s] for s in asked} if asked else _NO_SIZES,
+                    {s: sizes[s] for s in asked if s in sizes} if asked else _NO_SIZES,
                 )
             )
-        if forgotten:
-            # Redis restarted or was flushed: load the script again, resend what it refused.
-            self._background(self._reload_and_send(forgotten))
+        return forgotten
 
-    async def _reload_and_send(self, calls: list[_Call]) -> None:
+    async def _reload_and_send(self, calls: list[_Call], deadline: asyncio.TimerHandle) -> None:
         try:
             await self._pipe.connect()
             (loaded,) = await self._pipe.send(_SCRIPT_LOAD, 1)
             if (error := reply_error(loaded)) is not None:
                 raise error
-        except Exception as error:
-            _fail(calls, error)
+        except BaseException as error:
+            _fail(calls, _store_error(error))
+            deadline.cancel()
+            if not isinstance(error, Exception):
+                raise
             return
-        self._send(calls)
+        self._send(calls, deadline)
 
     def _background(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -167,8 +202,8 @@ class RedisStore:
         counted: dict[str, None] = {}
         for call in batch:
             delivery = call.delivery
-            if delivery.segment:
-                members.setdefault(delivery.segment, []).append(delivery.person.encode())
+            for segment in delivery.audiences:
+                members.setdefault(segment, []).append(delivery.person.encode())
             if delivery.count_segments:
                 counted.update(dict.fromkeys(delivery.count_segments))
         if not members and not counted:
@@ -226,6 +261,9 @@ class RedisStore:
         return bool(await self._client.delete(self.person_key(person)))
 
     async def aclose(self) -> None:
+        self._closed = True
+        _fail(self._pending, StoreUnavailable("the store is closed"))
+        self._pending = []
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -243,6 +281,10 @@ class _Call:
 
 def _expire(batch: list[_Call], timeout: float) -> None:
     _fail(batch, TimeoutError(f"no answer within {timeout * 1000:.0f} ms"))
+
+
+def _store_error(error: BaseException) -> Exception:
+    return error if isinstance(error, Exception) else StoreUnavailable("the store is closed")
 
 
 def _fail(batch: list[_Call], error: BaseException) -> None:
