@@ -80,7 +80,7 @@ async def stream(request: Request) -> Response:
     )
 
 
-ROUTES = [
+ROUTES: list[Route] = [
     Route("/plain", plain),
     Route("/offer", offer, methods=["GET", "HEAD"]),
     Route("/cached-offer", cached_offer),
@@ -117,3 +117,34 @@ def bare() -> Starlette:
     return Starlette(
         routes=ROUTES, middleware=[Middleware(AuthenticationMiddleware, backend=HeaderUser())]
     )
+
+
+async def not_modified(request: Request) -> Response:
+    headers = {"etag": '"personal-etag"', **marker_headers(request)}
+    return Response(status_code=304, headers=headers)
+
+
+async def public_offer(request: Request) -> Response:
+    headers = {"cache-control": "public, max-age=600, s-maxage=600", **marker_headers(request)}
+    return JSONResponse(PERSONAL_BODY, headers=headers)
+
+
+async def generated_headers(request: Request) -> Response:
+    """A response whose headers are a one-shot generator, as ASGI allows."""
+    pairs = [(b"content-type", b"application/json"), (b"x-app", b"1")]
+    if "marked" in request.query_params:
+        pairs.append((b"personalization", b'campaign="spring-sale"'))
+
+    class OneShot(Response):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": iter(pairs)})
+            await send({"type": "http.response.body", "body": b'{"offer": "for ana"}'})
+
+    return OneShot()
+
+
+ROUTES += [
+    Route("/not-modified", not_modified),
+    Route("/public-offer", public_offer),
+    Route("/generated-headers", generated_headers),
+]

@@ -23,6 +23,7 @@ from throttle import (
     FallbackRequest,
     SegmentContent,
     ThrottleMiddleware,
+    authenticated_user,
     personalization,
 )
 from throttle.store import MemoryStore, Store
@@ -394,3 +395,76 @@ async def test_unknown_signals_are_scored_at_the_default_and_reported(
     assert decision.unknown_signals == ("shoe_size",)
     assert decision.score == pytest.approx(0.3)
     assert caplog.text.count("signal 'shoe_size' has no weight in policy test") == 1
+
+
+async def test_a_304_on_a_segment_decision_becomes_the_segment_content(
+    shop: httpx.AsyncClient,
+) -> None:
+    # Otherwise the browser would show the personalized copy it already holds.
+    response = await shop.get("/not-modified", headers={"if-none-match": '"personal-etag"'})
+    assert decision_of(response)[0] == "segment"
+    assert response.status_code == 200
+    # A 304 names no media type, so the stand-in is an empty body with a validator of its own.
+    assert response.content == b""
+    assert response.headers["etag"] != '"personal-etag"'
+
+
+async def test_personalized_content_never_stays_in_a_shared_cache(shop: httpx.AsyncClient) -> None:
+    response = await shop.get("/public-offer", headers=ANA)
+    assert decision_of(response)[0] == "personalized"
+    assert response.headers["cache-control"] == "private, max-age=600"
+
+
+async def test_segment_content_keeps_the_apps_caching_when_no_decision_is_shown() -> None:
+    quiet = policy("[decisions]\nheader = false\n")
+    async with client(storefront(policy=quiet)) as shop:
+        response = await shop.get("/public-offer")  # anonymous: segment content
+    assert response.headers["cache-control"] == "public, max-age=600, s-maxage=600"
+
+
+async def test_headers_given_as_a_one_shot_iterable_survive(shop: httpx.AsyncClient) -> None:
+    unmarked = await shop.get("/generated-headers", headers=ANA)
+    assert unmarked.headers["x-app"] == "1"
+    marked = await shop.get("/generated-headers?marked=1", headers=ANA)
+    assert decision_of(marked)[0] == "personalized"
+    assert marked.headers["x-app"] == "1"
+
+
+@pytest.mark.parametrize(
+    "bad_value",
+    [b"raw bytes", SegmentContent("not bytes", "text/plain"), SegmentContent(b"x", "text/plé")],  # type: ignore[arg-type]
+    ids=["bytes", "str-body", "non-ascii-type"],
+)
+async def test_a_bad_value_from_the_provider_falls_back_to_the_policys_content(
+    bad_value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def provider(request: FallbackRequest) -> Any:
+        return bad_value
+
+    with_content = policy('[fallback.content."*"]\nbody = \'{"offer": "generic"}\'\n')
+    async with client(storefront(policy=with_content, fallback=provider)) as shop:
+        response = await shop.get("/offer")
+    assert response.status_code == 200
+    assert response.json() == {"offer": "generic"}
+    assert "not a SegmentContent" in caplog.text
+
+
+async def test_shadow_mode_still_gives_people_not_signed_in_segment_content() -> None:
+    shadow = policy(
+        '[[caps]]\nname = "one"\nper = "user"\nlimit = 1\nwindow = "1h"\n', mode="shadow"
+    )
+    async with client(storefront(policy=shadow)) as shop:
+        response = await shop.get("/offer")
+    outcome, params = decision_of(response)
+    assert (outcome, params["reason"]) == ("segment", "anonymous")
+    assert "shadow" not in params
+    assert b"ana" not in response.content
+
+
+def test_the_default_identify_accepts_int_ids() -> None:
+    class NumberedUser:
+        is_authenticated = True
+        identity = 42
+
+    assert authenticated_user({"user": NumberedUser()}) == "42"
+    assert authenticated_user({}) is None

@@ -245,3 +245,45 @@ async def test_a_corrupt_state_key_is_a_store_error_not_a_500(
     client.close()
     decision = await throttle.decide(marker(), person="ana")
     assert (decision.outcome, decision.reason) == ("segment", Reason.STORE_UNAVAILABLE)
+
+
+async def test_a_broken_audience_count_neither_hangs_nor_fails_the_decision(
+    redis_store: RedisStore, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    client = redis_server.client()
+    client.set(redis_store.audience_key("eu"), "not a HyperLogLog")  # PFADD/PFCOUNT answer errors
+    client.close()
+    throttle = engine(CAPS + '[store]\ntimeout = "200ms"\n', redis_store, clock)
+    started = time.monotonic()
+    decision = await throttle.decide(marker(segment="eu/de"), person="ana")
+    assert decision.outcome == "personalized"
+    assert time.monotonic() - started < 1.0
+
+
+async def test_one_persons_broken_key_does_not_pause_the_store_for_others(
+    redis_store: RedisStore, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    throttle = Engine(fault_tolerant_policy(), redis_store, secret=SECRET, clock=clock)
+    client = redis_server.client()
+    client.hset(redis_store.person_key(throttle.pseudonym("ana")), "x", "1")
+    client.close()
+    broken = await throttle.decide(marker(), person="ana")
+    assert broken.reason is Reason.STORE_UNAVAILABLE
+    others = [await throttle.decide(marker(), person=p) for p in ("ben", "cleo")]
+    assert [d.reason for d in others] == [Reason.ALLOWED, Reason.ALLOWED]
+
+
+async def test_a_closed_store_answers_at_once_and_keeps_nothing_open(
+    redis_server: RedisServer, clock: ManualClock
+) -> None:
+    store = RedisStore(redis_server.url)
+    throttle = engine(CAPS, store, clock)
+    await throttle.decide(marker(), person="ana")
+    pending = asyncio.ensure_future(throttle.decide(marker(), person="ben"))
+    await store.aclose()
+    assert (await pending).reason is Reason.STORE_UNAVAILABLE
+    assert (await throttle.decide(marker(), person="cleo")).reason is Reason.STORE_UNAVAILABLE
+    client = redis_server.client()
+    names = [c.get("name", "") for c in client.client_list()]
+    client.close()
+    assert len(names) == 1  # only this check's own connection
