@@ -1,7 +1,7 @@
-"""`make demo`: the storefront with throttle in front, and a short scripted visit.
+"""`make demo`: the storefront with throttle in front of it, and a short scripted visit.
 
-Uses Redis at REDIS_URL (default redis://127.0.0.1:6379/0) when one answers, else the embedded
-memory store. Prints who got personalized or segment content, and why.
+Uses Redis at REDIS_URL (default redis://127.0.0.1:6379/0) when it answers, else the embedded
+memory store. Prints, for each request, what throttle decided and why.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncio
 import os
 import secrets
 import socket
-import sys
 from dataclasses import dataclass
 
 import httpx
@@ -19,131 +18,171 @@ import uvicorn
 from http_sfv.item import Item
 
 from examples.storefront import PASSWORD, create_app
+from throttle import DECISION_HEADER, RedisStore, Store, load_policy
 
+POLICY = "policies/default.toml"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+PING_TIMEOUT = 0.3
 
 
 @dataclass(frozen=True)
 class Visit:
-    who: str | None
+    who: str | None  # None: not signed in
     path: str
-    times: int = 1
+    times: int
+    story: str
     gpc: bool = False
-    note: str = ""
 
 
 VISITS = [
-    Visit("ana", "/offers/recommended", 5, note="the campaign's daily cap is 3"),
-    Visit("ben", "/offers/nearby", note="precise location, 1 minute ago"),
-    Visit("cleo", "/offers/for-you", gpc=True, note="inferred data; her browser sends Sec-GPC: 1"),
-    Visit(None, "/offers/recommended", note="not signed in"),
-    Visit("dev", "/orders/latest", 4, note="a receipt: transactional"),
-    Visit("ben", "/", note="not personalized at all"),
+    Visit("ana", "/offers/recommended", 5, "ana, 5 times: the campaign's daily cap is 3"),
+    Visit("ben", "/offers/nearby", 1, "ben: an offer from his precise location, a minute ago"),
+    Visit("cleo", "/offers/for-you", 1, "cleo: inferred data; she sends Sec-GPC: 1", gpc=True),
+    Visit(None, "/offers/recommended", 1, "a guest, not signed in"),
+    Visit("dev", "/orders/latest", 4, "dev: his receipt, a message he asked for"),
+    Visit("ben", "/", 1, "ben: the home page, not personalized at all"),
 ]
 
+ROW = "{:<6}  {:<19}  {:<12}  {:<13}  {:<20}  {:>5}  {}"
+EXCERPT = 44
+LEGEND = """\
+Each line is one request. From its Personalization-Decision response header:
+  outcome  personalized: the handler's response went out as it was;
+           segment: generic content for a group large enough to hide the person replaced it;
+           -: the response was not marked as personalized, so throttle left it alone
+  reason   why: allowed, frequency-cap, creepiness, consent, anonymous or transactional
+  rule     the policy rule that decided, when one did
+  score    how creepy the message is, from 0 to 1: above {threshold} is too creepy, and each
+           earlier delivery of the same campaign adds {repetition}
+"""
 
-async def choose_store() -> tuple[str, str | None, str]:
+
+@dataclass(frozen=True)
+class StoreChoice:
+    store: str | Store
+    secret: str | None
+    why: str
+    redis_url: str | None = None
+    prefix: str = ""
+
+
+async def choose_store() -> StoreChoice:
     url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.3)
     try:
-        await client.ping()
+        async with asyncio.timeout(PING_TIMEOUT + 0.2):
+            client = aioredis.Redis.from_url(
+                url, socket_connect_timeout=PING_TIMEOUT, socket_timeout=PING_TIMEOUT
+            )
+            try:
+                await client.ping()
+            finally:
+                await client.aclose()
     except Exception as error:
-        return (
-            "memory://",
-            None,
-            f"no Redis answered at {url} ({type(error).__name__}), so: memory://",
-        )
-    finally:
-        await client.aclose()
-    # A fresh key for every run: this run's pseudonyms match nothing an earlier run left.
-    return url, secrets.token_hex(32), f"Redis at {url}, with a fresh secret generated for this run"
+        why = f"no Redis answered at {url} ({type(error).__name__}), so: memory://"
+        return StoreChoice("memory://", None, why)
+    # A fresh secret and key prefix for every run: nothing an earlier run left counts here.
+    prefix = f"throttle-demo:{secrets.token_hex(4)}:"
+    why = (
+        f"Redis at {url}, with a fresh secret generated for this run.\n"
+        f"       User ids reach Redis only as keyed hashes (pseudonyms), under {prefix}*,\n"
+        "       and every key expires on its own."
+    )
+    return StoreChoice(RedisStore(url, prefix=prefix), secrets.token_hex(32), why, url, prefix)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # port 0: any free one
+    return sock
 
 
 def describe(response: httpx.Response) -> tuple[str, str, str, str]:
-    value = response.headers.get("personalization-decision")
+    """(outcome, reason, rule, score) from the response's decision header."""
+    value = response.headers.get(DECISION_HEADER)
     if value is None:
         return "-", "(unmarked)", "", ""
-    item = Item()
-    item.parse(value.encode())
-    params = dict(item.params)
+    decision = Item()
+    decision.parse(value.encode())
+    params = decision.params
     score = params.get("score")
     return (
-        str(item.value),
+        str(decision.value),
         str(params.get("reason", "")),
         str(params.get("rule", "")),
-        (f"{float(score):.2f}" if score is not None else ""),
+        "" if score is None else f"{score:.3f}",
     )
 
 
+def excerpt(text: str) -> str:
+    return text if len(text) <= EXCERPT else text[: EXCERPT - 3] + "..."
+
+
 async def visit(base_url: str) -> None:
-    row = "{:<6} {:<21} {:<13} {:<18} {:<20} {:>5}  {}"
-    print(row.format("who", "path", "outcome", "reason", "rule", "score", "what they got"))
-    print("-" * 118)
+    print(ROW.format("who", "path", "outcome", "reason", "rule", "score", "what they got"))
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
         for planned in VISITS:
+            print(f"-- {planned.story}")
             auth = (planned.who, PASSWORD) if planned.who else None
             headers = {"Sec-GPC": "1"} if planned.gpc else {}
             for _ in range(planned.times):
                 response = await http.get(planned.path, auth=auth, headers=headers)
-                outcome, reason, rule, score = describe(response)
-                body = response.text if len(response.text) <= 60 else response.text[:57] + "..."
-                print(row.format(planned.who or "(anon)", planned.path, outcome, reason, rule,
-                                 score, body))  # fmt: skip
-            if planned.note:
-                print(f"{'':<6} {'':<21} ^ {planned.note}")
+                response.raise_for_status()
+                who = planned.who or "(anon)"
+                row = (who, planned.path, *describe(response), excerpt(response.text))
+                print(ROW.format(*row))
 
 
-async def show_store(store: str, secret: str | None) -> None:
-    if secret is None:
-        print("State lived in this process's memory and is gone with it.")
-        return
-    client = aioredis.Redis.from_url(store)
+async def show_keys(url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(url, socket_timeout=1)
     try:
-        keys = [key async for key in client.scan_iter(match="throttle:{*}")]
-        print(f"Person keys in Redis: {len(keys)}, named by keyed hashes, never by user ids:")
-        for key in keys[:3]:
-            ttl = await client.pttl(key)
-            print(f"  {key.decode()}  expires by itself in {ttl / 3_600_000:.1f} h")
+        keys = [key.decode() async for key in client.scan_iter(match=f"{prefix}{{*")]
+        print(f"Person keys in Redis: {len(keys)}, named by a keyed hash, never by the user id:")
+        for key in keys:
+            hours = await client.pttl(key) / 3_600_000
+            print(f"  {key}  expires on its own in {hours:.1f} h")
     finally:
         await client.aclose()
 
 
-async def main() -> int:
-    store, secret, why = await choose_store()
-    print("throttle demo: the storefront in examples/storefront.py, policy policies/default.toml")
-    print(f"store: {why}\n")
-    app = create_app(store=store, secret=secret)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    for _ in range(500):  # up to 5 s
-        if server.started or serving.done():
-            break
-        await asyncio.sleep(0.01)
-    if not server.started:
-        print("the storefront did not start", file=sys.stderr)
-        return 1
+async def serve_and_visit(choice: StoreChoice) -> None:
+    app = create_app(store=choice.store, secret=choice.secret, policy=POLICY)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    sock = loopback_socket()
+    host, port = sock.getsockname()
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        await visit(f"http://127.0.0.1:{port}")
+        for _ in range(500):  # up to 5 s
+            if server.started or serving.done():
+                break
+            await asyncio.sleep(0.01)
+        if not server.started:
+            raise RuntimeError("the storefront did not start")
+        await visit(f"http://{host}:{port}")
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, timeout=10)
+        sock.close()
+        if not isinstance(choice.store, str):  # closed at lifespan shutdown, unless none ran
+            await choice.store.aclose()
+
+
+async def main() -> int:
+    print("throttle demo: a storefront (examples/storefront.py) behind ThrottleMiddleware,")
+    print(f"with the policy in {POLICY}\n")
+    choice = await choose_store()
+    print(f"store: {choice.why}\n")
+    creepiness = load_policy(POLICY).creepiness
+    print(LEGEND.format(threshold=creepiness.threshold, repetition=creepiness.repetition.weight))
+    await serve_and_visit(choice)
     print()
-    await show_store(store, secret)
+    if choice.redis_url is not None:
+        await show_keys(choice.redis_url, choice.prefix)
+        print()
     print(
-        "\nThe Personalization-Decision header on each response says what happened and why.\n"
-        "Explore yourself:\n"
-        "  .venv/bin/python -m uvicorn --factory examples.storefront:create_app\n"
-        "  curl -i -u ana:demo http://127.0.0.1:8000/offers/recommended"
+        "Explore: .venv/bin/python -m uvicorn --factory examples.storefront:create_app, then"
+        " curl -i -u ana:demo http://127.0.0.1:8000/offers/recommended"
     )
     return 0
 

@@ -1,14 +1,17 @@
 """A small storefront that uses throttle the way a real app would.
 
-Run it yourself:  THROTTLE_SECRET=... python -m uvicorn --factory examples.storefront:create_app
-Sign in with HTTP Basic auth as ana, ben, cleo or dev (password "demo").
+Run it yourself, from the repository's root:
+
+    .venv/bin/python -m uvicorn --factory examples.storefront:create_app
+    curl -i -u ana:demo http://127.0.0.1:8000/offers/recommended
+
+Sign in with HTTP Basic auth as ana, ben, cleo or dev, password "demo"; or don't, as a guest.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -20,16 +23,18 @@ from starlette.authentication import (
 )
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from throttle import FallbackRequest, SegmentContent, ThrottleMiddleware, personalization
+from throttle import FallbackRequest, SegmentContent, Store, ThrottleMiddleware, personalization
+
+PASSWORD = "demo"
 
 
 @dataclass(frozen=True)
 class Profile:
     city: str
-    segment: str
+    segment: str  # broad to narrow; throttle may fall back to any of its ancestors
     last_purchase: str
 
 
@@ -39,25 +44,25 @@ PROFILES = {
     "cleo": Profile("Lyon", "eu/fr/lyon", "a yoga mat"),
     "dev": Profile("Austin", "us/tx/austin", "a camping stove"),
 }
-PASSWORD = "demo"
+GUEST = Profile("", "", "nothing yet")
 
-# Generic offers a segment may see: nothing in them is about one person.
+# Generic content for segments: nothing in it is about one person.
 BEST_SELLERS = {
     "eu/de": ["merino socks", "a city backpack"],
-    "eu": ["a reusable bottle", "merino socks"],
+    "eu/fr": ["a rain poncho", "merino socks"],
     "": ["gift cards", "a reusable bottle"],
 }
 
 
 class BasicAuth(AuthenticationBackend):
-    """HTTP Basic auth against the demo's user table."""
+    """HTTP Basic auth against the user table above."""
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
         scheme, _, encoded = conn.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "basic":
             return None
         try:
-            name, _, password = base64.b64decode(encoded).decode().partition(":")
+            name, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             raise AuthenticationError("malformed credentials") from None
         if name not in PROFILES or password != PASSWORD:
@@ -65,85 +70,70 @@ class BasicAuth(AuthenticationBackend):
         return AuthCredentials(["authenticated"]), SimpleUser(name)
 
 
-def profile_of(request: Request) -> Profile:
-    return PROFILES.get(request.user.display_name if request.user.is_authenticated else "") or (
-        Profile("", "", "")
-    )
+def unauthorized(conn: HTTPConnection, error: AuthenticationError) -> Response:
+    return PlainTextResponse(str(error), 401, {"WWW-Authenticate": 'Basic realm="storefront"'})
+
+
+def signed_in(request: Request) -> Profile:
+    return PROFILES.get(request.user.display_name, GUEST)  # a guest's display name is ""
 
 
 async def home(request: Request) -> JSONResponse:
-    # Not marked: throttle never touches it.
-    return JSONResponse({"welcome": "to the demo storefront", "offers": "/offers/recommended"})
+    # Not marked, so throttle lets it through untouched.
+    return JSONResponse({"welcome": "to the demo storefront", "see": "/offers/recommended"})
 
 
 async def recommended(request: Request) -> JSONResponse:
-    profile = profile_of(request)
-    offer = {
-        "offer": "10% off new trail shoes",
-        "why": f"because you bought {profile.last_purchase}",
-    }
-    return JSONResponse(
-        offer,
-        headers=personalization(
-            "spring-sale",
-            segment=profile.segment,
-            signals=["purchase_history"],
-            explained=True,
-        ),
+    profile = signed_in(request)
+    offer = {"why": f"because you bought {profile.last_purchase}", "offer": "trail socks -20%"}
+    marker = personalization(
+        "spring-sale", segment=profile.segment, signals=["purchase_history"], explained=True
     )
+    return JSONResponse(offer, headers=marker)
 
 
 async def nearby(request: Request) -> JSONResponse:
-    profile = profile_of(request)
-    offer = {"offer": f"our {profile.city} store, 300 m from you right now, has your size"}
-    return JSONResponse(
-        offer,
-        headers=personalization(
-            "nearby-store",
-            segment=profile.segment,
-            signals=["location.precise"],
-            event_age=60,
-        ),
+    profile = signed_in(request)
+    offer = {"offer": f"you are 300 m from our {profile.city} store: pop in!"}
+    marker = personalization(
+        "nearby-store", segment=profile.segment, signals=["location.precise"], event_age=60
     )
+    return JSONResponse(offer, headers=marker)
 
 
 async def for_you(request: Request) -> JSONResponse:
-    offer = {"offer": "family deals: kids' shoes 2 for 1"}
-    return JSONResponse(
-        offer,
-        headers=personalization(
-            "family-deals",
-            segment=profile_of(request).segment,
-            signals=["household.children"],
-            inferred=True,
-        ),
+    profile = signed_in(request)
+    offer = {"offer": "for your kids: school shoes, 2 for 1"}
+    marker = personalization(
+        "family-deals", segment=profile.segment, signals=["household.children"], inferred=True
     )
+    return JSONResponse(offer, headers=marker)
 
 
 async def latest_order(request: Request) -> JSONResponse:
-    profile = profile_of(request)
+    profile = signed_in(request)
     receipt = {"order": "#1042", "item": profile.last_purchase, "status": "shipped"}
-    return JSONResponse(
-        receipt,
-        headers=personalization("order-status", signals=["purchase_history"], transactional=True),
-    )
+    marker = personalization("order-status", signals=["purchase_history"], transactional=True)
+    return JSONResponse(receipt, headers=marker)
 
 
 async def segment_offers(request: FallbackRequest) -> SegmentContent | None:
-    """Segment content: best sellers for the k-anonymous segment, nothing about the person."""
-    if request.media_type.split(";")[0] != "application/json":
-        return None
-    region = "/".join(request.segment.split("/")[:2])
-    offers = BEST_SELLERS.get(region) or BEST_SELLERS.get(region.split("/")[0]) or BEST_SELLERS[""]
-    return SegmentContent.json({"offer": f"popular right now: {offers[0]}", "for": "everyone"})
+    """Best sellers for the k-anonymous segment throttle chose, or for its nearest ancestor."""
+    segment = request.segment
+    while segment not in BEST_SELLERS:
+        segment = segment.rpartition("/")[0]  # "eu/de/berlin" -> "eu/de" -> "eu" -> ""
+    return SegmentContent.json(
+        {"for": segment or "everyone", "best_sellers": BEST_SELLERS[segment]}
+    )
 
 
 def create_app(
     *,
-    store: str = "memory://",
+    store: str | Store = "memory://",
     secret: str | None = None,
     policy: str = "policies/default.toml",
 ) -> Starlette:
+    """The storefront. With a Redis `store`, pass a `secret` or set THROTTLE_SECRET."""
     app = Starlette(
         routes=[
             Route("/", home),
@@ -153,14 +143,11 @@ def create_app(
             Route("/orders/latest", latest_order),
         ]
     )
-    # Added first, so it runs inside AuthenticationMiddleware (the last added is outermost):
-    # by the time a response is decided, scope["user"] names who it is for.
     app.add_middleware(
-        ThrottleMiddleware,
-        policy=policy,
-        store=store,
-        secret=secret or os.environ.get("THROTTLE_SECRET"),
-        fallback=segment_offers,
+        ThrottleMiddleware, policy=policy, store=store, secret=secret, fallback=segment_offers
     )
-    app.add_middleware(AuthenticationMiddleware, backend=BasicAuth())
+    # Added last, so outermost: who is signed in is settled before anything else runs, and
+    # throttle finds scope["user"] already set when it decides (either order would work, as
+    # AuthenticationMiddleware sets it on the scope dict they share).
+    app.add_middleware(AuthenticationMiddleware, backend=BasicAuth(), on_error=unauthorized)
     return app
