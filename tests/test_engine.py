@@ -341,3 +341,14 @@ async def test_a_policy_that_counts_nothing_keeps_nothing(store: Store, clock: M
     throttle = engine(NO_REPETITION, store, clock)
     assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
     assert await store.state(throttle.pseudonym("ana")) is None
+
+
+async def test_a_new_secret_counts_audiences_afresh(store: Store, clock: ManualClock) -> None:
+    # Pseudonyms change with the secret; counting them together would count everyone twice.
+    body = '[[caps]]\nname = "one"\nper = "user"\nlimit = 1\nwindow = "1h"\n[fallback]\nk = 2\n'
+    before = Engine(policy(body + NO_REPETITION), store, secret=SECRET, clock=clock)
+    after = Engine(policy(body + NO_REPETITION), store, secret=b"another-secret-0123", clock=clock)
+    for engine_ in (before, after):
+        await engine_.decide(marker(segment="eu"), person="ana")
+        refused = await engine_.decide(marker(segment="eu"), person="ana")
+        assert refused.segment == ""  # one person counted per secret: fewer than k = 2

@@ -114,6 +114,7 @@ class Engine:
         self._hmac_outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
         self._clock = clock
         self._monotonic = monotonic
+        self._audience_tag = self.pseudonym("\0audiences")[:8]
         self._audiences: dict[str, tuple[int, float]] = {}
         self._limits: dict[tuple[str, str], Limits] = {}
         self.policy = policy
@@ -179,7 +180,7 @@ class Engine:
             return self._personalized(marker, Reason.TRANSACTIONAL, content)
 
         pseudonym = self.pseudonym(person)
-        wanted = lineage(marker.segment)
+        wanted = self._audiences_of(marker.segment)
         delivery = self._delivery(pseudonym, marker, content, wanted, self._stale(wanted))
         guard = self.guard
         outcome = None
@@ -306,14 +307,26 @@ class Engine:
             for segment, size in sizes.items():
                 self._audiences[segment] = (size, now)
 
-    def _resolve(self, segments: tuple[str, ...]) -> str:
-        sizes = {s: known[0] for s in segments if (known := self._audiences.get(s)) is not None}
-        return k_anonymous(segments[0] if segments else EVERYONE, sizes, self._policy.fallback.k)
+    def _audiences_of(self, segment: str) -> tuple[str, ...]:
+        """The segment and its ancestors as audience names, tagged with this secret's mark.
+
+        People are counted as pseudonyms, which change with the secret: counting under a tag
+        of the secret starts a new secret's counts at zero instead of adding everyone twice.
+        """
+        return lineage(f"{self._audience_tag}:{segment}") if segment else ()
+
+    def _resolve(self, audiences: tuple[str, ...]) -> str:
+        """The k-anonymous segment among these audiences, as the app named it ("" is everyone)."""
+        sizes = {s: known[0] for s in audiences if (known := self._audiences.get(s)) is not None}
+        chosen = k_anonymous(
+            audiences[0] if audiences else EVERYONE, sizes, self._policy.fallback.k
+        )
+        return chosen.partition(":")[2]
 
     async def _segment(
         self, marker: Marker, reason: Reason, rule: str, content: ContentScore
     ) -> Decision:
-        wanted = lineage(marker.segment)
+        wanted = self._audiences_of(marker.segment)
         stale = self._stale(wanted)
         # Unknown sizes resolve to broader segments: the privacy-safe side of a failure.
         with contextlib.suppress(StoreUnavailable):
