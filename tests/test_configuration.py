@@ -86,3 +86,8 @@ def test_pseudonyms_are_hmac_sha256_of_the_id(secret: bytes, person: str) -> Non
     engine = Engine(policy(), MemoryStore(), secret=secret)
     expected = hmac.new(secret, person.encode(), hashlib.sha256).hexdigest()[:32]
     assert engine.pseudonym(person) == expected
+
+
+def test_a_malformed_store_uri_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="store 'redis://127.0.0.1:notaport/0'"):
+        open_store("redis://127.0.0.1:notaport/0")

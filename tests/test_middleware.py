@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +20,7 @@ from throttle import (
     DECISION_SCOPE_KEY,
     Decision,
     FallbackRequest,
+    Reason,
     SegmentContent,
     ThrottleMiddleware,
     authenticated_user,
@@ -373,13 +373,33 @@ async def test_works_under_fastapi() -> None:
     assert bodies[2] == {}
 
 
-def test_decision_header_is_a_valid_structured_field_for_every_reason() -> None:
+@pytest.mark.parametrize("reason", list(Reason))
+@pytest.mark.parametrize("shadow", [False, True])
+def test_decision_header_is_a_valid_structured_field_for_every_reason(
+    reason: Reason, shadow: bool
+) -> None:
     middleware = ThrottleMiddleware(Starlette(), policy=CAP_OF_2)
-    for decision in (middleware.engine.invalid_marker(), middleware.engine.internal_error()):
-        item = Item()
-        item.parse(middleware.decision_header(decision))
-        assert item.value == "segment"
-        assert json.dumps(dict(item.params))
+    outcome = "personalized" if reason in (Reason.ALLOWED, Reason.TRANSACTIONAL) else "segment"
+    decision = Decision(
+        outcome=outcome,
+        reason=reason,
+        rule="per-campaign.daily_2" if outcome == "segment" else None,
+        score=0.5 if reason is not Reason.INVALID_MARKER else None,
+        factors=(),
+        campaign="spring-sale",
+        channel="web",
+        segment="eu/de-north/berlin_1" if outcome == "segment" else None,
+        shadow=shadow,
+        policy="default",
+        policy_version="0123456789ab",
+    )
+    item = Item()
+    item.parse(middleware.decision_header(decision))
+    assert item.value == outcome
+    assert item.params["reason"] == reason.value
+    assert item.params.get("shadow", False) is shadow
+    if decision.score is not None:
+        assert float(item.params["score"]) == decision.score
 
 
 async def test_unknown_signals_are_scored_at_the_default_and_reported(

@@ -49,7 +49,10 @@ class StoreGuard:
             self._failures = 0
 
     def failed(self, error: BaseException) -> None:
-        self._failed(str(error) if isinstance(error, TimeoutError) else _describe(error))
+        if isinstance(error, TimeoutError):
+            self._failed(str(error) or "no answer in time")
+        else:
+            self._failed(_describe(error))
 
     async def run(
         self,

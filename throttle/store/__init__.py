@@ -34,7 +34,10 @@ def open_store(uri: str) -> Store:
     if factory is None:
         known = ", ".join(f"{s}://" for s in _FACTORIES)
         raise ConfigurationError(f"store {uri!r}: unknown scheme {scheme!r}; use one of {known}")
-    return factory(uri)
+    try:
+        return factory(uri)
+    except ValueError as error:  # e.g. a port that is not a number
+        raise ConfigurationError(f"store {uri!r}: {error}") from None
 
 
 __all__ = ["MemoryStore", "RedisStore", "Store", "open_store"]
