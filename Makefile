@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check-redis clean
+.PHONY: demo test bench lint typecheck check-redis clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED) check-redis lint typecheck
 	$(BIN)/python -m pytest --cov --cov-report=term
+
+# Load test: bare app, throttle and its peers under uvicorn and wrk, then the engine and memory.
+bench: $(INSTALLED) check-redis
+	$(BIN)/throttle bench
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check throttle tests examples

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from throttle.check import check
+from throttle.cli import main
 
 
 def run(*paths: str | Path) -> tuple[int, str]:
@@ -55,3 +58,15 @@ def test_shadow_mode_is_spelled_out(tmp_path: Path) -> None:
     assert status == 0
     assert "shadow (decides and reports, delivers everything)" in text
     assert "caps:        none" in text
+
+
+def test_the_command_line_checks_and_exits_with_the_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "policies/default.toml"]) == 0
+    assert "policies/default.toml: ok" in capsys.readouterr().out
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[policy]\nname = "x"\nmode = "loud"\n')
+    assert main(["check", str(broken), "policies/default.toml"]) == 1
+    out = capsys.readouterr().out
+    assert f"{broken}:3: policy.mode: is 'loud'; should be 'enforce' or 'shadow'" in out

@@ -1,0 +1,156 @@
+"""The `throttle` command. One subcommand per job: `check` validates policy files, `bench`
+measures the middleware.
+
+Each subcommand is a function that adds its parser and one that runs it, so check, simulate
+and audit can join `bench` without touching the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from throttle.errors import ThrottleError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `throttle <command> ...`; returns the exit status (also when called as a script)."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    arguments = _parser().parse_args(given)
+    arguments.given = given
+    command: Command = arguments.command
+    try:
+        return command(arguments)
+    except ThrottleError as error:
+        print(f"throttle {arguments.name}: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="throttle", description="ASGI middleware that stops over-personalization."
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_check(commands)
+    _add_bench(commands)
+    return parser
+
+
+def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "check",
+        help="validate policy files and summarize what they do",
+        description=(
+            "Validate each policy file. A good one gets a short summary in plain words; a bad "
+            "one gets every problem as FILE:LINE: KEY: what is wrong. Exits 1 if any is bad."
+        ),
+    )
+    check.add_argument("policies", nargs="+", metavar="POLICY", help="policy files (TOML)")
+    check.set_defaults(command=_check, name="check")
+
+
+def _check(arguments: argparse.Namespace) -> int:
+    from throttle.check import check
+
+    return check(arguments.policies, sys.stdout)
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="load-test throttle beside the bare app and its peers",
+        description=(
+            "Serve GET /offer under uvicorn bare, behind throttle and behind slowapi and "
+            "limits, all on one Redis; drive each with wrk in alternating rounds; then time "
+            "the engine alone and weigh a person's state in Redis. Prints one table."
+        ),
+    )
+    bench.add_argument("--smoke", action="store_true", help="a tiny run: checks that it works")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument(
+        "--duration",
+        type=_positive(float),
+        metavar="S",
+        help="seconds per run of each arm (default 10; smoke 1)",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=_positive(int),
+        metavar="N",
+        help="rounds of every arm (default 5; smoke 1)",
+    )
+    bench.add_argument(
+        "--concurrency",
+        type=_positive(int),
+        metavar="C",
+        help="open connections (default 32; smoke 4)",
+    )
+    bench.add_argument(
+        "--people",
+        type=_positive(int),
+        metavar="N",
+        help="distinct people sending requests, and people weighed in Redis "
+        "(default 100000; smoke 1000)",
+    )
+    bench.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="a Redis you own (default: a private redis-server, started and "
+        "stopped); the run's keys are deleted afterwards",
+    )
+    bench.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="the load generator: wrk, or a Python client when wrk is missing",
+    )
+    bench.add_argument(
+        "--policy", type=Path, help="the policy file (default policies/default.toml)"
+    )
+    bench.set_defaults(command=_bench, name="bench")
+
+
+def _bench(arguments: argparse.Namespace) -> int:
+    from throttle.bench import report, runner
+
+    chosen = {
+        "duration": arguments.duration,
+        "rounds": arguments.rounds,
+        "concurrency": arguments.concurrency,
+        "people": arguments.people,
+        "memory_people": arguments.people,
+        "policy": arguments.policy,
+    }
+    options = dataclasses.replace(
+        runner.SMOKE if arguments.smoke else runner.Options(),
+        redis_url=arguments.redis_url,
+        generator=arguments.generator,
+        command=shlex.join(["throttle", *arguments.given]),
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
+    results = runner.run(options, progress=sys.stderr)
+    print(report.as_json(results) if arguments.json else report.table(results))
+    return 0
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+        return value
+
+    return parse
+
+
+if __name__ == "__main__":
+    sys.exit(main())
