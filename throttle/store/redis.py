@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
@@ -94,20 +94,35 @@ class RedisStore:
         if self._pipe.ready and self._pipe.oldest_wait() < self._stall_limit:
             self._send(batch, deadline)
         else:
-            self._background(self._reconnect_and_send(batch, deadline))
+            self._background(self._prepare_then_send(batch, deadline, self._reconnect))
 
-    async def _reconnect_and_send(self, batch: list[_Call], deadline: asyncio.TimerHandle) -> None:
+    async def _reconnect(self) -> None:
+        if self._pipe.ready:  # ready but stalled: Redis stopped answering this connection
+            self._pipe.abort(TimeoutError(f"no answer for {self._stall_limit:.0f} s"))
+        await self._pipe.connect()
+
+    async def _reload_script(self) -> None:
+        await self._pipe.connect()
+        (loaded,) = await self._pipe.send(_SCRIPT_LOAD, 1)
+        if (error := reply_error(loaded)) is not None:
+            raise error
+
+    async def _prepare_then_send(
+        self,
+        calls: list[_Call],
+        deadline: asyncio.TimerHandle,
+        preparation: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Connect, or reload the script, then send; a failure fails the calls at once."""
         try:
-            if self._pipe.ready:  # ready but stalled: Redis stopped answering this connection
-                self._pipe.abort(TimeoutError(f"no answer for {self._stall_limit:.0f} s"))
-            await self._pipe.connect()
+            await preparation()
         except BaseException as error:
-            _fail(batch, _store_error(error))
+            _fail(calls, _store_error(error))
             deadline.cancel()
             if not isinstance(error, Exception):
                 raise
             return
-        self._send(batch, deadline)
+        self._send(calls, deadline)
 
     def _send(self, batch: list[_Call], deadline: asyncio.TimerHandle) -> None:
         batch = [call for call in batch if not call.future.done()]
@@ -139,7 +154,7 @@ class RedisStore:
         if forgotten:
             # Redis restarted or was flushed: load the script again, resend what it refused.
             # The deadline stays armed for them.
-            self._background(self._reload_and_send(forgotten, deadline))
+            self._background(self._prepare_then_send(forgotten, deadline, self._reload_script))
         else:
             deadline.cancel()
 
@@ -176,20 +191,6 @@ class RedisStore:
                 )
             )
         return forgotten
-
-    async def _reload_and_send(self, calls: list[_Call], deadline: asyncio.TimerHandle) -> None:
-        try:
-            await self._pipe.connect()
-            (loaded,) = await self._pipe.send(_SCRIPT_LOAD, 1)
-            if (error := reply_error(loaded)) is not None:
-                raise error
-        except BaseException as error:
-            _fail(calls, _store_error(error))
-            deadline.cancel()
-            if not isinstance(error, Exception):
-                raise
-            return
-        self._send(calls, deadline)
 
     def _background(self, work: Any) -> None:
         task = asyncio.create_task(work)
