@@ -302,9 +302,7 @@ class _Responder:
                 if lowered == _MARKER_HEADER:
                     continue
                 if lowered == b"cache-control":
-                    cache_control = (
-                        value if cache_control is None else cache_control + b", " + value
-                    )
+                    cache_control = _joined(cache_control, value)
                     continue
                 headers.append((name, value))
             # One person's content must never sit in a shared cache, whatever the app said.
@@ -325,7 +323,7 @@ class _Responder:
             if lowered == b"content-type":
                 media_type = value.decode("latin-1")
             elif lowered == b"cache-control":
-                cache_control = value if cache_control is None else cache_control + b", " + value
+                cache_control = _joined(cache_control, value)
             elif lowered in kept:
                 headers.append((name, value))
         content = await middleware.segment_content(self.scope, decision, media_type)
@@ -354,6 +352,11 @@ class _Responder:
             body = b""
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _joined(earlier: bytes | None, value: bytes) -> bytes:
+    """Repeated Cache-Control headers read as one list (RFC 9110, section 5.3)."""
+    return value if earlier is None else earlier + b", " + value
 
 
 def _private(cache_control: bytes | None) -> bytes:
