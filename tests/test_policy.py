@@ -379,3 +379,56 @@ def test_a_repetition_without_weight_keeps_no_window() -> None:
 def test_each_problem_names_the_line_to_edit(text: str, line: int) -> None:
     (problem,) = refusal(text).problems
     assert problem.line == line
+
+
+def test_a_cap_needs_a_window_or_a_calendar_period_not_both() -> None:
+    neither = HEADER + '[[caps]]\nname = "c"\nper = "user"\nlimit = 3\n'
+    assert problems(neither) == {
+        "caps[0]": 'needs a window (e.g. window = "24h") or a calendar period (calendar = "day")'
+    }
+    both = neither + 'window = "1h"\ncalendar = "day"\n'
+    assert problems(both) == {
+        "caps[0]": 'give either window (rolling, e.g. window = "24h") or calendar '
+        '(calendar = "day", "week" or "month"), not both'
+    }
+    assert problems(neither + 'calendar = "fortnight"\n') == {
+        "caps[0].calendar": "is 'fortnight'; should be 'day', 'week' or 'month'"
+    }
+
+
+def test_a_reserve_must_leave_room_for_everyone_else() -> None:
+    text = HEADER + cap('"1h"', limit="2") + 'reserve = { slots = 2, tags = ["launch"] }\n'
+    assert problems(text) == {"caps[0]": "reserve.slots (2) must be less than limit (2)"}
+    no_tags = HEADER + cap('"1h"') + "reserve = { slots = 1, tags = [] }\n"
+    assert problems(no_tags) == {"caps[0].reserve.tags": "is empty; give at least 1"}
+
+
+def test_tags_must_be_tokens() -> None:
+    assert problems(HEADER + cap('"1h"') + 'except_tags = ["two words"]\n') == {
+        "caps[0].except_tags[0]": "is 'two words'; write a tag as one word, such as service "
+        "or black-friday"
+    }
+
+
+def test_time_zone_and_quiet_hours_are_checked() -> None:
+    text = (
+        HEADER
+        + '[time]\nzone = "Europe/Atlantis"\nweek_starts = "friday"\n'
+        + '[quiet_hours]\nstart = "9pm"\nend = "24:00"\n'
+    )
+    assert problems(text) == {
+        "time.zone": "'Europe/Atlantis' is not a time zone; write an IANA name such as "
+        "Europe/Berlin or UTC",
+        "time.week_starts": "is 'friday'; should be 'monday' or 'sunday'",
+        "quiet_hours.start": "'9pm' is not a time of day; write it as HH:MM, e.g. 21:00",
+        "quiet_hours.end": "'24:00' is not a time of day; write it as HH:MM, e.g. 21:00",
+    }
+    same = HEADER + '[quiet_hours]\nstart = "22:00"\nend = "22:00"\n'
+    assert problems(same) == {
+        "quiet_hours": "start and end are the same time; quiet hours would be empty"
+    }
+
+
+def test_calendar_caps_keep_state_long_enough_for_their_period() -> None:
+    text = HEADER + '[[caps]]\nname = "m"\nper = "user"\nlimit = 3\ncalendar = "month"\n'
+    assert Policy.from_toml(text).longest_window == 32 * 86400

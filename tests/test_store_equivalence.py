@@ -32,6 +32,21 @@ per = "user"
 limit = 8
 window = "24h"
 
+[[caps]]
+name = "calendar-day"
+per = "user"
+limit = 6
+calendar = "day"
+except_tags = ["service"]
+reserve = { slots = 1, tags = ["launch"] }
+
+[[caps]]
+name = "proposed-weekly"
+per = "campaign"
+limit = 3
+calendar = "week"
+shadow = true
+
 [creepiness]
 threshold = 0.6
 budget = { limit = 1.5, window = "6h", entries = 4 }
@@ -51,6 +66,8 @@ step = st.tuples(
     st.sampled_from(["web", "email"]),
     st.sets(st.sampled_from(["cart", "city", "health"]), max_size=2),
     st.booleans(),  # explained
+    st.sampled_from([(), ("service",), ("launch",), ("promo", "launch")]),
+    st.sampled_from(["Europe/Berlin", "America/New_York", "Asia/Kathmandu"]),
 )
 runs = itertools.count()
 
@@ -62,27 +79,33 @@ runs = itertools.count()
 )
 @given(steps=st.lists(step, min_size=1, max_size=40))
 async def test_memory_and_redis_stores_decide_every_sequence_alike(
-    redis_url: str, steps: list[tuple[int, str, str, str, set[str], bool]]
+    redis_url: str,
+    steps: list[tuple[int, str, str, str, set[str], bool, tuple[str, ...], str]],
 ) -> None:
     redis = RedisStore(redis_url, prefix=f"equivalence-{next(runs)}:")
     memory_clock, redis_clock = ManualClock(), ManualClock()
     on_memory = Engine(POLICY, MemoryStore(), secret=SECRET, clock=memory_clock)
     on_redis = Engine(POLICY, redis, secret=SECRET, clock=redis_clock)
     try:
-        for seconds, person, campaign, channel, signals, explained in steps:
+        for seconds, person, campaign, channel, signals, explained, tags, zone in steps:
             memory_clock.advance(seconds)
             redis_clock.advance(seconds)
             message = marker(
-                campaign, channel=channel, signals=tuple(sorted(signals)), explained=explained
+                campaign,
+                channel=channel,
+                signals=tuple(sorted(signals)),
+                explained=explained,
+                tags=tags,
             )
-            expected = await on_memory.decide(message, person=person)
-            got = await on_redis.decide(message, person=person)
-            assert (got.outcome, got.reason, got.rule, got.score, got.factors) == (
+            expected = await on_memory.decide(message, person=person, zone=zone)
+            got = await on_redis.decide(message, person=person, zone=zone)
+            assert (got.outcome, got.reason, got.rule, got.score, got.factors, got.shadow) == (
                 expected.outcome,
                 expected.reason,
                 expected.rule,
                 expected.score,
                 expected.factors,
+                expected.shadow,
             )
             pseudonym = on_memory.pseudonym(person)
             assert await redis.state(pseudonym) == await on_memory.store.state(pseudonym)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TextIO
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
 from throttle.errors import PolicyError
-from throttle.policy import Policy, format_duration, load_policy
+from throttle.policy import Policy, format_clock_time, format_duration, load_policy
 
 _PER = {
     "user": "per person",
@@ -15,24 +17,50 @@ _PER = {
 }
 
 
-def check(paths: Iterable[str], out: TextIO) -> int:
+def check(paths: Iterable[str], out: TextIO, *, overrides: Sequence[str] = ()) -> int:
     """Validate each file; print a summary of the good ones, every problem of the bad ones.
 
+    With `overrides`, each file is the base they are layered on, and the summary is the
+    effective policy, followed by what each override sets.
     Returns the exit status: 0 when every file can be used, 1 otherwise.
     """
     status = 0
     for path in paths:
         try:
-            policy = load_policy(path)
+            policy = load_policy(path, *overrides)
         except PolicyError as error:
             status = 1
             for problem in error.problems:
-                where = f"{path}:{problem.line}" if problem.line is not None else path
+                source = problem.source or path
+                where = f"{source}:{problem.line}" if problem.line is not None else source
                 key = f" {problem.key}:" if problem.key else ""
                 print(f"{where}:{key} {problem.message}", file=out)
             continue
         print(summary(policy), file=out)
+        for override in overrides:
+            print(f"  {override} sets:", file=out)
+            for line in _settings(tomllib.loads(Path(override).read_text(encoding="utf-8"))):
+                print(f"    {line}", file=out)
     return status
+
+
+def _settings(table: dict[str, Any], prefix: str = "") -> list[str]:
+    """An override file's settings, one `key = value` a line; caps are named by their name."""
+    lines = []
+    for key, value in table.items():
+        if key == "caps" and not prefix and isinstance(value, list):
+            for cap in value:
+                # The file has loaded, so every cap is a table with a name.
+                name = cap["name"]
+                if cap.get("remove") is True:
+                    lines.append(f"caps.{name}: removed")
+                    continue
+                lines += _settings({k: v for k, v in cap.items() if k != "name"}, f"caps.{name}.")
+        elif isinstance(value, dict) and value:
+            lines += _settings(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key} = {value!r}")
+    return lines
 
 
 def summary(policy: Policy) -> str:
@@ -47,9 +75,16 @@ def summary(policy: Policy) -> str:
         width = max(len(cap.name) for cap in policy.caps)
         for number, cap in enumerate(policy.caps):
             label = "caps:" if number == 0 else ""
+            notes = []
+            if cap.except_tags:
+                notes.append(f"except campaigns tagged {', '.join(cap.except_tags)}")
+            if cap.reserve:
+                notes.append(f"the last {cap.reserve.slots} kept for {', '.join(cap.reserve.tags)}")
+            if cap.shadow:
+                notes.append("shadow: reported, not enforced")
             lines.append(
                 f"  {label:<12} {cap.name:<{width}}  {cap.limit} {_PER[cap.per]} "
-                f"in any {format_duration(cap.window)}"
+                f"in {cap.period}" + "".join(f"; {note}" for note in notes)
             )
     else:
         lines.append(f"  {'caps:':<12} none")
@@ -63,6 +98,18 @@ def summary(policy: Policy) -> str:
         f"  {'creepiness:':<12} threshold {creepiness.threshold:g}; {budget}; "
         f"{len(creepiness.signals)} signals weighted, others {creepiness.default_signal:g}"
     )
+    quiet = policy.quiet_hours
+    zone = f"person's own time zone (else {policy.time.zone})"
+    if quiet is not None:
+        lines.append(
+            f"  {'quiet hours:':<12} {format_clock_time(quiet.start)} to "
+            f"{format_clock_time(quiet.end)} in each {zone}: only transactional messages"
+        )
+    if any(cap.calendar for cap in policy.caps):
+        lines.append(
+            f"  {'calendar:':<12} days, weeks (from {policy.time.week_starts}) and months "
+            f"in each {zone}"
+        )
     consent = policy.consent
     blocked = ", ".join(consent.gpc) if consent.gpc else "nothing"
     lines.append(

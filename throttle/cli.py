@@ -52,13 +52,22 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     check.add_argument("policies", nargs="+", metavar="POLICY", help="policy files (TOML)")
+    check.add_argument(
+        "--with",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="an override file layered on each POLICY (repeat for more, in order); the "
+        "summary is then the effective policy",
+    )
     check.set_defaults(command=_check, name="check")
 
 
 def _check(arguments: argparse.Namespace) -> int:
     from throttle.check import check
 
-    return check(arguments.policies, sys.stdout)
+    return check(arguments.policies, sys.stdout, overrides=arguments.overrides)
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

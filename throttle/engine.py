@@ -15,6 +15,7 @@ from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.fallback import EVERYONE, k_anonymous, lineage
 from throttle.faults import StoreGuard
 from throttle.message import Marker
+from throttle.periods import PERIODS, LocalClock
 from throttle.policy import Cap, Policy, milli
 from throttle.scoring import ContentScore, Factor, Scorer
 from throttle.store.base import (
@@ -45,6 +46,7 @@ class Reason(StrEnum):
     FREQUENCY_CAP = "frequency-cap"
     CREEPINESS = "creepiness"
     BUDGET = "budget"
+    QUIET_HOURS = "quiet-hours"
     CONSENT = "consent"
     ANONYMOUS = "anonymous"
     STORE_UNAVAILABLE = "store-unavailable"
@@ -62,8 +64,9 @@ class Decision(NamedTuple):
     - `reason`, `rule`: why, and the rule that fired (a cap's name, `creepiness.budget`, ...).
     - `score`, `factors`: the creepiness score and each factor's contribution to it.
     - `segment`: for segment outcomes, the k-anonymous segment whose content stands in.
-    - `shadow`: the policy is in shadow mode, so the personalized content is delivered anyway
-      (never for `consent`, `anonymous`, `invalid-marker` or `internal-error`).
+    - `shadow`: the policy, or the cap that refused, is in shadow mode, so the personalized
+      content is delivered anyway (never for `consent`, `anonymous`, `invalid-marker` or
+      `internal-error`).
     - `unknown_signals`: signals the policy has no weight for (scored at its default).
 
     The middleware puts it in the ASGI scope under `"throttle.decision"`. Immutable (a named
@@ -116,7 +119,7 @@ class Engine:
         self._monotonic = monotonic
         self._audience_tag = self.pseudonym("\0audiences")[:8]
         self._audiences: dict[str, tuple[int, float]] = {}
-        self._limits: dict[tuple[str, str], Limits] = {}
+        self._limits: dict[tuple[str, str, tuple[str, ...]], Limits] = {}
         self.policy = policy
         self.guard = StoreGuard(retry_after=policy.store.retry_after, clock=monotonic)
 
@@ -133,13 +136,14 @@ class Engine:
         self._audience_window_ms = math.ceil(policy.fallback.audience_window * 1000)
         self._shadow = policy.policy.mode == "shadow"
         self._anonymous_get_segment = policy.consent.anonymous == "segment"
-        self._caps_by_scope: dict[str, list[tuple[int, Cap]]] = {
-            "user": [],
-            "channel": [],
-            "campaign": [],
-        }
-        for index, cap in enumerate(policy.caps):
-            self._caps_by_scope[cap.per].append((index, cap))
+        self._quiet_hours = policy.quiet_hours
+        self._calendar = any(cap.calendar for cap in policy.caps)
+        self._tagged = any(cap.except_tags or cap.reserve for cap in policy.caps)
+        self._local = (
+            LocalClock(policy.time.zone, week_starts=policy.time.week_starts)
+            if self._calendar or self._quiet_hours
+            else None
+        )
         budget = policy.creepiness.budget
         self._budget = (
             BudgetCheck(milli(budget.limit), math.ceil(budget.window * 1000), budget.entries)
@@ -150,6 +154,11 @@ class Engine:
         self._policy_name, self._policy_version = policy.name, policy.version
         if hasattr(self, "guard"):
             self.guard.retry_after = policy.store.retry_after
+
+    @property
+    def uses_time_zones(self) -> bool:
+        """Whether the policy counts time in people's zones (calendar caps, quiet hours)."""
+        return self._local is not None
 
     def pseudonym(self, person: str) -> str:
         """The keyed hash that stands for a person in the store; the raw id never leaves.
@@ -163,8 +172,14 @@ class Engine:
         outer.update(inner.digest())
         return outer.digest()[:16].hex()
 
-    async def decide(self, marker: Marker, *, person: str | None, gpc: bool = False) -> Decision:
-        """Decide one message for one person (`None`: not signed in)."""
+    async def decide(
+        self, marker: Marker, *, person: str | None, gpc: bool = False, zone: str | None = None
+    ) -> Decision:
+        """Decide one message for one person (`None`: not signed in).
+
+        `zone`: the person's IANA time zone, for calendar caps and quiet hours; unknown or
+        `None` means the policy's zone.
+        """
         # One policy for the whole decision, even if a reload swaps it meanwhile.
         policy, scorer = self._policy, self._scorer
         content = scorer.score(marker)
@@ -172,6 +187,16 @@ class Engine:
             return await self._segment(marker, Reason.CONSENT, "consent.gpc", content)
         if person is None and self._anonymous_get_segment:
             return await self._segment(marker, Reason.ANONYMOUS, "consent.anonymous", content)
+        now_ms = math.floor(self._clock() * 1000)
+        local = self._local.at(now_ms, zone) if self._local is not None else None
+        quiet = self._quiet_hours
+        if (
+            quiet is not None
+            and local is not None
+            and not marker.transactional
+            and quiet.covers(local.minute_of_day)
+        ):
+            return await self._segment(marker, Reason.QUIET_HOURS, "quiet_hours", content)
         if content.milli > self._threshold:
             return await self._segment(marker, Reason.CREEPINESS, "creepiness.threshold", content)
         if person is None:
@@ -181,7 +206,15 @@ class Engine:
 
         pseudonym = self.pseudonym(person)
         wanted = self._audiences_of(marker.segment)
-        delivery = self._delivery(pseudonym, marker, content, wanted, self._stale(wanted))
+        delivery = self._delivery(
+            pseudonym,
+            now_ms,
+            marker,
+            content,
+            wanted,
+            self._stale(wanted),
+            local.period_starts if local is not None and self._calendar else (),
+        )
         guard = self.guard
         outcome = None
         if guard.available():
@@ -210,14 +243,23 @@ class Engine:
         scored = scorer.total(content, outcome.repetitions)
         if outcome.verdict is Verdict.DELIVERED:
             return self._personalized(marker, Reason.ALLOWED, scored)
+        shadow = False
         if outcome.verdict is Verdict.FREQUENCY_CAP:
-            reason, rule = Reason.FREQUENCY_CAP, policy.caps[outcome.cap_index].name
+            cap = policy.caps[outcome.cap_index]
+            reason, rule, shadow = Reason.FREQUENCY_CAP, cap.name, cap.shadow
         elif outcome.verdict is Verdict.BUDGET:
             reason, rule = Reason.BUDGET, "creepiness.budget"
         else:
             reason, rule = Reason.CREEPINESS, "creepiness.threshold"
         return self._decision(
-            "segment", reason, rule, marker, scored, scored.factors, self._resolve(wanted)
+            "segment",
+            reason,
+            rule,
+            marker,
+            scored,
+            scored.factors,
+            self._resolve(wanted),
+            shadow=shadow,
         )
 
     def invalid_marker(self) -> Decision:
@@ -231,12 +273,14 @@ class Engine:
     def _delivery(
         self,
         pseudonym: str,
+        now_ms: int,
         marker: Marker,
         content: ContentScore,
         audiences: tuple[str, ...],
         count_segments: tuple[str, ...],
+        period_starts: tuple[int, ...],
     ) -> Delivery:
-        key = (marker.channel, marker.campaign)
+        key = (marker.channel, marker.campaign, marker.tags if self._tagged else ())
         limits = self._limits.get(key)
         if limits is None:
             if len(self._limits) >= _LIMITS_CACHE_SIZE:
@@ -244,34 +288,47 @@ class Engine:
             limits = self._limits[key] = self._build_limits(*key)
         return Delivery(
             pseudonym,
-            math.floor(self._clock() * 1000),
+            now_ms,
             content.milli,
             limits,
             audiences,
             count_segments,
+            period_starts,
         )
 
-    def _build_limits(self, channel: str, campaign: str) -> Limits:
+    def _build_limits(self, channel: str, campaign: str, tags: tuple[str, ...]) -> Limits:
         policy, scorer = self._policy, self._scorer
         repetition_window = policy.creepiness.repetition.window
+        # One log per scope and set of exempt tags: a cap that exempts `service` campaigns
+        # must not count them, while its neighbour without exemptions does.
+        groups: dict[tuple[str, tuple[str, ...]], list[tuple[int, Cap]]] = {}
+        if scorer.repetition_saturation:
+            groups["campaign", ()] = []  # the campaign's log also feeds the repetition factor
+        for index, cap in enumerate(policy.caps):
+            exempt = tuple(sorted(set(cap.except_tags)))
+            if not set(exempt).isdisjoint(tags):
+                continue  # this campaign is neither capped nor counted by the cap
+            groups.setdefault((cap.per, exempt), []).append((index, cap))
+        scope_names = {"user": "u", "channel": f"c:{channel}", "campaign": f"k:{campaign}"}
         counters = []
-        for scope, name in (
-            ("user", "u"),
-            ("channel", f"c:{channel}"),
-            ("campaign", f"k:{campaign}"),
-        ):
-            caps = self._caps_by_scope[scope]
+        for (scope, exempt), caps in groups.items():
+            name = scope_names[scope] + ("!" + ",".join(exempt) if exempt else "")
             keep = max((cap.limit for _, cap in caps), default=0)
-            window = max((cap.window for _, cap in caps), default=0.0)
-            if scope == "campaign" and scorer.repetition_saturation:
-                # The campaign's log also feeds the repetition factor.
+            window = max((cap.span for _, cap in caps), default=0.0)
+            if scope == "campaign" and not exempt and scorer.repetition_saturation:
                 keep = max(keep, scorer.repetition_saturation)
                 window = max(window, repetition_window)
-            if keep:
-                checks = tuple(
-                    CapCheck(index, cap.limit, math.ceil(cap.window * 1000)) for index, cap in caps
+            checks = tuple(
+                CapCheck(
+                    index,
+                    _limit_for(cap, tags),
+                    math.ceil(cap.span * 1000),
+                    PERIODS[cap.calendar] if cap.calendar else 0,
+                    cap.shadow,
                 )
-                counters.append(Counter(name, keep, math.ceil(window * 1000), checks))
+                for index, cap in caps
+            )
+            counters.append(Counter(name, keep, math.ceil(window * 1000), checks))
         repetition = (
             RepetitionCheck(
                 f"k:{campaign}",
@@ -290,6 +347,7 @@ class Engine:
             repetition=repetition,
             audience_window_ms=self._audience_window_ms,
             timeout_ms=math.ceil(policy.store.timeout * 1000),
+            shadow_caps=any(cap.shadow for cap in policy.caps),
         )
 
     def _stale(self, segments: tuple[str, ...]) -> tuple[str, ...]:
@@ -355,6 +413,8 @@ class Engine:
         content: ContentScore | None,
         factors: tuple[Factor, ...],
         segment: str | None,
+        *,
+        shadow: bool = False,
     ) -> Decision:
         return Decision(
             outcome=outcome,
@@ -365,8 +425,16 @@ class Engine:
             campaign=marker.campaign if marker else None,
             channel=marker.channel if marker else None,
             segment=segment,
-            shadow=self._shadow and reason not in _ALWAYS_ENFORCED,
+            shadow=shadow or (self._shadow and reason not in _ALWAYS_ENFORCED),
             policy=self._policy_name,
             policy_version=self._policy_version,
             unknown_signals=content.unknown_signals if content is not None else (),
         )
+
+
+def _limit_for(cap: Cap, tags: tuple[str, ...]) -> int:
+    """The cap's limit for a campaign with these tags: its reserve is kept for the favoured."""
+    reserve = cap.reserve
+    if reserve is None or not set(reserve.tags).isdisjoint(tags):
+        return cap.limit
+    return cap.limit - reserve.slots

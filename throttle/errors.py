@@ -27,15 +27,19 @@ class ConfigurationError(ThrottleError):
 
 @dataclass(frozen=True, slots=True)
 class PolicyProblem:
-    """One thing wrong in a policy file: where (`key`, e.g. `caps[2].window`, and the `line`
-    to edit, when the file shows one) and what."""
+    """One thing wrong in a policy file: where (`key`, e.g. `caps[2].window`, the `line` to
+    edit when the file shows one, and the file's `source` when several files are layered) and
+    what."""
 
     key: str
     message: str
     line: int | None = None
+    source: str | None = None
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line is not None else ""
+        if self.source is not None:
+            where = f"{self.source}: {where}"
         return f"{where}{self.key}: {self.message}" if self.key else f"{where}{self.message}"
 
 

@@ -3,7 +3,8 @@
 The marker is an RFC 8941 structured-field dictionary, e.g.
 
     Personalization: campaign="spring-sale", segment="eu/de/returning", channel=web,
-                     signals=("purchase_history" "location.city"), event-age=120, explained
+                     signals=("purchase_history" "location.city"), event-age=120, explained,
+                     tags=(promo)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PERSONALIZATION_HEADER = "Personalization"
 
 _MAX_TEXT = 128
 _MAX_SIGNALS = 32
+_MAX_TAGS = 8
 # Printable ASCII is what an RFC 8941 string may hold.
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
@@ -33,7 +35,9 @@ _BOOLEAN_MEMBERS = {
     "explained": "explained",
     "transactional": "transactional",
 }
-_MEMBERS = frozenset({"campaign", "segment", "channel", "signals", "event-age", *_BOOLEAN_MEMBERS})
+_MEMBERS = frozenset(
+    {"campaign", "segment", "channel", "signals", "tags", "event-age", *_BOOLEAN_MEMBERS}
+)
 _MISSPELT = {"event_age": "event-age", "third_party": "third-party", "eventage": "event-age"}
 # RFC 8941 integers have at most 15 digits.
 _MAX_EVENT_AGE = 999_999_999_999_999
@@ -52,6 +56,7 @@ class Marker:
     - `inferred`, `third_party`: the data was guessed rather than given, or came from elsewhere.
     - `explained`: the message tells the person why they see it.
     - `transactional`: a message the person asked for (a receipt); exempt from caps, not consent.
+    - `tags`: the campaign's tags (`promo`, `service`, ...), which caps may exempt or favour.
     """
 
     campaign: str
@@ -63,6 +68,7 @@ class Marker:
     third_party: bool = False
     explained: bool = False
     transactional: bool = False
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_text("campaign", self.campaign)
@@ -79,6 +85,11 @@ class Marker:
             raise MarkerError(f"at most {_MAX_SIGNALS} signals, got {len(self.signals)}")
         for signal in self.signals:
             _check_text("signal", signal)
+        if len(self.tags) > _MAX_TAGS:
+            raise MarkerError(f"at most {_MAX_TAGS} tags, got {len(self.tags)}")
+        for tag in self.tags:
+            if not (len(tag) <= _MAX_TEXT and _TOKEN.fullmatch(tag)):
+                raise MarkerError(f"tag {tag!r} must be a token such as promo or service")
         if self.event_age is not None and (
             type(self.event_age) is not int or not 0 <= self.event_age <= _MAX_EVENT_AGE
         ):
@@ -97,6 +108,8 @@ class Marker:
             members["channel"] = Token(self.channel)
         if self.signals:
             members["signals"] = InnerList(list(self.signals))
+        if self.tags:
+            members["tags"] = InnerList([Token(tag) for tag in self.tags])
         if self.event_age is not None:
             members["event-age"] = self.event_age
         for member, attribute in _BOOLEAN_MEMBERS.items():
@@ -116,6 +129,7 @@ def personalization(
     third_party: bool = False,
     explained: bool = False,
     transactional: bool = False,
+    tags: tuple[str, ...] | list[str] = (),
 ) -> dict[str, str]:
     """Headers that mark a response as personalized; pass them to any Starlette response.
 
@@ -137,6 +151,7 @@ def personalization(
         third_party=third_party,
         explained=explained,
         transactional=transactional,
+        tags=tuple(tags),
     )
     return {PERSONALIZATION_HEADER: marker.header_value()}
 
@@ -164,6 +179,11 @@ def parse_marker(value: bytes) -> Marker:
             if not isinstance(member, InnerList):
                 raise MarkerError('signals must be an inner list of strings, e.g. ("a" "b")')
             fields["signals"] = tuple(_text(name, item.value) for item in member)
+            continue
+        if name == "tags":
+            if not isinstance(member, InnerList):
+                raise MarkerError("tags must be an inner list of tokens, e.g. (promo service)")
+            fields["tags"] = tuple(_text(name, item.value) for item in member)
             continue
         if isinstance(member, InnerList):
             raise MarkerError(f"{name} must be a single value, not a list")

@@ -11,10 +11,11 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from throttle.consent import gpc_opt_out
@@ -54,6 +55,8 @@ _NEUTRAL_HEADERS = frozenset(
 logger = logging.getLogger("throttle")
 
 Identify = Callable[[Scope], "str | None"]
+TimeZone = Callable[[Scope], "str | None"]
+TIME_ZONE_HEADER = "time-zone"
 
 
 def authenticated_user(scope: Scope) -> str | None:
@@ -70,6 +73,16 @@ def authenticated_user(scope: Scope) -> str | None:
     return identity if isinstance(identity, str) else None
 
 
+def time_zone_header(scope: Scope) -> str | None:
+    """The default `time_zone`: the request's `Time-Zone` header, an IANA name such as
+    `Europe/Berlin` (a page sets it from `Intl.DateTimeFormat().resolvedOptions().timeZone`).
+
+    It only moves the person's own calendar days and quiet hours; a name the machine does not
+    know counts as the policy's zone.
+    """
+    return Headers(scope=scope).get(TIME_ZONE_HEADER)
+
+
 class ThrottleMiddleware:
     """Keeps personalized responses within a policy's caps, creepiness and consent rules.
 
@@ -82,13 +95,15 @@ class ThrottleMiddleware:
         secret=os.environ["THROTTLE_SECRET"],
     )
     ```
-    - `policy`: a policy file's path, or a `Policy`.
+    - `policy`: a policy file's path, or a base file and overrides in layer order, or a `Policy`.
     - `store`: `"memory://"` (one process, the default) or `"redis://…"`, or a `Store`.
     - `identify(scope) -> str | None`: who the response is for; by default the authenticated
       Starlette user. Never anything the client could forge.
     - `secret`: key of the hash that replaces user ids in the store; defaults to the
       `THROTTLE_SECRET` environment variable. Required with Redis.
     - `fallback`: an async callable giving segment content for a `FallbackRequest`.
+    - `time_zone(scope) -> str | None`: the person's IANA time zone, for calendar caps and
+      quiet hours; by default the request's `Time-Zone` header, else the policy's zone.
     - `reload_interval`: how often, in seconds, to look for an edited policy file (`None`: never).
       A valid edit takes effect without a restart; an invalid one is logged and ignored.
     - `clock`: seconds since the epoch; tests and simulations pass their own.
@@ -98,16 +113,25 @@ class ThrottleMiddleware:
         self,
         app: ASGIApp,
         *,
-        policy: str | Path | Policy,
+        policy: str | Path | Sequence[str | Path] | Policy,
         store: str | Store = "memory://",
         identify: Identify | None = None,
         secret: str | bytes | None = None,
         fallback: FallbackProvider | None = None,
+        time_zone: TimeZone | None = None,
         reload_interval: float | None = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
-        loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+        if isinstance(policy, Policy):
+            loaded = policy
+        elif isinstance(policy, str | Path):
+            loaded = load_policy(policy)
+        else:
+            paths = list(policy)
+            if not paths:
+                raise ConfigurationError("policy: give at least one policy file")
+            loaded = load_policy(*paths)
         self._watcher = (
             PolicyWatcher(policy, loaded, interval=reload_interval)
             if reload_interval is not None and not isinstance(policy, Policy)
@@ -116,6 +140,7 @@ class ThrottleMiddleware:
         opened = open_store(store) if isinstance(store, str) else store
         self.engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
         self.identify = identify or authenticated_user
+        self.time_zone = time_zone or time_zone_header
         self.fallback = fallback
         self._logs = LogLimiter()
         self._kept_for: Policy | None = None
@@ -161,7 +186,8 @@ class ThrottleMiddleware:
         try:
             person = self._person(scope)
             gpc = gpc_opt_out(scope.get("headers", ()))
-            decision = await self.engine.decide(marker, person=person, gpc=gpc)
+            zone = self._zone(scope) if self.engine.uses_time_zones else None
+            decision = await self.engine.decide(marker, person=person, gpc=gpc, zone=zone)
         except Exception:
             self._logs.warning("decide", "throttle: deciding failed", exc_info=True)
             return self.engine.internal_error()
@@ -181,6 +207,14 @@ class ThrottleMiddleware:
                     signal,
                     decision.policy,
                 )
+
+    def _zone(self, scope: Scope) -> str | None:
+        try:
+            zone: Any = self.time_zone(scope)
+        except Exception:  # the policy's zone stands in; the decision goes on
+            self._logs.warning("time_zone", "throttle: time_zone() failed", exc_info=True)
+            return None
+        return zone if isinstance(zone, str) else None
 
     def _person(self, scope: Scope) -> str | None:
         try:

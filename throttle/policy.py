@@ -11,7 +11,8 @@ import hashlib
 import math
 import re
 import tomllib
-from collections.abc import Callable
+import zoneinfo
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from throttle.errors import PolicyError, PolicyProblem
@@ -98,6 +100,61 @@ Duration = Annotated[float, BeforeValidator(parse_duration), _DURATION_SCHEMA]
 Window = Annotated[float, BeforeValidator(_at_least(1.0, "1s")), _DURATION_SCHEMA]
 Name = Annotated[str, AfterValidator(_check_name)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
+_TAG_PATTERN = r"^[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*$"
+_MEDIA_TYPE_PATTERN = r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$"
+_HEADER_PATTERN = r"^[A-Za-z0-9-]+$"
+# What a value that does not match a pattern should look like, in words.
+_PATTERN_WORDS = {
+    _TAG_PATTERN: "write a tag as one word, such as service or black-friday",
+    _MEDIA_TYPE_PATTERN: "write a media type such as application/json or text/html",
+    _HEADER_PATTERN: "write a header name such as X-Request-Id",
+}
+Tag = Annotated[str, Field(pattern=_TAG_PATTERN, max_length=128)]
+
+
+def _check_zone(value: str) -> str:
+    if not valid_zone(value):
+        raise ValueError(
+            f"{value!r} is not a time zone; write an IANA name such as Europe/Berlin or UTC"
+        )
+    return value
+
+
+def valid_zone(name: str) -> bool:
+    """Whether `name` is an IANA time zone this machine knows."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _clock_time(value: object) -> int:
+    """`"21:30"` -> minutes after midnight (1290)."""
+    match = (
+        re.fullmatch(r"\s*([01]?\d|2[0-3]):([0-5]\d)\s*", value) if isinstance(value, str) else None
+    )
+    if match is None:
+        raise ValueError(f"{value!r} is not a time of day; write it as HH:MM, e.g. 21:00")
+    return int(match[1]) * 60 + int(match[2])
+
+
+def format_clock_time(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+Zone = Annotated[str, AfterValidator(_check_zone)]
+ClockTime = Annotated[
+    int,
+    BeforeValidator(_clock_time),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\s*([01]?\d|2[0-3]):[0-5]\d\s*$",
+            "description": "A time of day, HH:MM, in the person's time zone",
+        }
+    ),
+]
 
 
 class _Model(BaseModel):
@@ -109,13 +166,59 @@ class PolicyInfo(_Model):
     mode: Literal["enforce", "shadow"] = "enforce"
 
 
+Period = Literal["day", "week", "month"]
+# How long a calendar cap keeps deliveries: its longest period, with room for a DST shift.
+CALENDAR_SPANS = {"day": 26 * 3600.0, "week": 7 * 86400.0 + 7200.0, "month": 32 * 86400.0}
+
+
+class Reserve(_Model):
+    """The last `slots` of a cap are kept for campaigns carrying one of `tags`."""
+
+    slots: Annotated[int, Field(ge=1, le=1000)]
+    tags: Annotated[tuple[Tag, ...], Field(min_length=1)]
+
+
 class Cap(_Model):
-    """At most `limit` personalized messages in any `window`, per user, channel or campaign."""
+    """At most `limit` personalized messages per user, channel or campaign, counted over a
+    rolling `window` or the current calendar day, week or month in the person's time zone."""
 
     name: Name
     per: Literal["user", "channel", "campaign"]
     limit: Annotated[int, Field(ge=1, le=1000)]
-    window: Window
+    window: Window | None = None
+    calendar: Period | None = None
+    # Campaigns with one of these tags are neither capped nor counted by this cap.
+    except_tags: tuple[Tag, ...] = ()
+    reserve: Reserve | None = None
+    # Decided and reported as if enforced, but the personalized content is delivered.
+    shadow: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind_of_window(self) -> Cap:
+        if (self.window is None) == (self.calendar is None):
+            raise ValueError(
+                'give either window (rolling, e.g. window = "24h") or calendar '
+                '(calendar = "day", "week" or "month"), not both'
+                if self.window is not None
+                else 'needs a window (e.g. window = "24h") or a calendar period (calendar = "day")'
+            )
+        if self.reserve is not None and self.reserve.slots >= self.limit:
+            raise ValueError(
+                f"reserve.slots ({self.reserve.slots}) must be less than limit ({self.limit})"
+            )
+        return self
+
+    @property
+    def span(self) -> float:
+        """Seconds of deliveries the cap needs to see."""
+        return self.window if self.window is not None else CALENDAR_SPANS[self.calendar or "day"]
+
+    @property
+    def period(self) -> str:
+        """The cap's window in words: "any 1h" or "calendar day"."""
+        if self.window is not None:
+            return f"any {format_duration(self.window)}"
+        return f"calendar {self.calendar}"
 
 
 class Budget(_Model):
@@ -163,7 +266,7 @@ class Consent(_Model):
 
 
 class Content(_Model):
-    media_type: Annotated[str, Field(pattern=r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")] = "application/json"
+    media_type: Annotated[str, Field(pattern=_MEDIA_TYPE_PATTERN)] = "application/json"
     body: str
 
 
@@ -176,7 +279,32 @@ class Fallback(_Model):
     # Segment content per campaign; "*" stands in for campaigns not listed.
     content: dict[str, Content] = Field(default_factory=dict)
     # Response headers kept on segment content, besides those that say nothing about the body.
-    keep_headers: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")], ...] = ()
+    keep_headers: tuple[Annotated[str, Field(pattern=_HEADER_PATTERN)], ...] = ()
+
+
+class Time(_Model):
+    # The time zone of people whose requests name none (or one this machine does not know).
+    zone: Zone = "UTC"
+    week_starts: Literal["monday", "sunday"] = "monday"
+
+
+class QuietHours(_Model):
+    """From `start` to `end` in the person's time zone, only transactional messages are
+    personalized; `end` before `start` spans midnight."""
+
+    start: ClockTime
+    end: ClockTime
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("start and end are the same time; quiet hours would be empty")
+        return self
+
+    def covers(self, minute_of_day: int) -> bool:
+        if self.start < self.end:
+            return self.start <= minute_of_day < self.end
+        return minute_of_day >= self.start or minute_of_day < self.end
 
 
 class Decisions(_Model):
@@ -198,6 +326,8 @@ class Policy(_Model):
     creepiness: Creepiness = Creepiness()
     consent: Consent = Consent()
     fallback: Fallback = Fallback()
+    time: Time = Time()
+    quiet_hours: QuietHours | None = None
     decisions: Decisions = Decisions()
     store: StoreOptions = StoreOptions()
 
@@ -230,7 +360,7 @@ class Policy(_Model):
     @property
     def longest_window(self) -> float:
         """Seconds a person's state must be kept: the longest window anything counts over."""
-        windows = [cap.window for cap in self.caps]
+        windows = [cap.span for cap in self.caps]
         if self.creepiness.budget is not None:
             windows.append(self.creepiness.budget.window)
         if self.creepiness.repetition.weight > 0:
@@ -253,7 +383,7 @@ class Policy(_Model):
                 for item in error.errors()
             ]
             raise PolicyError(source, problems) from None
-        policy._version = hashlib.sha256(text.encode()).hexdigest()[:12]
+        policy._version = version_of([text])
         policy._source = source
         return policy
 
@@ -293,13 +423,155 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; raises `PolicyError` naming the file, key and problem."""
+def load_policy(path: str | Path, *overrides: str | Path) -> Policy:
+    """Read and validate a policy file, with any override files layered on top in order.
+
+    Raises `PolicyError` naming the file, line, key and problem.
+    """
+    return layered_policy([(str(p), read_policy_text(p)) for p in (path, *overrides)])
+
+
+def read_policy_text(path: str | Path) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise PolicyError(str(path), [PolicyProblem("", f"cannot be read: {error}")]) from None
-    return Policy.from_toml(text, source=str(path))
+
+
+def layered_policy(layers: Sequence[tuple[str, str]]) -> Policy:
+    """The policy that `(source, text)` layers make, each overriding those before it.
+
+    - tables merge key by key, at every depth; a value a later layer gives replaces the earlier
+    - `[[caps]]` match by name: an override cap changes only the keys it gives (a `window`
+      replaces a `calendar` and the other way round); a new name adds a cap at the end;
+      `remove = true` takes the named cap out
+    - every other array (`consent.gpc`, `except_tags`, ...) is replaced whole
+    """
+    if len(layers) == 1:
+        source, text = layers[0]
+        return Policy.from_toml(text, source=source)
+    tables = [_parsed(source, text) for source, text in layers]
+    merged: dict[str, Any] = {}
+    for (source, _), table in zip(layers, tables, strict=True):
+        merged = _merge_layer(merged, table, source)
+    source = " + ".join(source for source, _ in layers)
+    try:
+        policy = Policy.model_validate(merged)
+    except ValidationError as error:
+        raise PolicyError(
+            source, [_placed(item, merged, layers, tables) for item in error.errors()]
+        ) from None
+    policy._version = version_of([text for _, text in layers])
+    policy._source = source
+    return policy
+
+
+def version_of(texts: Sequence[str]) -> str:
+    """The policy version: a short hash of the text of its file, or files in layer order."""
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:12]
+
+
+def _parsed(source: str, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise PolicyError(source, [PolicyProblem("", f"not valid TOML: {error}")]) from None
+
+
+def _merge_layer(base: dict[str, Any], layer: dict[str, Any], source: str) -> dict[str, Any]:
+    merged = _merge_tables(base, {k: v for k, v in layer.items() if k != "caps"})
+    if "caps" in layer:
+        merged["caps"] = _merge_caps(base.get("caps", []), layer["caps"], source)
+    return merged
+
+
+def _merge_tables(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_tables(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge_caps(base: Any, layer: Any, source: str) -> Any:
+    if not isinstance(base, list) or not isinstance(layer, list):
+        return layer  # validation names the shape that is wrong
+    caps = list(base)
+    names = [cap.get("name") if isinstance(cap, dict) else None for cap in caps]
+    for index, cap in enumerate(layer):
+        name = cap.get("name") if isinstance(cap, dict) else None
+        if name is None or name not in names:
+            if isinstance(cap, dict) and cap.get("remove") is True:
+                raise PolicyError(
+                    source,
+                    [
+                        PolicyProblem(
+                            f"caps[{index}].remove",
+                            f"there is no cap named {name!r} to remove",
+                            source=source,
+                        )
+                    ],
+                )
+            caps.append(cap)
+            names.append(name)
+            continue
+        position = names.index(name)
+        if cap.get("remove") is True:
+            del caps[position], names[position]
+            continue
+        changed = dict(caps[position])
+        # A cap counts over a window or a calendar period, so giving one replaces the other.
+        for kind, other in (("window", "calendar"), ("calendar", "window")):
+            if kind in cap:
+                changed.pop(other, None)
+        changed.update(cap)
+        caps[position] = changed
+    return caps
+
+
+def _placed(
+    error: Any,
+    merged: dict[str, Any],
+    layers: Sequence[tuple[str, str]],
+    tables: list[dict[str, Any]],
+) -> PolicyProblem:
+    """A problem of the merged policy, placed in the layer that wrote the offending key."""
+    location = tuple(error["loc"])
+    candidates: list[tuple[int, str, tuple[Any, ...]]] = []  # (depth found, source, path there)
+    for (source, text), table in zip(layers, tables, strict=True):
+        path: tuple[Any, ...] | None = location
+        if len(location) >= 2 and location[0] == "caps" and isinstance(location[1], int):
+            path = _cap_path(location, merged, table)
+        if path is None:
+            continue
+        lines = key_lines(text)
+        depth = max((end for end in range(len(path) + 1) if path[:end] in lines), default=0)
+        candidates.append((depth, source, path))
+    depth, source, path = max(candidates, key=lambda c: c[0]) if candidates else (0, "", location)
+    # Among layers that reach as deep, the last one wrote the value in force.
+    for found, candidate_source, candidate_path in candidates:
+        if found == depth:
+            source, path = candidate_source, candidate_path
+    text = dict(layers).get(source, "")
+    problem = _problem({**error, "loc": path})
+    return dataclasses.replace(problem, line=line_of(key_lines(text), path), source=source or None)
+
+
+def _cap_path(
+    location: tuple[Any, ...], merged: dict[str, Any], table: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    """caps[i]... of the merged policy as the path of the same cap in one layer, if it has it."""
+    caps = merged.get("caps")
+    index = location[1]
+    if not isinstance(caps, list) or index >= len(caps) or not isinstance(caps[index], dict):
+        return location
+    name = caps[index].get("name")
+    for position, cap in enumerate(table.get("caps") or []):
+        if isinstance(cap, dict) and cap.get("name") == name:
+            return ("caps", position, *location[2:])
+    return None
 
 
 def _problem(error: Any) -> PolicyProblem:
@@ -313,6 +585,11 @@ def _problem(error: Any) -> PolicyProblem:
         return PolicyProblem(key, "is not a policy key" + _suggestion(location))
     if kind == "value_error":
         return PolicyProblem(key, str(error["ctx"]["error"]))
+    if kind == "string_pattern_mismatch":
+        words = _PATTERN_WORDS.get(error["ctx"]["pattern"], "it does not have the expected form")
+        return PolicyProblem(key, f"is {value!r}; {words}")
+    if kind == "too_short":
+        return PolicyProblem(key, f"is empty; give at least {error['ctx']['min_length']}")
     message = str(error["msg"]).replace("Input should be", "should be")
     if kind in ("model_type", "dict_type", "tuple_type", "list_type"):
         return PolicyProblem(key, f"{message}, got {value!r}")

@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from throttle.errors import PolicyError
-from throttle.policy import Policy
+from throttle.policy import Policy, layered_policy, version_of
 
 logger = logging.getLogger("throttle")
 
 
 class PolicyWatcher:
-    """Looks at a policy file at most every `interval` seconds and loads it when it changed.
+    """Looks at policy files at most every `interval` seconds and loads them when one changed.
 
-    An edit that does not validate leaves the policy in force and is logged once; so is a file
-    that disappears. The caller swaps in whatever `poll()` returns.
+    `paths` is one file, or a base and its overrides in layer order. An edit that does not
+    validate leaves the policy in force and is logged once; so is a file that disappears. The
+    caller swaps in whatever `poll()` returns.
     """
 
     def __init__(
         self,
-        path: str | Path,
+        paths: str | Path | Sequence[str | Path],
         current: Policy,
         *,
         interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = Path(path)
+        self.paths = (
+            (Path(paths),) if isinstance(paths, str | Path) else tuple(Path(p) for p in paths)
+        )
         self.interval = interval
         self._clock = clock
         self._next_look = clock() + interval
@@ -39,7 +41,7 @@ class PolicyWatcher:
         self._refused: str | None = None
 
     def poll(self) -> Policy | None:
-        """A newly loaded policy when the file changed and is valid; otherwise None."""
+        """A newly loaded policy when a file changed and the result is valid; otherwise None."""
         now = self._clock()
         if now < self._next_look:
             return None
@@ -48,22 +50,26 @@ class PolicyWatcher:
         if signature == self._signature:
             return None
         self._signature = signature
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            self._refuse(f"unreadable: {error}", f"unreadable:{signature}")
-            return None
-        version = hashlib.sha256(text.encode()).hexdigest()[:12]
+        texts = []
+        for path in self.paths:
+            try:
+                texts.append(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as error:
+                self._refuse(f"{path} is unreadable: {error}", f"unreadable:{signature}")
+                return None
+        version = version_of(texts)
         if version == self._version:
             return None
         try:
-            policy = Policy.from_toml(text, source=str(self.path))
+            policy = layered_policy(
+                [(str(path), text) for path, text in zip(self.paths, texts, strict=True)]
+            )
         except PolicyError as error:
             self._refuse(str(error), version)
             return None
         logger.warning(
             "throttle: policy %s reloaded: %s@%s (was @%s)",
-            self.path,
+            policy.source,
             policy.name,
             policy.version,
             self._version,
@@ -79,9 +85,13 @@ class PolicyWatcher:
                 "throttle: kept policy @%s; the edited file is not used: %s", self._version, why
             )
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
+        return tuple(_stat(path) for path in self.paths)
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)

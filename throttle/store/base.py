@@ -23,11 +23,18 @@ class Verdict(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class CapCheck:
-    """At most `limit` entries younger than `window_ms`; `index` names the cap in the policy."""
+    """At most `limit` entries younger than `window_ms`, or, for a calendar cap (`period` 1
+    day, 2 week, 3 month), since the period's start in the delivery's `period_starts`.
+
+    `index` names the cap in the policy. A `shadow` cap is checked after every enforced limit,
+    so it never keeps one of them from refusing.
+    """
 
     index: int
     limit: int
     window_ms: int
+    period: int = 0
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,8 @@ class Limits:
     audience_window_ms: int = 0
     # A store that can be slow answers within this or raises (the memory store never waits).
     timeout_ms: int = 50
+    # Whether any cap is in shadow mode (checked last, refusing without recording).
+    shadow_caps: bool = False
 
 
 class Delivery(NamedTuple):
@@ -91,6 +100,8 @@ class Delivery(NamedTuple):
     audiences: tuple[str, ...] = ()
     # Report the audience sizes of these segments in the outcome.
     count_segments: tuple[str, ...] = ()
+    # Starts of the person's calendar day, week and month (ms), when a calendar cap applies.
+    period_starts: tuple[int, ...] = ()
 
 
 class Outcome(NamedTuple):

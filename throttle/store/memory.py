@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from throttle.store.base import Delivery, Outcome, Verdict
+from throttle.store.base import CapCheck, Counter, Delivery, Outcome, Verdict
 
 _SWEEP_EVERY = 1024
 _MAX_AUDIENCE = 100_000
@@ -73,15 +73,7 @@ class MemoryStore:
         if score > limits.threshold_milli:
             return Verdict.CREEPINESS, -1, score, repetitions
 
-        refused_by = min(
-            (
-                cap.index
-                for counter in limits.counters
-                for cap in counter.caps
-                if _younger_than(logs[counter.name], now, cap.window_ms) >= cap.limit
-            ),
-            default=-1,
-        )
+        refused_by = _refused_by(limits.counters, logs, delivery, shadow=False)
         if refused_by >= 0:
             return Verdict.FREQUENCY_CAP, refused_by, score, repetitions
 
@@ -98,6 +90,11 @@ class MemoryStore:
                     budget_log.sort(key=lambda entry: (entry[0], entry[1]))
                     first, second = budget_log[0], budget_log[1]
                     budget_log[:2] = [[second[0], first[1] + second[1]]]
+
+        if limits.shadow_caps:
+            refused_by = _refused_by(limits.counters, logs, delivery, shadow=True)
+            if refused_by >= 0:
+                return Verdict.FREQUENCY_CAP, refused_by, score, repetitions
 
         if limits.ttl_ms <= 0:
             return Verdict.DELIVERED, -1, score, repetitions
@@ -157,6 +154,30 @@ class MemoryStore:
     async def aclose(self) -> None:
         self._people.clear()
         self._audiences.clear()
+
+
+def _refused_by(
+    counters: tuple[Counter, ...], logs: dict[str, list[int]], delivery: Delivery, *, shadow: bool
+) -> int:
+    """The first cap (in policy order) among enforced or shadow ones that is full, or -1."""
+    now = delivery.now_ms
+    return min(
+        (
+            cap.index
+            for counter in counters
+            for cap in counter.caps
+            if cap.shadow is shadow
+            and _younger_than(logs[counter.name], now, _window(cap, delivery)) >= cap.limit
+        ),
+        default=-1,
+    )
+
+
+def _window(cap: CapCheck, delivery: Delivery) -> int:
+    if cap.period:
+        # Entries at or after the period's start count: younger than (now - start + 1) ms.
+        return delivery.now_ms - delivery.period_starts[cap.period - 1] + 1
+    return cap.window_ms
 
 
 def _younger_than(log: list[int], now: int, window_ms: int) -> int:

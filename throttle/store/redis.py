@@ -26,8 +26,8 @@ from throttle.store.pipe import Pipe, bulk, command, reply_error
 
 _SCRIPT = resources.files("throttle.store").joinpath("lua/deliver.lua").read_text("utf-8")
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
-# `EVALSHA <sha> 1 <key> <now> <score> <limits>`: seven arguments, the first three fixed.
-_EVALSHA = b"*7\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
+# `EVALSHA <sha> 1 <key> <now> <score> <limits> <periods>`: eight arguments, three fixed.
+_EVALSHA = b"*8\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
 _SCRIPT_LOAD = command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
 _LIMITS_CACHE_SIZE = 4096
 _VERDICTS = tuple(Verdict)
@@ -227,7 +227,8 @@ class RedisStore:
         key = self._key_prefix + delivery.person.encode() + b"}"
         now = b"%d" % delivery.now_ms
         score = b"%d" % delivery.score_milli
-        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
+        periods = b"%d %d %d" % delivery.period_starts if delivery.period_starts else b""
+        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
             _EVALSHA,
             len(key),
             key,
@@ -236,6 +237,8 @@ class RedisStore:
             len(score),
             score,
             limits,
+            len(periods),
+            periods,
         )
 
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
@@ -309,9 +312,15 @@ def _packed(limits: Limits) -> bytes:
             budget.window_ms if budget else 0,
             budget.entries if budget else 0,
             [
-                [c.name, c.keep, c.window_ms, [[k.index, k.limit, k.window_ms] for k in c.caps]]
+                [
+                    c.name,
+                    c.keep,
+                    c.window_ms,
+                    [[k.index, k.limit, k.window_ms, k.period, int(k.shadow)] for k in c.caps],
+                ]
                 for c in limits.counters
             ],
+            int(limits.shadow_caps),
         ]
     )
     return packed

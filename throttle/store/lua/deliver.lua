@@ -18,7 +18,12 @@
 --            8 budget window, ms
 --            9 budget entries kept; beyond it the two oldest merge (over-counting, never under)
 --           10 counters: { { name, entries kept, longest window (ms),
---                            { { cap index, limit, window (ms) }, ... } }, ... }
+--                            { { cap index, limit, window (ms), period, shadow }, ... } }, ... }
+--              period: 0 rolling window; 1, 2, 3 the calendar day, week, month (see ARGV[4])
+--              shadow: 1 for a cap checked after every enforced limit, 0 otherwise
+--           11 1 when any cap is a shadow cap, else 0
+-- ARGV[4]  starts of the person's calendar day, week and month, ms, separated by spaces
+--          ("" when no cap is a calendar cap)
 -- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted }
 --          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness
 
@@ -77,18 +82,30 @@ if score > limits[2] then
   return { 3, -1, score, repetitions }
 end
 
-local refused_by = -1
-for i = 1, #counters do
-  local counter = counters[i]
-  local log = logs[counter[1]]
-  for _, cap in ipairs(counter[4]) do
-    if (refused_by < 0 or cap[1] < refused_by) and younger_than(log, cap[3]) >= cap[2] then
-      refused_by = cap[1]
+local period_starts = {}
+for start in string.gmatch(ARGV[4], '%d+') do period_starts[#period_starts + 1] = tonumber(start) end
+
+-- The first full cap, in policy order, among the enforced (shadow = 0) or shadow (1) ones.
+local function refused_by(shadow)
+  local first = -1
+  for i = 1, #counters do
+    local counter = counters[i]
+    local log = logs[counter[1]]
+    for _, cap in ipairs(counter[4]) do
+      if cap[5] == shadow and (first < 0 or cap[1] < first) then
+        local window = cap[3]
+        -- A calendar cap counts what is at or after its period's start.
+        if cap[4] > 0 then window = now - period_starts[cap[4]] + 1 end
+        if younger_than(log, window) >= cap[2] then first = cap[1] end
+      end
     end
   end
+  return first
 end
-if refused_by >= 0 then
-  return { 1, refused_by, score, repetitions }
+
+local refused = refused_by(0)
+if refused >= 0 then
+  return { 1, refused, score, repetitions }
 end
 
 local budget_log = {}
@@ -111,6 +128,13 @@ if limits[7] >= 0 then
       budget_log[2] = { budget_log[2][1], budget_log[1][2] + budget_log[2][2] }
       table.remove(budget_log, 1)
     end
+  end
+end
+
+if limits[11] == 1 then
+  refused = refused_by(1)
+  if refused >= 0 then
+    return { 1, refused, score, repetitions }
   end
 end
 
