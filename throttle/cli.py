@@ -1,5 +1,5 @@
-"""The `throttle` command. One subcommand per job: `check` validates policy files, `bench`
-measures the middleware.
+"""The `throttle` command. One subcommand per job: `check` validates policy files, `simulate`
+replays traffic through them, `bench` measures the middleware.
 
 Each subcommand is a function that adds its parser and one that runs it, so check, simulate
 and audit can join `bench` without touching the others.
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_check(commands)
+    _add_simulate(commands)
     _add_bench(commands)
     return parser
 
@@ -68,6 +69,55 @@ def _check(arguments: argparse.Namespace) -> int:
     from throttle.check import check
 
     return check(arguments.policies, sys.stdout, overrides=arguments.overrides)
+
+
+def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    simulate = commands.add_parser(
+        "simulate",
+        help="replay a trace of messages through a policy and report what it does",
+        description=(
+            "Replay TRACE (JSON lines of timestamped messages; see examples/trace.py) through "
+            "POLICY with the real engine, the memory store and the trace's own clock. Reports "
+            "per rule and per campaign: messages personalized, segment content by reason, "
+            "creepiness scores, people who hit each cap."
+        ),
+    )
+    simulate.add_argument("policy", metavar="POLICY", help="the policy file (TOML)")
+    simulate.add_argument("trace", metavar="TRACE", help='the trace (JSON lines); "-" for stdin')
+    simulate.add_argument(
+        "--with",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="an override file layered on POLICY (repeat for more, in order)",
+    )
+    simulate.add_argument(
+        "--against",
+        metavar="OTHER",
+        help="a second policy file, replayed beside POLICY; the report shows both and the change",
+    )
+    simulate.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write the report as a page with charts"
+    )
+    simulate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    simulate.set_defaults(command=_simulate, name="simulate")
+
+
+def _simulate(arguments: argparse.Namespace) -> int:
+    from throttle.policy import load_policy
+    from throttle.simulate import simulate
+
+    policies = [load_policy(arguments.policy, *arguments.overrides)]
+    if arguments.against:
+        policies.append(load_policy(arguments.against))
+    return simulate(
+        policies,
+        arguments.trace,
+        sys.stdout,
+        html_path=arguments.html,
+        as_json=arguments.json,
+    )
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

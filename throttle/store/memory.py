@@ -107,13 +107,15 @@ class MemoryStore:
         return Verdict.DELIVERED, -1, score, repetitions
 
     def _count_in(self, delivery: Delivery) -> None:
+        person, seen = delivery.person, self._now_ms
         for segment in delivery.audiences:
             audience = self._audiences.setdefault(segment, {})
-            if len(audience) >= _MAX_AUDIENCE and delivery.person not in audience:
+            # Kept in the order people were last seen, so pruning stops at the first recent one.
+            if audience.pop(person, None) is None and len(audience) >= _MAX_AUDIENCE:
                 self._prune_audience(audience, delivery.limits.audience_window_ms)
                 if len(audience) >= _MAX_AUDIENCE:
                     continue
-            audience[delivery.person] = delivery.now_ms
+            audience[person] = seen
 
     def _audience_size(self, segment: str, window_ms: int) -> int:
         audience = self._audiences.get(segment)
@@ -124,7 +126,12 @@ class MemoryStore:
 
     def _prune_audience(self, audience: dict[str, int], window_ms: int) -> None:
         oldest = self._now_ms - window_ms
-        for person in [p for p, seen in audience.items() if seen <= oldest]:
+        gone = []
+        for person, seen in audience.items():
+            if seen > oldest:
+                break
+            gone.append(person)
+        for person in gone:
             del audience[person]
 
     def _sweep(self) -> None:
@@ -160,17 +167,15 @@ def _refused_by(
     counters: tuple[Counter, ...], logs: dict[str, list[int]], delivery: Delivery, *, shadow: bool
 ) -> int:
     """The first cap (in policy order) among enforced or shadow ones that is full, or -1."""
-    now = delivery.now_ms
-    return min(
-        (
-            cap.index
-            for counter in counters
-            for cap in counter.caps
-            if cap.shadow is shadow
-            and _younger_than(logs[counter.name], now, _window(cap, delivery)) >= cap.limit
-        ),
-        default=-1,
-    )
+    now, first = delivery.now_ms, -1
+    for counter in counters:
+        log = logs[counter.name]
+        for cap in counter.caps:
+            if cap.shadow is not shadow or 0 <= first < cap.index:
+                continue
+            if _younger_than(log, now, _window(cap, delivery)) >= cap.limit:
+                first = cap.index
+    return first
 
 
 def _window(cap: CapCheck, delivery: Delivery) -> int:
