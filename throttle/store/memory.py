@@ -135,7 +135,8 @@ class MemoryStore:
             del audience[person]
 
     def _sweep(self) -> None:
-        self._until_sweep = _SWEEP_EVERY
+        # As many decisions between sweeps as people held: a sweep costs O(1) per decision.
+        self._until_sweep = max(_SWEEP_EVERY, len(self._people))
         now = self._now_ms
         for key in [k for k, person in self._people.items() if person.expires_ms <= now]:
             del self._people[key]
