@@ -201,3 +201,12 @@ def test_check_with_a_bad_override_exits_1_naming_its_file_and_line(
         f"{eu}:27: time.zone: 'Europe/Atlantis' is not a time zone; "
         "write an IANA name such as Europe/Berlin or UTC\n"
     )
+
+
+def test_the_shipped_eu_override_layers_on_the_default_policy() -> None:
+    policy = load_policy("policies/default.toml", "policies/overrides/eu.toml")
+    caps = {cap.name: cap for cap in policy.caps}
+    assert caps["per-user-daily"].calendar == "day"
+    assert caps["per-user-daily"].except_tags == ("service",)
+    assert caps["per-user-weekly"].shadow
+    assert policy.quiet_hours is not None and policy.quiet_hours.channels == ("push", "email")

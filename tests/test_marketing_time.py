@@ -264,17 +264,35 @@ async def test_a_shadow_cap_reports_its_refusal_and_delivers(
     assert third.delivers_personalized
 
 
-async def test_a_shadow_refusal_does_not_consume_the_enforced_counters(
+async def test_a_shadow_refusal_is_delivered_and_counted_by_the_enforced_caps(
     store: Store, clock: ManualClock
 ) -> None:
+    # Watching a cap never loosens the others: what it lets through anyway counts for them.
     throttle = engine(SHADOW_CAP, store, clock)
-    for _ in range(10):  # 2 delivered and counted, 8 shadow refusals
-        await throttle.decide(marker(), person="ana")
-    clock.advance(3601)  # the shadow cap's hour has passed; "daily" saw only 2 of 10
-    after = [await throttle.decide(marker(), person="ana") for _ in range(3)]
-    assert [(d.outcome, d.rule, d.shadow) for d in after] == [
-        ("personalized", None, False), ("personalized", None, False), ("segment", "daily", False),
-    ]  # fmt: skip
+    decisions = [await throttle.decide(marker(), person="ana") for _ in range(6)]
+    assert [(d.rule, d.shadow, d.delivers_personalized) for d in decisions] == [
+        (None, False, True),
+        (None, False, True),
+        ("hourly-proposed", True, True),
+        ("hourly-proposed", True, True),
+        ("daily", False, False),  # 4 delivered: the enforced cap is full
+        ("daily", False, False),
+    ]
+
+
+async def test_a_shadow_cap_counts_only_what_it_would_have_let_through(
+    store: Store, clock: ManualClock
+) -> None:
+    watched = engine(SHADOW_CAP.replace("limit = 4", "limit = 100"), store, clock)
+
+    async def shadow_at(minutes: float) -> bool:
+        clock.now = 1_800_000_000.0 + minutes * 60
+        return (await watched.decide(marker(), person="ana")).shadow
+
+    assert [await shadow_at(m) for m in (0, 1, 2, 59)] == [False, False, True, True]
+    # An hour after the first two, its log is empty: the refused ones at 2 and 59 minutes
+    # were never counted in it, as if the cap had been enforced.
+    assert [await shadow_at(m) for m in (61.5, 61.6, 61.7)] == [False, False, True]
 
 
 async def test_an_enforced_cap_wins_over_a_shadow_cap_listed_before_it(
@@ -300,3 +318,12 @@ async def test_the_budget_is_enforced_before_a_shadow_cap(store: Store, clock: M
     assert [(d.reason, d.shadow) for d in results] == [
         (Reason.ALLOWED, False), (Reason.BUDGET, False), (Reason.BUDGET, False),
     ]  # fmt: skip
+
+
+async def test_quiet_hours_may_cover_only_some_channels(store: Store, clock: ManualClock) -> None:
+    pushes = QUIET.replace('end = "08:00"', 'end = "08:00"\nchannels = ["push", "email"]')
+    throttle = engine(pushes, store, clock)
+    clock.now = at(BERLIN, 2026, 11, 24, 23, 0)
+    push = await throttle.decide(marker(channel="push"), person="ana", zone="Europe/Berlin")
+    page = await throttle.decide(marker(channel="web"), person="ana", zone="Europe/Berlin")
+    assert (push.reason, page.reason) == (Reason.QUIET_HOURS, Reason.ALLOWED)

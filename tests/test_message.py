@@ -339,3 +339,29 @@ def test_parsed_markers_are_cached_by_value() -> None:
     assert again is first
     other = parse_marker(b'campaign="cached", signals=("cart"), explained')
     assert other is not first
+
+
+def test_tags_are_an_inner_list_of_tokens_that_reads_back() -> None:
+    tagged = Marker(campaign="order-update", tags=("service", "email-2026"))
+    value = tagged.header_value()
+    assert value == 'campaign="order-update", tags=(service email-2026)'
+    assert parse_marker(value.encode()) == tagged
+    assert personalization("a", tags=["promo"]) == {"Personalization": 'campaign="a", tags=(promo)'}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (b'campaign="a", tags=promo', "tags must be an inner list of tokens, e.g. (promo service)"),
+        (b'campaign="a", tags=("two words")', "tag 'two words' must be a token such as promo"),
+        (b'campaign="a", tags=(1)', "tags must be a string, got 1"),
+        (
+            b'campaign="a", tags=(a b c d e f g h i)',
+            "at most 8 tags, got 9",
+        ),
+    ],
+)
+def test_bad_tags_are_refused_in_words(value: bytes, problem: str) -> None:
+    with pytest.raises(MarkerError) as raised:
+        parse_marker(value)
+    assert str(raised.value).startswith(problem)

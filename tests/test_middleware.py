@@ -488,3 +488,43 @@ def test_the_default_identify_accepts_int_ids() -> None:
 
     assert authenticated_user({"user": NumberedUser()}) == "42"
     assert authenticated_user({}) is None
+
+
+QUIET_NIGHTS = policy('[quiet_hours]\nstart = "21:00"\nend = "08:00"\n')
+# 2026-11-24 22:30 UTC: 23:30 in Berlin, 17:30 in New York.
+LATE_IN_BERLIN = 1_795_559_400.0
+
+
+async def test_the_persons_time_zone_comes_from_the_time_zone_header() -> None:
+    app = storefront(policy=QUIET_NIGHTS, clock=lambda: LATE_IN_BERLIN)
+    async with client(app) as shop:
+        berlin = await shop.get("/offer", headers={**ANA, "time-zone": "Europe/Berlin"})
+        new_york = await shop.get("/offer", headers={**ANA, "time-zone": "America/New_York"})
+        unknown = await shop.get("/offer", headers={**ANA, "time-zone": "Nowhere/Atlantis"})
+    assert decision_of(berlin)[1]["reason"] == "quiet-hours"
+    assert decision_of(new_york)[0] == "personalized"
+    # An unknown zone counts as the policy's (UTC), where 22:30 is quiet too.
+    assert decision_of(unknown)[1]["reason"] == "quiet-hours"
+
+
+async def test_an_apps_time_zone_resolver_is_used_and_a_failing_one_is_survived(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def from_profile(scope: Any) -> str:
+        return "Europe/Berlin"
+
+    def broken(scope: Any) -> str:
+        raise LookupError("no profile")
+
+    async with client(
+        storefront(policy=QUIET_NIGHTS, clock=lambda: LATE_IN_BERLIN, time_zone=from_profile)
+    ) as shop:
+        assert decision_of(await shop.get("/offer", headers=ANA))[1]["reason"] == "quiet-hours"
+    async with client(
+        storefront(policy=QUIET_NIGHTS, clock=lambda: LATE_IN_BERLIN + 9 * 3600, time_zone=broken)
+    ) as shop:
+        # 07:30 UTC next morning: quiet in the policy's zone (UTC), whatever the resolver meant.
+        response = await shop.get("/offer", headers=ANA)
+    assert response.status_code == 200
+    assert decision_of(response)[1]["reason"] == "quiet-hours"
+    assert "time_zone() failed" in caplog.text

@@ -12,7 +12,7 @@ import pytest
 
 from tests.apps import storefront
 from tests.conftest import ManualClock
-from throttle import Policy
+from throttle import ConfigurationError, Policy
 from throttle.reload import PolicyWatcher
 
 CAP = (
@@ -118,3 +118,28 @@ def test_the_file_is_looked_at_no_more_often_than_the_interval(
     assert reloaded is not None and reloaded.caps[0].limit == 2
     clock.advance(2.0)
     assert watcher.poll() is None  # unchanged since
+
+
+async def test_an_edited_override_takes_effect_and_a_broken_one_keeps_the_policy(
+    policy_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    override = policy_file.with_name("eu.toml")
+    write(override, '[[caps]]\nname = "hourly"\nlimit = 2\n')
+    app = storefront(policy=[str(policy_file), str(override)], reload_interval=0)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as http:
+        outcomes = [(await offer(http)).headers["personalization-decision"] for _ in range(3)]
+        assert [o.split(";")[0] for o in outcomes] == ["personalized", "personalized", "segment"]
+        write(override, '[[caps]]\nname = "hourly"\nlimit = 3\n')
+        assert (await offer(http)).headers["personalization-decision"].startswith("personalized")
+        version = policy_of(await offer(http))
+        write(override, '[[caps]]\nname = "hourly"\nlimit = "three"\n')
+        with caplog.at_level(logging.ERROR, logger="throttle"):
+            after = await offer(http)
+    assert policy_of(after) == version
+    assert f"{override}: line 3: caps[0].limit" in caplog.text
+
+
+def test_a_middleware_needs_at_least_one_policy_file() -> None:
+    with pytest.raises(ConfigurationError, match="give at least one policy file"):
+        storefront(policy=[]).build_middleware_stack()

@@ -104,6 +104,7 @@ def summary(policy: Policy) -> str:
         lines.append(
             f"  {'quiet hours:':<12} {format_clock_time(quiet.start)} to "
             f"{format_clock_time(quiet.end)} in each {zone}: only transactional messages"
+            + (f" in {', '.join(quiet.channels)}" if quiet.channels else "")
         )
     if any(cap.calendar for cap in policy.caps):
         lines.append(

@@ -194,6 +194,7 @@ class Engine:
             quiet is not None
             and local is not None
             and not marker.transactional
+            and (not quiet.channels or marker.channel in quiet.channels)
             and quiet.covers(local.minute_of_day)
         ):
             return await self._segment(marker, Reason.QUIET_HOURS, "quiet_hours", content)
@@ -245,6 +246,7 @@ class Engine:
             return self._personalized(marker, Reason.ALLOWED, scored)
         shadow = False
         if outcome.verdict is Verdict.FREQUENCY_CAP:
+            # A shadow cap's refusal: reported, and the message was delivered and counted.
             cap = policy.caps[outcome.cap_index]
             reason, rule, shadow = Reason.FREQUENCY_CAP, cap.name, cap.shadow
         elif outcome.verdict is Verdict.BUDGET:
@@ -300,22 +302,25 @@ class Engine:
         policy, scorer = self._policy, self._scorer
         repetition_window = policy.creepiness.repetition.window
         # One log per scope and set of exempt tags: a cap that exempts `service` campaigns
-        # must not count them, while its neighbour without exemptions does.
-        groups: dict[tuple[str, tuple[str, ...]], list[tuple[int, Cap]]] = {}
+        # must not count them, while its neighbour without exemptions does. Shadow caps keep
+        # logs of their own, counted as if they were enforced.
+        groups: dict[tuple[str, tuple[str, ...], bool], list[tuple[int, Cap]]] = {}
         if scorer.repetition_saturation:
-            groups["campaign", ()] = []  # the campaign's log also feeds the repetition factor
+            # The campaign's log also feeds the repetition factor.
+            groups["campaign", (), False] = []
         for index, cap in enumerate(policy.caps):
             exempt = tuple(sorted(set(cap.except_tags)))
             if not set(exempt).isdisjoint(tags):
                 continue  # this campaign is neither capped nor counted by the cap
-            groups.setdefault((cap.per, exempt), []).append((index, cap))
+            groups.setdefault((cap.per, exempt, cap.shadow), []).append((index, cap))
         scope_names = {"user": "u", "channel": f"c:{channel}", "campaign": f"k:{campaign}"}
         counters = []
-        for (scope, exempt), caps in groups.items():
-            name = scope_names[scope] + ("!" + ",".join(exempt) if exempt else "")
+        for (scope, exempt, shadow), caps in groups.items():
+            name = ("s:" if shadow else "") + scope_names[scope]
+            name += "!" + ",".join(exempt) if exempt else ""
             keep = max((cap.limit for _, cap in caps), default=0)
             window = max((cap.span for _, cap in caps), default=0.0)
-            if scope == "campaign" and not exempt and scorer.repetition_saturation:
+            if scope == "campaign" and not exempt and not shadow and scorer.repetition_saturation:
                 keep = max(keep, scorer.repetition_saturation)
                 window = max(window, repetition_window)
             checks = tuple(
@@ -324,11 +329,10 @@ class Engine:
                     _limit_for(cap, tags),
                     math.ceil(cap.span * 1000),
                     PERIODS[cap.calendar] if cap.calendar else 0,
-                    cap.shadow,
                 )
                 for index, cap in caps
             )
-            counters.append(Counter(name, keep, math.ceil(window * 1000), checks))
+            counters.append(Counter(name, keep, math.ceil(window * 1000), checks, shadow))
         repetition = (
             RepetitionCheck(
                 f"k:{campaign}",

@@ -290,10 +290,11 @@ class Time(_Model):
 
 class QuietHours(_Model):
     """From `start` to `end` in the person's time zone, only transactional messages are
-    personalized; `end` before `start` spans midnight."""
+    personalized in `channels` (all when empty); `end` before `start` spans midnight."""
 
     start: ClockTime
     end: ClockTime
+    channels: tuple[Tag, ...] = ()
 
     @model_validator(mode="after")
     def _not_empty(self) -> QuietHours:

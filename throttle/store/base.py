@@ -26,15 +26,13 @@ class CapCheck:
     """At most `limit` entries younger than `window_ms`, or, for a calendar cap (`period` 1
     day, 2 week, 3 month), since the period's start in the delivery's `period_starts`.
 
-    `index` names the cap in the policy. A `shadow` cap is checked after every enforced limit,
-    so it never keeps one of them from refusing.
+    `index` names the cap in the policy.
     """
 
     index: int
     limit: int
     window_ms: int
     period: int = 0
-    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +41,18 @@ class Counter:
 
     `keep` and `window_ms` bound the log: entries older than the window go, and only the
     newest `keep` stay, which is all the caps on it need to be exact.
+
+    A `shadow` counter serves caps in shadow mode: they are checked after every enforced
+    limit, and a refusal by one of them is reported but the message is delivered and counted
+    in the enforced counters all the same (only the shadow counters skip it, as if enforced).
+    So watching a cap never changes what the enforced ones do.
     """
 
     name: str
     keep: int
     window_ms: int
     caps: tuple[CapCheck, ...]
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,7 @@ class Limits:
     audience_window_ms: int = 0
     # A store that can be slow answers within this or raises (the memory store never waits).
     timeout_ms: int = 50
-    # Whether any cap is in shadow mode (checked last, refusing without recording).
+    # Whether any counter is a shadow counter.
     shadow_caps: bool = False
 
 

@@ -91,20 +91,20 @@ class MemoryStore:
                     first, second = budget_log[0], budget_log[1]
                     budget_log[:2] = [[second[0], first[1] + second[1]]]
 
-        if limits.shadow_caps:
-            refused_by = _refused_by(limits.counters, logs, delivery, shadow=True)
-            if refused_by >= 0:
-                return Verdict.FREQUENCY_CAP, refused_by, score, repetitions
-
+        shadow_refusal = (
+            _refused_by(limits.counters, logs, delivery, shadow=True) if limits.shadow_caps else -1
+        )
+        verdict = Verdict.FREQUENCY_CAP if shadow_refusal >= 0 else Verdict.DELIVERED
         if limits.ttl_ms <= 0:
-            return Verdict.DELIVERED, -1, score, repetitions
+            return verdict, shadow_refusal, score, repetitions
         for counter in limits.counters:
-            logs[counter.name].append(now)
+            if not (counter.shadow and shadow_refusal >= 0):
+                logs[counter.name].append(now)
         kept = {name: _pruned(log, now, limits.ttl_ms, len(log)) for name, log in logs.items()}
         kept = {name: log for name, log in kept.items() if log}
         if kept or budget_log:
             self._people[delivery.person] = _Person(kept, budget_log, now + limits.ttl_ms)
-        return Verdict.DELIVERED, -1, score, repetitions
+        return verdict, shadow_refusal, score, repetitions
 
     def _count_in(self, delivery: Delivery) -> None:
         person, seen = delivery.person, self._now_ms
@@ -170,9 +170,11 @@ def _refused_by(
     """The first cap (in policy order) among enforced or shadow ones that is full, or -1."""
     now, first = delivery.now_ms, -1
     for counter in counters:
+        if counter.shadow is not shadow:
+            continue
         log = logs[counter.name]
         for cap in counter.caps:
-            if cap.shadow is not shadow or 0 <= first < cap.index:
+            if 0 <= first < cap.index:
                 continue
             if _younger_than(log, now, _window(cap, delivery)) >= cap.limit:
                 first = cap.index

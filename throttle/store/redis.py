@@ -316,7 +316,8 @@ def _packed(limits: Limits) -> bytes:
                     c.name,
                     c.keep,
                     c.window_ms,
-                    [[k.index, k.limit, k.window_ms, k.period, int(k.shadow)] for k in c.caps],
+                    [[k.index, k.limit, k.window_ms, k.period] for k in c.caps],
+                    int(c.shadow),
                 ]
                 for c in limits.counters
             ],

@@ -18,10 +18,12 @@
 --            8 budget window, ms
 --            9 budget entries kept; beyond it the two oldest merge (over-counting, never under)
 --           10 counters: { { name, entries kept, longest window (ms),
---                            { { cap index, limit, window (ms), period, shadow }, ... } }, ... }
+--                            { { cap index, limit, window (ms), period }, ... }, shadow }, ... }
 --              period: 0 rolling window; 1, 2, 3 the calendar day, week, month (see ARGV[4])
---              shadow: 1 for a cap checked after every enforced limit, 0 otherwise
---           11 1 when any cap is a shadow cap, else 0
+--              shadow: 1 for a counter of caps in shadow mode, 0 otherwise. Shadow caps are
+--              checked after every enforced limit; when one refuses, the message is delivered
+--              and recorded all the same, except in the shadow counters (verdict 1, its index)
+--           11 1 when any counter is a shadow counter, else 0
 -- ARGV[4]  starts of the person's calendar day, week and month, ms, separated by spaces
 --          ("" when no cap is a calendar cap)
 -- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted }
@@ -66,11 +68,11 @@ local function pruned(log, window, keep)
   return kept
 end
 
-local touched = {}
+local touched = {}  -- counter name -> its shadow flag
 for i = 1, #counters do
   local counter = counters[i]
   logs[counter[1]] = pruned(logs[counter[1]], counter[3], counter[2])
-  touched[counter[1]] = true
+  touched[counter[1]] = counter[5]
 end
 
 local repetitions = 0
@@ -92,7 +94,7 @@ local function refused_by(shadow)
     local counter = counters[i]
     local log = logs[counter[1]]
     for _, cap in ipairs(counter[4]) do
-      if cap[5] == shadow and (first < 0 or cap[1] < first) then
+      if counter[5] == shadow and (first < 0 or cap[1] < first) then
         local window = cap[3]
         -- A calendar cap counts what is at or after its period's start.
         if cap[4] > 0 then window = now - period_starts[cap[4]] + 1 end
@@ -131,24 +133,22 @@ if limits[7] >= 0 then
   end
 end
 
-if limits[11] == 1 then
-  refused = refused_by(1)
-  if refused >= 0 then
-    return { 1, refused, score, repetitions }
-  end
-end
+local shadow_refused = -1
+if limits[11] == 1 then shadow_refused = refused_by(1) end
+local verdict = shadow_refused >= 0 and 1 or 0
 
 if ttl <= 0 then
-  return { 0, -1, score, repetitions }
+  return { verdict, shadow_refused, score, repetitions }
 end
 
 -- Counters this message did not touch are pruned by the longest window, so nothing outlives it.
 local kept_logs, any_log = {}, false
 for name, log in pairs(logs) do
-  if touched[name] then
-    log[#log + 1] = now
-  else
+  local shadow = touched[name]
+  if shadow == nil then
     log = pruned(log, ttl, #log)
+  elseif shadow == 0 or shadow_refused < 0 then
+    log[#log + 1] = now
   end
   if #log > 0 then
     kept_logs[name] = log
@@ -169,4 +169,4 @@ if #budget_log > 0 then packed.b = stored_budget end
 if any_log or #budget_log > 0 then
   redis.call('SET', KEYS[1], cmsgpack.pack(packed), 'PX', ttl)
 end
-return { 0, -1, score, repetitions }
+return { verdict, shadow_refused, score, repetitions }
