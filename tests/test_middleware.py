@@ -528,3 +528,21 @@ async def test_an_apps_time_zone_resolver_is_used_and_a_failing_one_is_survived(
     assert response.status_code == 200
     assert decision_of(response)[1]["reason"] == "quiet-hours"
     assert "time_zone() failed" in caplog.text
+
+
+async def test_a_shadow_cap_delivers_and_names_itself_in_the_decision_header() -> None:
+    watched = policy(
+        '[[caps]]\nname = "hourly"\nper = "user"\nlimit = 3\nwindow = "1h"\n'
+        '[[caps]]\nname = "hourly-2"\nper = "user"\nlimit = 2\nwindow = "1h"\nshadow = true\n'
+        "[creepiness]\nrepetition = { weight = 0.0, window = '1h' }\n"
+    )
+    async with client(storefront(policy=watched)) as shop:
+        responses = [await shop.get("/offer", headers=ANA) for _ in range(4)]
+    third, fourth = responses[2], responses[3]
+    assert third.json()["offer"].startswith("running shoes for ana")
+    outcome, params = decision_of(third)
+    assert (outcome, params["rule"], params["shadow"]) == ("segment", "hourly-2", True)
+    # The third was delivered, so the enforced cap of 3 is full now.
+    assert decision_of(fourth)[1]["rule"] == "hourly"
+    assert "shadow" not in decision_of(fourth)[1]
+    assert "ana" not in fourth.text
