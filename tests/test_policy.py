@@ -432,3 +432,16 @@ def test_time_zone_and_quiet_hours_are_checked() -> None:
 def test_calendar_caps_keep_state_long_enough_for_their_period() -> None:
     text = HEADER + '[[caps]]\nname = "m"\nper = "user"\nlimit = 3\ncalendar = "month"\n'
     assert Policy.from_toml(text).longest_window == 32 * 86400
+
+
+def test_values_of_the_wrong_form_say_what_form_is_wanted() -> None:
+    text = (
+        HEADER
+        + '[fallback]\nkeep_headers = ["X Request"]\n'
+        + '[fallback.content."*"]\nmedia_type = "json"\nbody = "{}"\n'
+    )
+    assert problems(text) == {
+        "fallback.keep_headers[0]": "is 'X Request'; write a header name such as X-Request-Id",
+        'fallback.content."*".media_type': "is 'json'; write a media type such as "
+        "application/json or text/html",
+    }
