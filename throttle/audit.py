@@ -1,0 +1,103 @@
+"""The audit trail: one entry per decision, pseudonymized, so a brand can show what it did.
+
+Entries are msgpack arrays. They name a person only by the keyed hash the store uses (never a
+raw id; `""` for someone not signed in), and carry what a person or an auditor needs to
+understand the decision: the message's campaign, channel and segment, the data it used, the
+outcome, the reason and rule, and each factor of the score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+# The fields, in the order they are packed. A new field goes at the end, so older entries
+# still read (missing fields take their defaults).
+_FIELDS = (
+    "time_ms", "person", "campaign", "channel", "segment", "fallback_segment", "outcome",
+    "reason", "rule", "score_milli", "factors", "signals", "inferred", "third_party",
+    "explained", "event_age", "shadow", "policy",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One decision as the audit trail keeps it.
+
+    - `time_ms`: when it was made, ms since the Unix epoch.
+    - `person`: the person's pseudonym (the store's keyed hash), `""` when not signed in.
+    - `campaign`, `channel`, `segment`: from the marker (`None` when it could not be read);
+      `segment` is the one the message asked for, `fallback_segment` the k-anonymous one
+      whose content stood in (segment outcomes only; `""` is everyone).
+    - `outcome`: `"personalized"` or `"segment"`; `reason` and `rule` as in the decision.
+    - `score_milli`, `factors`: the creepiness score and each factor's contribution, in
+      thousandths; `signals`, `inferred`, `third_party`, `explained`, `event_age`: the data
+      the message used, from its marker.
+    - `shadow`: delivered personalized although a shadow rule refused it.
+    - `policy`: `name@version` of the policy in force.
+    """
+
+    time_ms: int
+    person: str
+    campaign: str | None
+    channel: str | None
+    segment: str | None
+    fallback_segment: str | None
+    outcome: str
+    reason: str
+    rule: str | None
+    score_milli: int | None
+    factors: tuple[tuple[str, int], ...] = ()
+    signals: tuple[str, ...] = ()
+    inferred: bool = False
+    third_party: bool = False
+    explained: bool = False
+    event_age: int | None = None
+    shadow: bool = False
+    policy: str = ""
+
+    def pack(self) -> bytes:
+        packed: bytes = msgpack.packb([getattr(self, name) for name in _FIELDS])
+        return packed
+
+    @classmethod
+    def unpack(cls, data: bytes) -> AuditEntry:
+        """An entry from `pack()`'s bytes; raises `ValueError` for bytes that are not one."""
+        try:
+            values: Any = msgpack.unpackb(data, raw=False, use_list=True)
+        except Exception as error:  # msgpack raises several types for broken input
+            raise ValueError(f"not an audit entry: {error}") from None
+        if not isinstance(values, list) or len(values) < 10:
+            raise ValueError("not an audit entry: expected a list of at least 10 fields")
+        fields = dict(zip(_FIELDS, values, strict=False))
+        fields["factors"] = tuple((str(n), int(c)) for n, c in fields.get("factors") or ())
+        fields["signals"] = tuple(str(s) for s in fields.get("signals") or ())
+        try:
+            return cls(**fields)
+        except TypeError as error:
+            raise ValueError(f"not an audit entry: {error}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as JSON-ready data, with scores in [0, 1]."""
+        return {
+            "time_ms": self.time_ms,
+            "person": self.person,
+            "campaign": self.campaign,
+            "channel": self.channel,
+            "segment": self.segment,
+            "fallback_segment": self.fallback_segment,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "rule": self.rule,
+            "score": None if self.score_milli is None else self.score_milli / 1000,
+            "factors": {name: milli / 1000 for name, milli in self.factors},
+            "signals": list(self.signals),
+            "inferred": self.inferred,
+            "third_party": self.third_party,
+            "explained": self.explained,
+            "event_age": self.event_age,
+            "shadow": self.shadow,
+            "policy": self.policy,
+        }
