@@ -319,9 +319,12 @@ async def test_erase_removes_a_persons_state(store: Store, clock: ManualClock) -
     person = throttle.pseudonym("ana")
     state = await store.state(person)
     assert state is not None and len(state["c"]["u"]) == 3
-    assert await store.erase(person) is True
+    erased = await store.erase(person)
+    assert (erased.state, erased.decisions, erased.audit_entries) == (True, 3, 3)
     assert await store.state(person) is None
-    assert await store.erase(person) is False
+    assert await store.recent(person) == []
+    assert await store.audit_entries(person) == []
+    assert await store.erase(person) == (False, 0, 0)
     assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
 
 

@@ -41,7 +41,7 @@ async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
 async def test_a_persons_state_is_one_hash_tagged_msgpack_key(
     redis_store: RedisStore, redis_server: RedisServer, clock: ManualClock
 ) -> None:
-    throttle = engine(CAPS, redis_store, clock)
+    throttle = engine(CAPS + "[audit]\nenabled = false\n", redis_store, clock)
     for channel in ("web", "email"):
         await throttle.decide(marker(signals=("cart",), channel=channel), person="ana")
     client = redis_server.client()

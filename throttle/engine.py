@@ -10,15 +10,18 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Literal, NamedTuple
 
+from throttle.audit import AuditEntry
 from throttle.consent import gpc_forbids
 from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.fallback import EVERYONE, k_anonymous, lineage
-from throttle.faults import StoreGuard
+from throttle.faults import LogLimiter, StoreGuard
 from throttle.message import Marker
 from throttle.periods import PERIODS, LocalClock
 from throttle.policy import Cap, Policy, milli
 from throttle.scoring import ContentScore, Factor, Scorer
 from throttle.store.base import (
+    LEVEL_CODES,
+    AuditLimits,
     BudgetCheck,
     CapCheck,
     Counter,
@@ -31,7 +34,10 @@ from throttle.store.base import (
 
 # Shadow mode delivers what the limits would refuse, never what a person refused, nor to
 # nobody in particular, nor what cannot be read.
-_ALWAYS_ENFORCED = frozenset({"consent", "anonymous", "invalid-marker", "internal-error"})
+_ALWAYS_ENFORCED = frozenset(
+    {"consent", "preference", "anonymous", "invalid-marker", "internal-error"}
+)
+_LEVEL_RULES = ("level.off", "level.minimal")
 # Audience sizes only grow slowly; asking Redis again this often keeps k-anonymity current.
 _AUDIENCE_REFRESH_SECONDS = 30.0
 _LIMITS_CACHE_SIZE = 4096
@@ -48,6 +54,7 @@ class Reason(StrEnum):
     BUDGET = "budget"
     QUIET_HOURS = "quiet-hours"
     CONSENT = "consent"
+    PREFERENCE = "preference"
     ANONYMOUS = "anonymous"
     STORE_UNAVAILABLE = "store-unavailable"
     INVALID_MARKER = "invalid-marker"
@@ -65,8 +72,8 @@ class Decision(NamedTuple):
     - `score`, `factors`: the creepiness score and each factor's contribution to it.
     - `segment`: for segment outcomes, the k-anonymous segment whose content stands in.
     - `shadow`: the policy, or the cap that refused, is in shadow mode, so the personalized
-      content is delivered anyway (never for `consent`, `anonymous`, `invalid-marker` or
-      `internal-error`).
+      content is delivered anyway (never for `consent`, `preference`, `anonymous`,
+      `invalid-marker` or `internal-error`).
     - `unknown_signals`: signals the policy has no weight for (scored at its default).
 
     The middleware puts it in the ASGI scope under `"throttle.decision"`. Immutable (a named
@@ -109,8 +116,11 @@ class Engine:
         secret: bytes,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        audit: bool = True,
     ) -> None:
         self.store = store
+        self._audit_wanted = audit
+        self._logs = LogLimiter()
         key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
         key = key.ljust(_SHA256_BLOCK, b"\0")
         self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
@@ -133,6 +143,24 @@ class Engine:
         self._policy = policy
         self._scorer = Scorer(policy.creepiness)
         self._threshold = milli(policy.creepiness.threshold)
+        levels = policy.levels
+        self._default_level = LEVEL_CODES[levels.default]
+        self._given = frozenset(levels.given)
+        self._given_only: dict[int, tuple[Marker, bool]] = {}
+        # Above this no level personalizes, so the store need not be asked.
+        self._highest_threshold = milli(levels.full_threshold)
+        self._anonymous_threshold = milli(policy.threshold_for(levels.default))
+        self._tcf = policy.consent.tcf
+        self._audit_limits = (
+            AuditLimits(
+                policy.audit.max_entries,
+                math.ceil(policy.audit.max_age * 1000),
+                policy.audit.per_person,
+                math.ceil(levels.keep * 1000),
+            )
+            if policy.audit.enabled and self._audit_wanted
+            else None
+        )
         self._audience_window_ms = math.ceil(policy.fallback.audience_window * 1000)
         self._shadow = policy.policy.mode == "shadow"
         self._anonymous_get_segment = policy.consent.anonymous == "segment"
@@ -173,20 +201,54 @@ class Engine:
         return outer.digest()[:16].hex()
 
     async def decide(
-        self, marker: Marker, *, person: str | None, gpc: bool = False, zone: str | None = None
+        self,
+        marker: Marker,
+        *,
+        person: str | None,
+        gpc: bool = False,
+        zone: str | None = None,
+        purposes: frozenset[int] | None = None,
     ) -> Decision:
         """Decide one message for one person (`None`: not signed in).
 
-        `zone`: the person's IANA time zone, for calendar caps and quiet hours; unknown or
-        `None` means the policy's zone.
+        - `gpc`: the request carries `Sec-GPC: 1`.
+        - `zone`: the person's IANA time zone, for calendar caps and quiet hours; unknown or
+          `None` means the policy's zone.
+        - `purposes`: the TCF purposes the person consented to, from their consent string;
+          `None` when the request carries none.
+
+        Every decision is appended to the audit trail, the person named by their pseudonym.
         """
+        pseudonym = self.pseudonym(person) if person is not None else None
+        decision = await self._decide(marker, pseudonym, gpc, zone, purposes)
+        if self._audit_limits is not None:
+            self._record(decision, marker, pseudonym)
+        return decision
+
+    async def _decide(
+        self,
+        marker: Marker,
+        pseudonym: str | None,
+        gpc: bool,
+        zone: str | None,
+        purposes: frozenset[int] | None,
+    ) -> Decision:
         # One policy for the whole decision, even if a reload swaps it meanwhile.
         policy, scorer = self._policy, self._scorer
         content = scorer.score(marker)
         if gpc and gpc_forbids(marker, policy.consent, scorer):
             return await self._segment(marker, Reason.CONSENT, "consent.gpc", content)
-        if person is None and self._anonymous_get_segment:
-            return await self._segment(marker, Reason.ANONYMOUS, "consent.anonymous", content)
+        tcf = self._tcf
+        if purposes is not None or tcf.required:
+            needed = tcf.advertising if marker.advertising else tcf.content
+            if purposes is None or not purposes.issuperset(needed):
+                return await self._segment(marker, Reason.CONSENT, "consent.tcf", content)
+        if pseudonym is None:
+            if self._anonymous_get_segment:
+                return await self._segment(marker, Reason.ANONYMOUS, "consent.anonymous", content)
+            level = self._default_level
+            if level == 0 or (level == 1 and not self._minimal_ok(marker)):
+                return await self._segment(marker, Reason.PREFERENCE, _LEVEL_RULES[level], content)
         now_ms = math.floor(self._clock() * 1000)
         local = self._local.at(now_ms, zone) if self._local is not None else None
         quiet = self._quiet_hours
@@ -198,14 +260,16 @@ class Engine:
             and quiet.covers(local.minute_of_day)
         ):
             return await self._segment(marker, Reason.QUIET_HOURS, "quiet_hours", content)
-        if content.milli > self._threshold:
+        if content.milli > (
+            self._highest_threshold if pseudonym is not None else self._anonymous_threshold
+        ):
             return await self._segment(marker, Reason.CREEPINESS, "creepiness.threshold", content)
-        if person is None:
+        if pseudonym is None:
+            if marker.transactional:
+                return self._personalized(marker, Reason.TRANSACTIONAL, content)
             return self._personalized(marker, Reason.ALLOWED, content)
-        if marker.transactional:
-            return self._personalized(marker, Reason.TRANSACTIONAL, content)
 
-        pseudonym = self.pseudonym(person)
+        # The person's own level lives with their state: even a transactional message asks.
         wanted = self._audiences_of(marker.segment)
         delivery = self._delivery(
             pseudonym,
@@ -215,6 +279,7 @@ class Engine:
             wanted,
             self._stale(wanted),
             local.period_starts if local is not None and self._calendar else (),
+            self._minimal_ok(marker),
         )
         guard = self.guard
         outcome = None
@@ -243,7 +308,8 @@ class Engine:
             self._remember(outcome.segment_sizes)
         scored = scorer.total(content, outcome.repetitions)
         if outcome.verdict is Verdict.DELIVERED:
-            return self._personalized(marker, Reason.ALLOWED, scored)
+            reason = Reason.TRANSACTIONAL if marker.transactional else Reason.ALLOWED
+            return self._personalized(marker, reason, scored)
         shadow = False
         if outcome.verdict is Verdict.FREQUENCY_CAP:
             # A shadow cap's refusal: reported, and the message was delivered and counted.
@@ -251,6 +317,8 @@ class Engine:
             reason, rule, shadow = Reason.FREQUENCY_CAP, cap.name, cap.shadow
         elif outcome.verdict is Verdict.BUDGET:
             reason, rule = Reason.BUDGET, "creepiness.budget"
+        elif outcome.verdict is Verdict.PREFERENCE:
+            reason, rule = Reason.PREFERENCE, _LEVEL_RULES[outcome.cap_index]
         else:
             reason, rule = Reason.CREEPINESS, "creepiness.threshold"
         return self._decision(
@@ -264,13 +332,84 @@ class Engine:
             shadow=shadow,
         )
 
-    def invalid_marker(self) -> Decision:
+    def invalid_marker(self, person: str | None = None) -> Decision:
         """The decision for a response whose marker cannot be read: segment content for everyone."""
-        return self._decision("segment", Reason.INVALID_MARKER, "marker", None, None, (), EVERYONE)
+        decision = self._decision(
+            "segment", Reason.INVALID_MARKER, "marker", None, None, (), EVERYONE
+        )
+        if self._audit_limits is not None:
+            self._record(decision, None, self.pseudonym(person) if person is not None else None)
+        return decision
 
     def internal_error(self) -> Decision:
         """The decision when deciding itself failed: the privacy-safe side, segment content."""
-        return self._decision("segment", Reason.INTERNAL_ERROR, None, None, None, (), EVERYONE)
+        decision = self._decision("segment", Reason.INTERNAL_ERROR, None, None, None, (), EVERYONE)
+        if self._audit_limits is not None:
+            self._record(decision, None, None)
+        return decision
+
+    async def set_level(self, person: str, level: str) -> None:
+        """Record a person's personalization level (`off`, `minimal`, `standard`, `full`)."""
+        await self.store.set_level(
+            self.pseudonym(person),
+            LEVEL_CODES[level],
+            now_ms=math.floor(self._clock() * 1000),
+            keep_ms=math.ceil(self._policy.levels.keep * 1000),
+        )
+
+    async def level_of(self, person: str) -> tuple[str, bool]:
+        """A person's level, and whether they chose it (False: the policy's default)."""
+        state = await self.store.state(self.pseudonym(person))
+        choices = (state or {}).get("p")
+        if choices and "l" in choices:
+            return _LEVEL_NAMES[choices["l"]], True
+        return self._policy.levels.default, False
+
+    def _minimal_ok(self, marker: Marker) -> bool:
+        """Whether the message uses only data people give themselves (cached per marker)."""
+        known = self._given_only.get(id(marker))
+        if known is not None and known[0] is marker:
+            return known[1]
+        given = (
+            not marker.inferred
+            and not marker.third_party
+            and self._given.issuperset(marker.signals)
+        )
+        if len(self._given_only) >= _LIMITS_CACHE_SIZE:
+            self._given_only.clear()
+        self._given_only[id(marker)] = (marker, given)
+        return given
+
+    def _record(self, decision: Decision, marker: Marker | None, pseudonym: str | None) -> None:
+        limits = self._audit_limits
+        if limits is None:
+            return
+        try:
+            entry = AuditEntry(
+                time_ms=math.floor(self._clock() * 1000),
+                person=pseudonym or "",
+                campaign=decision.campaign,
+                channel=decision.channel,
+                segment=marker.segment if marker is not None else None,
+                fallback_segment=decision.segment,
+                outcome=decision.outcome,
+                reason=decision.reason.value,
+                rule=decision.rule,
+                score_milli=milli(decision.score) if decision.score is not None else None,
+                factors=tuple((f.name, milli(f.contribution)) for f in decision.factors),
+                signals=marker.signals if marker is not None else (),
+                inferred=marker.inferred if marker is not None else False,
+                third_party=marker.third_party if marker is not None else False,
+                explained=marker.explained if marker is not None else False,
+                event_age=marker.event_age if marker is not None else None,
+                shadow=decision.shadow and decision.outcome == "segment",
+                policy=f"{decision.policy}@{decision.policy_version}",
+            )
+            self.store.record(pseudonym or "", entry.pack(), limits)
+        except Exception:  # the trail must never cost a decision
+            self._logs.warning(
+                "audit", "throttle: appending to the audit trail failed", exc_info=True
+            )
 
     def _delivery(
         self,
@@ -281,6 +420,7 @@ class Engine:
         audiences: tuple[str, ...],
         count_segments: tuple[str, ...],
         period_starts: tuple[int, ...],
+        minimal_ok: bool,
     ) -> Delivery:
         key = (marker.channel, marker.campaign, marker.tags if self._tagged else ())
         limits = self._limits.get(key)
@@ -296,6 +436,8 @@ class Engine:
             audiences,
             count_segments,
             period_starts,
+            minimal_ok,
+            marker.transactional,
         )
 
     def _build_limits(self, channel: str, campaign: str, tags: tuple[str, ...]) -> Limits:
@@ -352,6 +494,10 @@ class Engine:
             audience_window_ms=self._audience_window_ms,
             timeout_ms=math.ceil(policy.store.timeout * 1000),
             shadow_caps=any(cap.shadow for cap in policy.caps),
+            minimal_threshold_milli=milli(policy.levels.minimal_threshold),
+            full_threshold_milli=milli(policy.levels.full_threshold),
+            default_level=self._default_level,
+            keep_choice_ms=math.ceil(policy.levels.keep * 1000),
         )
 
     def _stale(self, segments: tuple[str, ...]) -> tuple[str, ...]:
@@ -434,6 +580,9 @@ class Engine:
             policy_version=self._policy_version,
             unknown_signals=content.unknown_signals if content is not None else (),
         )
+
+
+_LEVEL_NAMES = {code: name for name, code in LEVEL_CODES.items()}
 
 
 def _limit_for(cap: Cap, tags: tuple[str, ...]) -> int:

@@ -34,6 +34,7 @@ _BOOLEAN_MEMBERS = {
     "third-party": "third_party",
     "explained": "explained",
     "transactional": "transactional",
+    "advertising": "advertising",
 }
 _MEMBERS = frozenset(
     {"campaign", "segment", "channel", "signals", "tags", "event-age", *_BOOLEAN_MEMBERS}
@@ -57,6 +58,7 @@ class Marker:
     - `explained`: the message tells the person why they see it.
     - `transactional`: a message the person asked for (a receipt); exempt from caps, not consent.
     - `tags`: the campaign's tags (`promo`, `service`, ...), which caps may exempt or favour.
+    - `advertising`: an ad-like message; TCF consent is checked for the advertising purposes.
     """
 
     campaign: str
@@ -69,6 +71,7 @@ class Marker:
     explained: bool = False
     transactional: bool = False
     tags: tuple[str, ...] = ()
+    advertising: bool = False
 
     def __post_init__(self) -> None:
         _check_text("campaign", self.campaign)
@@ -130,6 +133,7 @@ def personalization(
     explained: bool = False,
     transactional: bool = False,
     tags: tuple[str, ...] | list[str] = (),
+    advertising: bool = False,
 ) -> dict[str, str]:
     """Headers that mark a response as personalized; pass them to any Starlette response.
 
@@ -152,6 +156,7 @@ def personalization(
         explained=explained,
         transactional=transactional,
         tags=tuple(tags),
+        advertising=advertising,
     )
     return {PERSONALIZATION_HEADER: marker.header_value()}
 

@@ -255,6 +255,18 @@ class Creepiness(_Model):
 
 
 GpcBlock = Literal["all", "inferred", "third-party", "sensitive"]
+Purpose = Annotated[int, Field(ge=1, le=24)]
+
+
+class Tcf(_Model):
+    """IAB TCF v2.2 consent strings (the `euconsent-v2` cookie): the purposes a message needs."""
+
+    # Purposes 5 "create profiles to personalise content", 6 "use profiles to select
+    # personalised content"; for ad-like messages 3 and 4, their advertising counterparts.
+    content: tuple[Purpose, ...] = (5, 6)
+    advertising: tuple[Purpose, ...] = (3, 4)
+    # Whether a request without a consent string may be personalized (no banner, no TCF).
+    required: bool = False
 
 
 class Consent(_Model):
@@ -263,6 +275,39 @@ class Consent(_Model):
     # Signals at or above this weight count as "sensitive" for the gpc rule.
     sensitive_at: Share = 0.5
     anonymous: Literal["segment", "personalize"] = "segment"
+    tcf: Tcf = Tcf()
+
+
+Level = Literal["off", "minimal", "standard", "full"]
+LEVELS: tuple[Level, ...] = ("off", "minimal", "standard", "full")
+
+
+class Levels(_Model):
+    """How much personalization each person chose; the policy gives the default.
+
+    `off` objects to direct marketing and profiling (GDPR Art. 21(2)-(3)): nothing is
+    personalized. `minimal` allows only data the person gave (`given`), below a stricter
+    threshold. `standard` is the policy as written. `full` lifts the threshold to `full_threshold`.
+    """
+
+    default: Level = "standard"
+    given: tuple[str, ...] = ("cart", "purchase_history")
+    minimal_threshold: Share = 0.4
+    full_threshold: Share = 0.85
+    # A person's choice is kept this long after their last visit, then expires with their state.
+    keep: Annotated[float, BeforeValidator(_at_least(86400.0, "1d")), _DURATION_SCHEMA] = (
+        365 * 86400.0
+    )
+
+
+class Audit(_Model):
+    """The audit trail: every decision, pseudonymized, in a stream bounded by size and age."""
+
+    enabled: bool = True
+    max_entries: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    max_age: Window = 30 * 86400.0
+    # Recent decisions kept with each person, for "why am I seeing this".
+    per_person: Annotated[int, Field(ge=0, le=100)] = 20
 
 
 class Content(_Model):
@@ -329,6 +374,8 @@ class Policy(_Model):
     fallback: Fallback = Fallback()
     time: Time = Time()
     quiet_hours: QuietHours | None = None
+    levels: Levels = Levels()
+    audit: Audit = Audit()
     decisions: Decisions = Decisions()
     store: StoreOptions = StoreOptions()
 
@@ -344,6 +391,25 @@ class Policy(_Model):
                 raise ValueError(f"two caps are named {cap.name!r}; give each its own name")
             seen.add(cap.name)
         return caps
+
+    @model_validator(mode="after")
+    def _thresholds_rise_with_the_level(self) -> Policy:
+        levels, threshold = self.levels, self.creepiness.threshold
+        if not levels.minimal_threshold <= threshold <= levels.full_threshold:
+            raise ValueError(
+                f"levels.minimal_threshold ({levels.minimal_threshold:g}), "
+                f"creepiness.threshold ({threshold:g}) and levels.full_threshold "
+                f"({levels.full_threshold:g}) must rise in this order"
+            )
+        return self
+
+    def threshold_for(self, level: Level) -> float:
+        """The creepiness threshold of a person at `level` (`off` personalizes nothing)."""
+        if level == "minimal":
+            return self.levels.minimal_threshold
+        if level == "full":
+            return self.levels.full_threshold
+        return self.creepiness.threshold
 
     @property
     def name(self) -> str:

@@ -22,7 +22,7 @@ from throttle.message import Marker
 
 _MARKER_KEYS = (
     "campaign", "segment", "channel", "signals", "event_age", "inferred", "third_party",
-    "explained", "transactional", "tags",
+    "explained", "transactional", "tags", "advertising",
 )  # fmt: skip
 _KNOWN_KEYS = frozenset({"t", "person", "zone", "gpc", *_MARKER_KEYS})
 _MARKER_CACHE_SIZE = 65_536
@@ -109,6 +109,7 @@ class TraceReader:
             get("event_age"), get("inferred"), get("third_party"), get("explained"),
             get("transactional"),
             tuple(tags) if type(tags) is list else tags,
+            get("advertising"),
         )  # fmt: skip
         try:
             marker = markers.get(key)
@@ -138,7 +139,7 @@ def _marker(record: dict[str, Any]) -> Marker:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f'"{name}" must be a list of strings')
             value = tuple(value)
-        elif name in ("inferred", "third_party", "explained", "transactional"):
+        elif name in ("inferred", "third_party", "explained", "transactional", "advertising"):
             if not isinstance(value, bool):
                 raise ValueError(f'"{name}" must be true or false')
         elif name == "event_age":

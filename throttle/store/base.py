@@ -19,6 +19,12 @@ class Verdict(IntEnum):
     FREQUENCY_CAP = 1
     BUDGET = 2
     CREEPINESS = 3
+    # The person's own level refuses it (`cap_index`: 0 off, 1 minimal).
+    PREFERENCE = 4
+
+
+# Personalization levels as the store keeps them.
+LEVEL_CODES = {"off": 0, "minimal": 1, "standard": 2, "full": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,7 @@ class Limits:
     """
 
     ttl_ms: int
+    # The creepiness threshold at the standard level; a person's level may move it.
     threshold_milli: int
     counters: tuple[Counter, ...]
     budget: BudgetCheck | None = None
@@ -90,6 +97,12 @@ class Limits:
     timeout_ms: int = 50
     # Whether any counter is a shadow counter.
     shadow_caps: bool = False
+    # Thresholds at the minimal and full levels, the level of people who chose none, and how
+    # long a person's choice is kept after their last decision.
+    minimal_threshold_milli: int = 400
+    full_threshold_milli: int = 850
+    default_level: int = 2
+    keep_choice_ms: int = 365 * 86_400_000
 
 
 class Delivery(NamedTuple):
@@ -106,6 +119,29 @@ class Delivery(NamedTuple):
     count_segments: tuple[str, ...] = ()
     # Starts of the person's calendar day, week and month (ms), when a calendar cap applies.
     period_starts: tuple[int, ...] = ()
+    # The message uses only data people give themselves: a person at `minimal` may get it.
+    minimal_ok: bool = True
+    # A message the person asked for: only their level applies, no cap counts it.
+    transactional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditLimits:
+    """How much of the audit trail a store keeps: the stream's length and age, and the recent
+    decisions kept with each person (for "why am I seeing this") and for how long."""
+
+    max_entries: int
+    max_age_ms: int
+    per_person: int
+    keep_ms: int
+
+
+class Erasure(NamedTuple):
+    """What erasing a person deleted: their state, their recent decisions, their audit entries."""
+
+    state: bool
+    decisions: int
+    audit_entries: int
 
 
 class Outcome(NamedTuple):
@@ -132,11 +168,28 @@ class Store(Protocol):
         ...
 
     async def state(self, person: str) -> dict[str, Any] | None:
-        """Everything held about one person (their decoded state), or None."""
+        """One person's decoded state (counters `c`, budget `b`, choices `p`), or None."""
         ...
 
-    async def erase(self, person: str) -> bool:
-        """Delete one person's state; True when there was some."""
+    async def set_level(self, person: str, level: int, *, now_ms: int, keep_ms: int) -> None:
+        """Record a person's personalization level (a `LEVEL_CODES` value)."""
+        ...
+
+    def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
+        """Append a packed `AuditEntry` to the trail, and to the person's recent decisions
+        (`person` is a pseudonym, `""` for nobody). Never waits; a store may write later."""
+        ...
+
+    async def recent(self, person: str) -> list[bytes]:
+        """One person's recent decisions, newest first, as packed audit entries."""
+        ...
+
+    async def audit_entries(self, person: str) -> list[bytes]:
+        """Every audit entry of one person still in the trail, oldest first."""
+        ...
+
+    async def erase(self, person: str) -> Erasure:
+        """Delete everything held about one person: state, recent decisions, audit entries."""
         ...
 
     async def aclose(self) -> None: ...

@@ -6,10 +6,19 @@ the behaviour suite runs against each. State expires by the same rule, and is sw
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from throttle.store.base import CapCheck, Counter, Delivery, Outcome, Verdict
+from throttle.store.base import (
+    AuditLimits,
+    CapCheck,
+    Counter,
+    Delivery,
+    Erasure,
+    Outcome,
+    Verdict,
+)
 
 _SWEEP_EVERY = 1024
 _MAX_AUDIENCE = 100_000
@@ -20,6 +29,8 @@ class _Person:
     counters: dict[str, list[int]] = field(default_factory=dict)
     budget: list[list[int]] = field(default_factory=list)
     expires_ms: int = 0
+    # The person's own choices: `l` their level, `u` when they last changed it.
+    choices: dict[str, int] | None = None
 
 
 class MemoryStore:
@@ -31,6 +42,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self._people: dict[str, _Person] = {}
         self._audiences: dict[str, dict[str, int]] = {}
+        # The audit trail, oldest first: (time ms, pseudonym, packed entry).
+        self._trail: deque[tuple[int, str, bytes]] = deque()
+        self._recent: dict[str, tuple[int, deque[bytes]]] = {}  # pseudonym -> (expiry, entries)
         self._now_ms = 0
         self._until_sweep = _SWEEP_EVERY
 
@@ -54,6 +68,21 @@ class MemoryStore:
         person = self._people.get(delivery.person)
         if person is not None and person.expires_ms <= now:
             person = None
+        choices = person.choices if person else None
+        level = choices["l"] if choices else limits.default_level
+        if level == 0 or (level == 1 and not delivery.minimal_ok):
+            return Verdict.PREFERENCE, level, delivery.score_milli, 0
+        threshold = (
+            limits.minimal_threshold_milli
+            if level == 1
+            else limits.full_threshold_milli
+            if level == 3
+            else limits.threshold_milli
+        )
+        if delivery.transactional:
+            # The person's level and threshold apply; caps and budget do not.
+            verdict = Verdict.CREEPINESS if delivery.score_milli > threshold else Verdict.DELIVERED
+            return verdict, -1, delivery.score_milli, 0
         logs = dict(person.counters) if person else {}
         for counter in limits.counters:
             logs[counter.name] = _pruned(
@@ -70,7 +99,7 @@ class MemoryStore:
         else:
             weight = 0
         score = min(1000, delivery.score_milli + weight * repetitions)
-        if score > limits.threshold_milli:
+        if score > threshold:
             return Verdict.CREEPINESS, -1, score, repetitions
 
         refused_by = _refused_by(limits.counters, logs, delivery, shadow=False)
@@ -102,8 +131,9 @@ class MemoryStore:
                 logs[counter.name].append(now)
         kept = {name: _pruned(log, now, limits.ttl_ms, len(log)) for name, log in logs.items()}
         kept = {name: log for name, log in kept.items() if log}
-        if kept or budget_log:
-            self._people[delivery.person] = _Person(kept, budget_log, now + limits.ttl_ms)
+        if kept or budget_log or choices:
+            keep = max(limits.ttl_ms, limits.keep_choice_ms) if choices else limits.ttl_ms
+            self._people[delivery.person] = _Person(kept, budget_log, now + keep, choices)
         return verdict, shadow_refusal, score, repetitions
 
     def _count_in(self, delivery: Delivery) -> None:
@@ -140,6 +170,8 @@ class MemoryStore:
         now = self._now_ms
         for key in [k for k, person in self._people.items() if person.expires_ms <= now]:
             del self._people[key]
+        for key in [k for k, (expiry, _) in self._recent.items() if expiry <= now]:
+            del self._recent[key]
 
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
         return {s: self._audience_size(s, window_ms) for s in segments}
@@ -153,15 +185,56 @@ class MemoryStore:
             state["c"] = {name: list(log) for name, log in held.counters.items()}
         if held.budget:
             state["b"] = [list(entry) for entry in held.budget]
+        if held.choices:
+            state["p"] = dict(held.choices)
         return state
 
-    async def erase(self, person: str) -> bool:
+    async def set_level(self, person: str, level: int, *, now_ms: int, keep_ms: int) -> None:
+        self._now_ms = max(self._now_ms, now_ms)
+        held = self._people.get(person)
+        if held is None or held.expires_ms <= now_ms:
+            held = self._people[person] = _Person()
+        held.choices = {"l": level, "u": now_ms}
+        held.expires_ms = max(held.expires_ms, now_ms + keep_ms)
+
+    def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
+        now = self._now_ms
+        trail = self._trail
+        trail.append((now, person, entry))
+        oldest = now - limits.max_age_ms
+        while trail and (len(trail) > limits.max_entries or trail[0][0] <= oldest):
+            trail.popleft()
+        if person and limits.per_person:
+            known = self._recent.get(person)
+            recent = known[1] if known else deque(maxlen=limits.per_person)
+            recent.appendleft(entry)
+            self._recent[person] = (now + limits.keep_ms, recent)
+
+    async def recent(self, person: str) -> list[bytes]:
+        known = self._recent.get(person)
+        if known is None or known[0] <= self._now_ms:
+            return []
+        return list(known[1])
+
+    async def audit_entries(self, person: str) -> list[bytes]:
+        return [entry for _, who, entry in self._trail if who == person]
+
+    async def erase(self, person: str) -> Erasure:
         held = self._people.pop(person, None)
-        return held is not None and held.expires_ms > self._now_ms
+        known = self._recent.pop(person, None)
+        before = len(self._trail)
+        self._trail = deque(item for item in self._trail if item[1] != person)
+        return Erasure(
+            state=held is not None and held.expires_ms > self._now_ms,
+            decisions=len(known[1]) if known and known[0] > self._now_ms else 0,
+            audit_entries=before - len(self._trail),
+        )
 
     async def aclose(self) -> None:
         self._people.clear()
         self._audiences.clear()
+        self._trail.clear()
+        self._recent.clear()
 
 
 def _refused_by(

@@ -10,8 +10,11 @@ Each script still runs atomically, so caps stay exact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from types import MappingProxyType
@@ -21,17 +24,28 @@ import msgpack
 import redis.asyncio as aioredis
 
 from throttle.errors import DecisionRefused, StoreUnavailable
-from throttle.store.base import Delivery, Limits, Outcome, Verdict
+from throttle.store.base import AuditLimits, Delivery, Erasure, Limits, Outcome, Verdict
 from throttle.store.pipe import Pipe, bulk, command, reply_error
 
+logger = logging.getLogger("throttle")
+
 _SCRIPT = resources.files("throttle.store").joinpath("lua/deliver.lua").read_text("utf-8")
+_CHOOSE = resources.files("throttle.store").joinpath("lua/choose.lua").read_text("utf-8")
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
-# `EVALSHA <sha> 1 <key> <now> <score> <limits> <periods>`: eight arguments, three fixed.
-_EVALSHA = b"*8\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
+# `EVALSHA <sha> 1 <key> <now> <score> <limits> <periods> <flags>`: nine arguments, three fixed.
+_EVALSHA = b"*9\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
 _SCRIPT_LOAD = command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
 _LIMITS_CACHE_SIZE = 4096
 _VERDICTS = tuple(Verdict)
+_FLAGS = tuple(bulk(b"%d" % flags) for flags in range(4))
 _NO_SIZES: Mapping[str, int] = MappingProxyType({})
+# Audit entries waiting for a connection; beyond this many the oldest are dropped (and counted).
+_MAX_PENDING_AUDIT = 10_000
+# The stream is trimmed by age at most this often (by length at every append).
+_TRIM_EVERY_SECONDS = 60.0
+_SCAN_BATCH = 1000
+# How long an audit entry waits for a decision's write to carry it before it goes alone.
+_AUDIT_LINGER_SECONDS = 0.05
 
 
 class RedisStore:
@@ -64,9 +78,23 @@ class RedisStore:
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._choose = self._client.register_script(_CHOOSE)
+        self._audit_key = f"{prefix}audit".encode()
+        self._audit_pending: list[tuple[str, bytes, AuditLimits]] = []
+        self._audit_scheduled = False
+        self._audit_dropped = 0
+        self._trimmed_at = 0.0
 
     def person_key(self, person: str) -> str:
         return f"{self.prefix}{{{person}}}"
+
+    def recent_key(self, person: str) -> str:
+        """The person's recent decisions: a list beside their state, in the same slot."""
+        return f"{self.prefix}{{{person}}}:recent"
+
+    @property
+    def audit_key(self) -> str:
+        return self._audit_key.decode()
 
     def audience_key(self, segment: str) -> str:
         return f"{self.prefix}audience:{segment}"
@@ -130,23 +158,34 @@ class RedisStore:
             deadline.cancel()
             return
         audiences, audience_replies, counted = self._audience_commands(batch)
-        payload = b"".join(self._evalsha(call.delivery) for call in batch) + audiences
+        # The audit entries of earlier decisions ride along: no round trip of their own.
+        audit, audit_replies = self._audit_commands()
+        payload = audit + b"".join(self._evalsha(call.delivery) for call in batch) + audiences
         try:
-            replies = self._pipe.send(payload, len(batch) + audience_replies + len(counted))
+            replies = self._pipe.send(
+                payload, audit_replies + len(batch) + audience_replies + len(counted)
+            )
         except ConnectionError as error:  # lost since it was found ready
             _fail(batch, error)
             deadline.cancel()
             return
-        replies.add_done_callback(functools.partial(self._settle, batch, counted, deadline))
+        replies.add_done_callback(
+            functools.partial(self._settle, batch, counted, audit_replies, deadline)
+        )
 
     def _settle(
         self,
         batch: list[_Call],
         counted: list[str],
+        audit_replies: int,
         deadline: asyncio.TimerHandle,
         replies: asyncio.Future[list[Any]],
     ) -> None:
         try:
+            if audit_replies and replies.exception() is None:
+                values = replies.result()
+                _report_audit_errors(values[:audit_replies])
+                del values[:audit_replies]
             forgotten = self._answer(batch, counted, replies)
         except Exception as error:  # an answer of a shape we never sent for: fail, never hang
             forgotten = []
@@ -228,7 +267,8 @@ class RedisStore:
         now = b"%d" % delivery.now_ms
         score = b"%d" % delivery.score_milli
         periods = b"%d %d %d" % delivery.period_starts if delivery.period_starts else b""
-        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+        flags = _FLAGS[delivery.minimal_ok + 2 * delivery.transactional]
+        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
             _EVALSHA,
             len(key),
             key,
@@ -239,6 +279,7 @@ class RedisStore:
             limits,
             len(periods),
             periods,
+            flags,
         )
 
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
@@ -259,10 +300,119 @@ class RedisStore:
             state["c"] = {name: [base + t for t in log] for name, log in stored["c"].items()}
         if "b" in stored:
             state["b"] = [[base + t, score] for t, score in stored["b"]]
+        if "p" in stored:
+            state["p"] = dict(stored["p"])
         return state
 
-    async def erase(self, person: str) -> bool:
-        return bool(await self._client.delete(self.person_key(person)))
+    async def set_level(self, person: str, level: int, *, now_ms: int, keep_ms: int) -> None:
+        await self._choose(keys=[self.person_key(person)], args=[level, now_ms, keep_ms])
+
+    def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
+        if self._closed:
+            return
+        pending = self._audit_pending
+        pending.append((person, entry, limits))
+        if len(pending) > _MAX_PENDING_AUDIT:
+            del pending[0]
+            self._audit_dropped += 1
+        if not self._audit_scheduled:
+            # The next decision's write usually carries the entry; when none comes, this does.
+            self._audit_scheduled = True
+            asyncio.get_running_loop().call_later(_AUDIT_LINGER_SECONDS, self._flush_audit)
+
+    def _flush_audit(self) -> None:
+        self._audit_scheduled = False
+        if self._closed or not self._audit_pending:
+            return
+        if not self._pipe.ready:
+            return  # kept for the first write once the connection is back
+        audit, count = self._audit_commands()
+        try:
+            replies = self._pipe.send(audit, count)
+        except ConnectionError:
+            return
+        replies.add_done_callback(_audit_written)
+
+    def _audit_commands(self) -> tuple[bytes, int]:
+        """The waiting audit entries as commands (XADD; LPUSH, LTRIM, PEXPIRE of the person's
+        recent decisions), and how many replies they make."""
+        if not self._audit_pending:
+            return b"", 0
+        pending, self._audit_pending = self._audit_pending, []
+        commands: list[bytes] = []
+        for person, entry, limits in pending:
+            commands.append(
+                command(
+                    b"XADD",
+                    self._audit_key,
+                    b"MAXLEN",
+                    b"~",
+                    b"%d" % limits.max_entries,
+                    b"*",
+                    b"p",
+                    person.encode(),
+                    b"d",
+                    entry,
+                )
+            )
+            if person and limits.per_person:
+                recent = self.recent_key(person).encode()
+                commands.append(command(b"LPUSH", recent, entry))
+                commands.append(command(b"LTRIM", recent, b"0", b"%d" % (limits.per_person - 1)))
+                commands.append(command(b"PEXPIRE", recent, b"%d" % limits.keep_ms))
+        now = time.time()
+        if now - self._trimmed_at >= _TRIM_EVERY_SECONDS:
+            self._trimmed_at = now
+            oldest = int(now * 1000) - pending[-1][2].max_age_ms
+            commands.append(command(b"XTRIM", self._audit_key, b"MINID", b"~", b"%d" % oldest))
+        if self._audit_dropped:
+            logger.warning(
+                "throttle: %d audit entries were dropped while the store was unavailable",
+                self._audit_dropped,
+            )
+            self._audit_dropped = 0
+        return b"".join(commands), len(commands)
+
+    async def recent(self, person: str) -> list[bytes]:
+        entries: Any = await self._client.lrange(self.recent_key(person), 0, -1)
+        return list(entries)
+
+    async def audit_entries(self, person: str) -> list[bytes]:
+        return [entry for _, entry in await self._scan_audit(person)]
+
+    async def _scan_audit(self, person: str) -> list[tuple[bytes, bytes]]:
+        """(id, entry) of the person's entries in the trail, read in batches, oldest first."""
+        wanted = person.encode()
+        found: list[tuple[bytes, bytes]] = []
+        start = b"-"
+        while True:
+            batch: Any = await self._client.xrange(
+                self._audit_key, min=start, max=b"+", count=_SCAN_BATCH
+            )
+            for entry_id, fields in batch:
+                if fields.get(b"p") == wanted:
+                    found.append((entry_id, fields.get(b"d", b"")))
+            if len(batch) < _SCAN_BATCH:
+                return found
+            start = b"(" + batch[-1][0]
+
+    async def erase(self, person: str) -> Erasure:
+        # What is still waiting to be written of theirs is dropped, not written after erasure.
+        kept = [item for item in self._audit_pending if item[0] != person]
+        waiting = len(self._audit_pending) - len(kept)
+        self._audit_pending = kept
+        pipe = self._client.pipeline(transaction=True)
+        pipe.llen(self.recent_key(person))
+        pipe.delete(self.person_key(person))
+        pipe.delete(self.recent_key(person))
+        recent, state, _ = await pipe.execute()
+        ids = [entry_id for entry_id, _ in await self._scan_audit(person)]
+        removed = 0
+        for start in range(0, len(ids), _SCAN_BATCH):
+            removed += await self._client.xdel(self._audit_key, *ids[start : start + _SCAN_BATCH])
+        return Erasure(
+            state=bool(state), decisions=int(recent) + waiting, audit_entries=removed + waiting
+        )
 
     async def aclose(self) -> None:
         self._closed = True
@@ -271,6 +421,11 @@ class RedisStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._audit_pending and self._pipe.ready:
+            # The last decisions' entries go out before the connection does.
+            audit, count = self._audit_commands()
+            with contextlib.suppress(Exception):
+                _report_audit_errors(await asyncio.wait_for(self._pipe.send(audit, count), 1.0))
         await self._pipe.aclose()
         await self._client.aclose()
 
@@ -281,6 +436,23 @@ class _Call:
     def __init__(self, delivery: Delivery, future: asyncio.Future[Outcome]) -> None:
         self.delivery = delivery
         self.future = future
+
+
+def _audit_written(replies: asyncio.Future[list[Any]]) -> None:
+    if replies.cancelled():
+        return
+    error = replies.exception()
+    if error is not None:
+        logger.warning("throttle: writing the audit trail failed: %s", error)
+    else:
+        _report_audit_errors(replies.result())
+
+
+def _report_audit_errors(replies: list[Any]) -> None:
+    for reply in replies:
+        if (error := reply_error(reply)) is not None:
+            logger.warning("throttle: writing the audit trail failed: %s", error)
+            return
 
 
 def _expire(batch: list[_Call], timeout: float) -> None:
@@ -322,6 +494,10 @@ def _packed(limits: Limits) -> bytes:
                 for c in limits.counters
             ],
             int(limits.shadow_caps),
+            limits.minimal_threshold_milli,
+            limits.full_threshold_milli,
+            limits.default_level,
+            limits.keep_choice_ms,
         ]
     )
     return packed

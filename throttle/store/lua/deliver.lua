@@ -5,6 +5,8 @@
 --            t = base time (ms since the Unix epoch); the times below are offsets from it
 --            c = { [counter] = { delivery time, ... } }   e.g. c["c:email"]
 --            b = { { delivery time, score (thousandths) }, ... }
+--            p = { l = personalization level (0 off, 1 minimal, 2 standard, 3 full),
+--                  u = when the person chose it, ms }  (absent: the policy's default level)
 -- ARGV[1]  now, ms since the Unix epoch
 -- ARGV[2]  the message's score before repetition, thousandths (0..1000)
 -- ARGV[3]  the limits, a msgpack array (the same for every message of a channel and campaign):
@@ -24,10 +26,17 @@
 --              checked after every enforced limit; when one refuses, the message is delivered
 --              and recorded all the same, except in the shadow counters (verdict 1, its index)
 --           11 1 when any counter is a shadow counter, else 0
+--           12 threshold at the minimal level, thousandths (2 is the standard level's)
+--           13 threshold at the full level, thousandths
+--           14 the level of people who chose none
+--           15 how long a person's choice is kept after their last decision, ms
 -- ARGV[4]  starts of the person's calendar day, week and month, ms, separated by spaces
 --          ("" when no cap is a calendar cap)
+-- ARGV[5]  flags: 1 the message uses only data people give themselves (a minimal level allows
+--          it), 2 it is transactional (only the person's level applies; nothing is recorded)
 -- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted }
---          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness
+--          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness, 4 the person's level
+--          (with the level, 0 or 1, in place of the cap index)
 
 local now = tonumber(ARGV[1])
 local limits = cmsgpack.unpack(ARGV[3])
@@ -44,6 +53,18 @@ if raw then
   for _, entry in ipairs(state.b or {}) do entry[1] = entry[1] + base end
 end
 local logs = state.c or {}
+
+local flags = tonumber(ARGV[5])
+local level = (state.p and state.p.l) or limits[14]
+if level == 0 or (level == 1 and flags % 2 == 0) then
+  return { 4, level, tonumber(ARGV[2]), 0 }
+end
+local threshold = limits[2]
+if level == 1 then threshold = limits[12] elseif level == 3 then threshold = limits[13] end
+if flags >= 2 then
+  -- Transactional: the person's level and threshold apply; caps and budget do not.
+  return { tonumber(ARGV[2]) > threshold and 3 or 0, -1, tonumber(ARGV[2]), 0 }
+end
 
 local function younger_than(log, window)
   local count, oldest = 0, now - window
@@ -80,7 +101,7 @@ if limits[3] ~= '' then
   repetitions = math.min(younger_than(logs[limits[3]] or {}, limits[5]), limits[6])
 end
 local score = math.min(1000, tonumber(ARGV[2]) + limits[4] * repetitions)
-if score > limits[2] then
+if score > threshold then
   return { 3, -1, score, repetitions }
 end
 
@@ -163,10 +184,11 @@ for _, log in pairs(kept_logs) do
 end
 local stored_budget = {}
 for i, entry in ipairs(budget_log) do stored_budget[i] = { entry[1] - base, entry[2] } end
-local packed = { t = base }
+local packed = { t = base, p = state.p }
 if any_log then packed.c = kept_logs end
 if #budget_log > 0 then packed.b = stored_budget end
 if any_log or #budget_log > 0 then
-  redis.call('SET', KEYS[1], cmsgpack.pack(packed), 'PX', ttl)
+  -- A person's own choice outlives their counters: it is kept for as long as they come back.
+  redis.call('SET', KEYS[1], cmsgpack.pack(packed), 'PX', state.p and math.max(ttl, limits[15]) or ttl)
 end
 return { verdict, shadow_refused, score, repetitions }
