@@ -11,10 +11,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from throttle import ThrottleMiddleware, personalization
+from throttle import ThrottleMiddleware, personalization, privacy_routes
 
 PERSONAL_BODY = {"offer": "running shoes for ana, size 38, seen in Berlin yesterday"}
 PERSONAL_HEADERS = {
@@ -45,6 +45,8 @@ def marker_headers(request: Request) -> dict[str, str]:
         segment=request.query_params.get("segment", ""),
         signals=request.query_params.getlist("signal"),
         inferred="inferred" in request.query_params,
+        transactional="transactional" in request.query_params,
+        advertising="advertising" in request.query_params,
     )
 
 
@@ -80,13 +82,14 @@ async def stream(request: Request) -> Response:
     )
 
 
-ROUTES: list[Route] = [
+ROUTES: list[BaseRoute] = [
     Route("/plain", plain),
     Route("/offer", offer, methods=["GET", "HEAD"]),
     Route("/cached-offer", cached_offer),
     Route("/page", page),
     Route("/no-content", no_content),
     Route("/stream", stream),
+    Mount("/privacy", routes=privacy_routes()),
 ]
 
 

@@ -8,7 +8,7 @@ def test_all_exports_every_public_name_and_only_those() -> None:
     public = {name for name in dir(throttle) if not name.startswith("_")}
     modules = {
         "consent", "engine", "errors", "fallback", "faults", "message", "middleware", "periods",
-        "policy", "simulate", "tcf", "audit", "audit_summary", "explain",
+        "policy", "simulate", "tcf", "audit", "audit_summary", "explain", "privacy",
         "reload", "bench", "check", "cli", "locate", "scoring", "store",
     }  # fmt: skip
     assert set(throttle.__all__) == public - modules

@@ -28,6 +28,7 @@ from throttle.middleware import (
     authenticated_user,
 )
 from throttle.policy import Policy, load_policy
+from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
 from throttle.store import MemoryStore, RedisStore, Store, open_store
 
@@ -58,4 +59,5 @@ __all__ = [
     "open_store",
     "parse_marker",
     "personalization",
+    "privacy_routes",
 ]

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
+
+from starlette.requests import cookie_parser
 
 from throttle.message import Marker
 from throttle.policy import Consent
 from throttle.scoring import Scorer
+from throttle.tcf import ConsentStringError, decode
 
 _GPC_HEADER = b"sec-gpc"
+_COOKIE_HEADER = b"cookie"
+TCF_COOKIE = "euconsent-v2"
+NO_PURPOSES: frozenset[int] = frozenset()
 
 
 def gpc_opt_out(headers: Iterable[tuple[bytes, bytes]]) -> bool:
@@ -28,3 +35,37 @@ def gpc_forbids(marker: Marker, consent: Consent, scorer: Scorer) -> bool:
     return "sensitive" in blocked and any(
         scorer.weight(signal) >= consent.sensitive_at for signal in marker.signals
     )
+
+
+def tcf_purposes(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[int] | None:
+    """The TCF purposes the person consented to, from the `euconsent-v2` cookie; `None`
+    when the request has no consent string. A string that cannot be decoded consents to
+    nothing (the privacy-safe reading); `tcf_problem` says why."""
+    for name, value in headers:
+        if name == _COOKIE_HEADER and TCF_COOKIE.encode() in value:
+            string = cookie_parser(value.decode("latin-1")).get(TCF_COOKIE)
+            if string:
+                return _purposes(string)[0]
+    return None
+
+
+def tcf_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why the request's consent string could not be read, if it could not."""
+    for name, value in headers:
+        if name == _COOKIE_HEADER and TCF_COOKIE.encode() in value:
+            string = cookie_parser(value.decode("latin-1")).get(TCF_COOKIE)
+            if string:
+                return _purposes(string)[1]
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _purposes(string: str) -> tuple[frozenset[int], str | None]:
+    """Decoded once per distinct string: a person sends the same cookie on every request."""
+    try:
+        consent = decode(string)
+    except ConsentStringError as error:
+        return NO_PURPOSES, str(error)
+    # Throttle acts for the site, so the publisher segment's purposes answer when present.
+    publisher = consent.publisher_purpose_consents
+    return (publisher if publisher is not None else consent.purpose_consents), None

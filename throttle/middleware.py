@@ -18,7 +18,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from throttle.consent import gpc_opt_out
+from throttle.consent import gpc_opt_out, tcf_problem, tcf_purposes
 from throttle.engine import Decision, Engine
 from throttle.errors import ConfigurationError, MarkerError
 from throttle.fallback import (
@@ -35,6 +35,8 @@ from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
 
 DECISION_SCOPE_KEY = "throttle.decision"
+# The middleware itself, for routes behind it (the privacy routes) to reach its engine.
+MIDDLEWARE_SCOPE_KEY = "throttle"
 DECISION_HEADER = "personalization-decision"
 _DECISION_HEADER = DECISION_HEADER.encode("ascii")
 _MARKER_HEADER = b"personalization"
@@ -150,6 +152,7 @@ class ThrottleMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            scope[MIDDLEWARE_SCOPE_KEY] = self
             await self.app(scope, receive, _Responder(self, scope, send))
         elif scope["type"] == "lifespan":
             await self.app(scope, receive, self._closing_on_shutdown(send))
@@ -178,16 +181,22 @@ class ThrottleMiddleware:
     async def decide(self, scope: Scope, marker_value: bytes) -> Decision:
         if self._watcher is not None:
             self._reload()
+        person = self.person(scope)
         try:
             marker = parse_marker(marker_value)
         except MarkerError as error:
             self._logs.warning("marker", "throttle: invalid Personalization header: %s", error)
-            return self.engine.invalid_marker()
+            return self.engine.invalid_marker(person)
         try:
-            person = self._person(scope)
-            gpc = gpc_opt_out(scope.get("headers", ()))
-            zone = self._zone(scope) if self.engine.uses_time_zones else None
-            decision = await self.engine.decide(marker, person=person, gpc=gpc, zone=zone)
+            headers = scope.get("headers", ())
+            gpc = gpc_opt_out(headers)
+            purposes = tcf_purposes(headers)
+            if purposes is not None and not purposes and (why := tcf_problem(headers)):
+                self._logs.warning("tcf", "throttle: unreadable euconsent-v2 cookie: %s", why)
+            zone = self.zone(scope) if self.engine.uses_time_zones else None
+            decision = await self.engine.decide(
+                marker, person=person, gpc=gpc, zone=zone, purposes=purposes
+            )
         except Exception:
             self._logs.warning("decide", "throttle: deciding failed", exc_info=True)
             return self.engine.internal_error()
@@ -208,7 +217,8 @@ class ThrottleMiddleware:
                     decision.policy,
                 )
 
-    def _zone(self, scope: Scope) -> str | None:
+    def zone(self, scope: Scope) -> str | None:
+        """The person's time zone, by the app's `time_zone`; `None` for the policy's."""
         try:
             zone: Any = self.time_zone(scope)
         except Exception:  # the policy's zone stands in; the decision goes on
@@ -216,7 +226,8 @@ class ThrottleMiddleware:
             return None
         return zone if isinstance(zone, str) else None
 
-    def _person(self, scope: Scope) -> str | None:
+    def person(self, scope: Scope) -> str | None:
+        """Who a request is from, by the app's `identify`; `None` for nobody (or a failure)."""
         try:
             person: Any = self.identify(scope)
         except Exception:

@@ -15,13 +15,14 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.store.base import AuditLimits, Delivery, Erasure, Limits, Outcome, Verdict
@@ -290,7 +291,8 @@ class RedisStore:
         return dict(zip(segments, counts, strict=True))
 
     async def state(self, person: str) -> dict[str, Any] | None:
-        raw = await self._client.get(self.person_key(person))
+        async with _unavailable_on_error():
+            raw = await self._client.get(self.person_key(person))
         if raw is None:
             return None
         stored: dict[str, Any] = msgpack.unpackb(raw, raw=False)
@@ -305,7 +307,8 @@ class RedisStore:
         return state
 
     async def set_level(self, person: str, level: int, *, now_ms: int, keep_ms: int) -> None:
-        await self._choose(keys=[self.person_key(person)], args=[level, now_ms, keep_ms])
+        async with _unavailable_on_error():
+            await self._choose(keys=[self.person_key(person)], args=[level, now_ms, keep_ms])
 
     def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
         if self._closed:
@@ -374,11 +377,24 @@ class RedisStore:
         return b"".join(commands), len(commands)
 
     async def recent(self, person: str) -> list[bytes]:
-        entries: Any = await self._client.lrange(self.recent_key(person), 0, -1)
+        async with _unavailable_on_error():
+            await self._write_audit_now()
+            entries: Any = await self._client.lrange(self.recent_key(person), 0, -1)
         return list(entries)
 
     async def audit_entries(self, person: str) -> list[bytes]:
-        return [entry for _, entry in await self._scan_audit(person)]
+        async with _unavailable_on_error():
+            await self._write_audit_now()
+            return [entry for _, entry in await self._scan_audit(person)]
+
+    async def _write_audit_now(self) -> None:
+        """Write the waiting entries before reading: a person asking why sees the last one."""
+        if not self._audit_pending or not self._pipe.ready:
+            return
+        audit, count = self._audit_commands()
+        _report_audit_errors(
+            await asyncio.wait_for(self._pipe.send(audit, count), self._stall_limit)
+        )
 
     async def _scan_audit(self, person: str) -> list[tuple[bytes, bytes]]:
         """(id, entry) of the person's entries in the trail, read in batches, oldest first."""
@@ -401,15 +417,17 @@ class RedisStore:
         kept = [item for item in self._audit_pending if item[0] != person]
         waiting = len(self._audit_pending) - len(kept)
         self._audit_pending = kept
-        pipe = self._client.pipeline(transaction=True)
-        pipe.llen(self.recent_key(person))
-        pipe.delete(self.person_key(person))
-        pipe.delete(self.recent_key(person))
-        recent, state, _ = await pipe.execute()
-        ids = [entry_id for entry_id, _ in await self._scan_audit(person)]
-        removed = 0
-        for start in range(0, len(ids), _SCAN_BATCH):
-            removed += await self._client.xdel(self._audit_key, *ids[start : start + _SCAN_BATCH])
+        async with _unavailable_on_error():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.llen(self.recent_key(person))
+            pipe.delete(self.person_key(person))
+            pipe.delete(self.recent_key(person))
+            recent, state, _ = await pipe.execute()
+            ids = [entry_id for entry_id, _ in await self._scan_audit(person)]
+            removed = 0
+            for start in range(0, len(ids), _SCAN_BATCH):
+                chunk = ids[start : start + _SCAN_BATCH]
+                removed += await self._client.xdel(self._audit_key, *chunk)
         return Erasure(
             state=bool(state), decisions=int(recent) + waiting, audit_entries=removed + waiting
         )
@@ -436,6 +454,15 @@ class _Call:
     def __init__(self, delivery: Delivery, future: asyncio.Future[Outcome]) -> None:
         self.delivery = delivery
         self.future = future
+
+
+@contextlib.asynccontextmanager
+async def _unavailable_on_error() -> AsyncIterator[None]:
+    """Redis failures off the decision path, as the one error callers handle."""
+    try:
+        yield
+    except (RedisError, OSError) as error:
+        raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
 
 
 def _audit_written(replies: asyncio.Future[list[Any]]) -> None:

@@ -1,0 +1,223 @@
+"""Routes a signed-in person uses to see and change what throttle holds about them.
+
+```python
+from starlette.routing import Mount
+from throttle import privacy_routes
+
+app = Starlette(routes=[..., Mount("/privacy", routes=privacy_routes())],
+                middleware=[..., Middleware(ThrottleMiddleware, ...)])
+```
+
+    GET    /level   their personalization level, and what each level means
+    PUT    /level   {"level": "off" | "minimal" | "standard" | "full"}: change it
+    GET    /why     their recent decisions, each explained in plain words
+    GET    /data    everything held about them, as JSON (GDPR Art. 15)
+    DELETE /data    erase everything held about them (GDPR Art. 17)
+
+The person is whoever the middleware's `identify` says the request is from, and nobody else:
+no route takes a person, a pseudonym or an id from the request, so no request can reach
+another person's data. Without an identity every route answers 401. The routes must sit
+behind `ThrottleMiddleware` (they use its engine and store), and they send `no-store`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from throttle.audit import AuditEntry
+from throttle.errors import StoreUnavailable
+from throttle.explain import explain
+from throttle.middleware import MIDDLEWARE_SCOPE_KEY, ThrottleMiddleware
+from throttle.policy import LEVELS
+
+LEVEL_WORDS = {
+    "off": "No personalized messages at all: you object to direct marketing and profiling "
+    "(GDPR Art. 21). Everything you see is written for a large group of people.",
+    "minimal": "Only what you gave us yourself, such as your cart and your purchases, and "
+    "only where it is not intrusive; nothing inferred about you, nothing from other companies.",
+    "standard": "Personalization within our policy's limits on how often and how "
+    "intrusively we use your data.",
+    "full": "The most tailored experience our policy allows, including messages that use "
+    "more of your data.",
+}
+_MAX_BODY = 1024
+_NO_STORE = {"cache-control": "no-store"}
+
+
+def privacy_routes() -> list[BaseRoute]:
+    """The routes, for a `Mount` (e.g. under `/privacy`) behind `ThrottleMiddleware`."""
+    return [
+        Route("/level", get_level, methods=["GET"]),
+        Route("/level", set_level, methods=["PUT"]),
+        Route("/why", why, methods=["GET"]),
+        Route("/data", access, methods=["GET"]),
+        Route("/data", erase, methods=["DELETE"]),
+    ]
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+def _answer(status: int, body: dict[str, Any]) -> Response:
+    headers = dict(_NO_STORE)
+    if status == 401:
+        headers["www-authenticate"] = "Bearer, Basic"
+    return JSONResponse(body, status, headers=headers)
+
+
+def _context(request: Request) -> tuple[ThrottleMiddleware, str]:
+    middleware = request.scope.get(MIDDLEWARE_SCOPE_KEY)
+    if not isinstance(middleware, ThrottleMiddleware):
+        raise _Refusal(500, "the privacy routes need ThrottleMiddleware in front of them")
+    person = middleware.person(request.scope)
+    if person is None:
+        raise _Refusal(401, "sign in to see or change what is held about you")
+    return middleware, person
+
+
+def _guarded(handler: Any) -> Any:
+    async def endpoint(request: Request) -> Response:
+        try:
+            middleware, person = _context(request)
+            status, body = await handler(request, middleware, person)
+        except _Refusal as refusal:
+            return _answer(refusal.status, {"error": refusal.message})
+        except (StoreUnavailable, OSError, TimeoutError):
+            return _answer(503, {"error": "your data cannot be reached right now; try again"})
+        return _answer(status, body)
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+@_guarded
+async def get_level(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Their level, whether they chose it, and what each level means."""
+    level, chosen = await middleware.engine.level_of(person)
+    return 200, {"level": level, "chosen": chosen, "levels": LEVEL_WORDS}
+
+
+@_guarded
+async def set_level(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Change their level: a JSON object with one key, `level`."""
+    body = await request.body()
+    if len(body) > _MAX_BODY:
+        raise _Refusal(413, 'send a small JSON object such as {"level": "off"}')
+    try:
+        sent = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _Refusal(400, 'send JSON such as {"level": "off"}') from None
+    if not isinstance(sent, dict) or set(sent) != {"level"}:
+        raise _Refusal(400, 'send exactly one key, level, such as {"level": "off"}')
+    level = sent["level"]
+    if level not in LEVELS:
+        raise _Refusal(400, f"level must be one of {', '.join(LEVELS)}")
+    await middleware.engine.set_level(person, level)
+    return 200, {"level": level, "chosen": True, "meaning": LEVEL_WORDS[level]}
+
+
+@_guarded
+async def why(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Their recent decisions, newest first, each in plain words."""
+    engine = middleware.engine
+    zone = middleware.zone(request.scope)
+    entries = await engine.store.recent(engine.pseudonym(person))
+    return 200, {"decisions": [explain(entry, zone=zone) for entry in _readable(entries)]}
+
+
+@_guarded
+async def access(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Everything held about them (GDPR Art. 15)."""
+    engine = middleware.engine
+    pseudonym = engine.pseudonym(person)
+    state = await engine.store.state(pseudonym) or {}
+    level, chosen = await engine.level_of(person)
+    choices = state.get("p") or {}
+    zone = middleware.zone(request.scope)
+    return 200, {
+        "about": "Everything throttle holds about you. You are known to it only by a keyed "
+        "hash of your account id (your pseudonym), never by the id itself.",
+        "pseudonym": pseudonym,
+        "level": {
+            "level": level,
+            "chosen": chosen,
+            "chosen_at": _time(choices["u"]) if "u" in choices else None,
+        },
+        "deliveries": {
+            _counter_words(name): [_time(t) for t in log]
+            for name, log in (state.get("c") or {}).items()
+        },
+        "creepiness_budget": [
+            {"since": _time(t), "score": score / 1000} for t, score in state.get("b") or []
+        ],
+        "recent_decisions": [
+            explain(entry, zone=zone) for entry in _readable(await engine.store.recent(pseudonym))
+        ],
+        "audit_trail": [
+            {k: v for k, v in entry.as_dict().items() if k != "person"}
+            for entry in _readable(await engine.store.audit_entries(pseudonym))
+        ],
+    }
+
+
+@_guarded
+async def erase(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Erase everything held about them (GDPR Art. 17)."""
+    engine = middleware.engine
+    erased = await engine.store.erase(engine.pseudonym(person))
+    default = engine.policy.levels.default
+    return 200, {
+        "deleted": {
+            "state": erased.state,
+            "recent_decisions": erased.decisions,
+            "audit_entries": erased.audit_entries,
+        },
+        "note": "Your counters, your choice of level, your recent decisions and your entries "
+        f"in the audit trail are deleted. Your level is back to the default, {default}; "
+        "choose it again if you wish.",
+    }
+
+
+def _readable(entries: list[bytes]) -> list[AuditEntry]:
+    readable = []
+    for packed in entries:
+        try:
+            readable.append(AuditEntry.unpack(packed))
+        except ValueError:
+            continue  # an entry that cannot be read is skipped, not shown broken
+    return readable
+
+
+def _time(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
+def _counter_words(name: str) -> str:
+    """`c:email` -> "email channel"; `k:spring-sale` -> "campaign spring-sale"; `u` -> "all"."""
+    shadow = name.startswith("s:")
+    base, _, exempt = name.removeprefix("s:").partition("!")
+    kind, _, value = base.partition(":")
+    words = {"u": "all messages", "c": f"{value} channel", "k": f"campaign {value}"}.get(kind, base)
+    if exempt:
+        words += f" (except {exempt.replace(',', ', ')})"
+    return words + (" (a rule on trial)" if shadow else "")
