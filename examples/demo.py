@@ -133,11 +133,54 @@ async def visit(base_url: str) -> None:
                 print(ROW.format(*row))
 
 
+async def privacy_visit(base_url: str) -> None:
+    """ana uses the privacy routes: why, level off, a copy of her data, erasure."""
+    auth = ("ana", PASSWORD)
+    async with httpx.AsyncClient(base_url=base_url, timeout=5, auth=auth) as http:
+        print("-- ana asks why she saw what she saw: GET /privacy/why")
+        decisions = (await http.get("/privacy/why")).json()["decisions"]
+        # The newest decision, and the newest one that went the other way.
+        newest = decisions[0]
+        other_way = [d for d in decisions if d["outcome"] != newest["outcome"]][:1]
+        for explained in (newest, *other_way):
+            print(f"   {explained['summary']}")
+            for factor in explained["factors"]:
+                print(f"     {factor['contribution']:+.3f}  {factor['words']}")
+        print('-- ana turns personalization off: PUT /privacy/level {"level": "off"}')
+        chosen = (await http.put("/privacy/level", json={"level": "off"})).json()
+        print(f"   level {chosen['level']}: {chosen['meaning']}")
+        for path in ("/offers/recommended", "/orders/latest"):
+            response = await http.get(path)
+            outcome, reason, rule, _ = describe(response)
+            print(f"   {path}: {outcome} ({reason}, {rule}) {excerpt(response.text)}")
+        print("-- ana asks for a copy of her data: GET /privacy/data")
+        held = (await http.get("/privacy/data")).json()
+        counted = ", ".join(f"{name}: {len(times)}" for name, times in held["deliveries"].items())
+        print(
+            f"   pseudonym {held['pseudonym'][:12]}..., level {held['level']['level']}, "
+            f"{len(held['recent_decisions'])} recent decisions, "
+            f"{len(held['audit_trail'])} audit entries; deliveries counted ({counted})"
+        )
+        print("-- ana erases it: DELETE /privacy/data")
+        erased = (await http.delete("/privacy/data")).json()
+        deleted = erased["deleted"]
+        print(
+            f"   deleted: state {deleted['state']}, {deleted['recent_decisions']} recent "
+            f"decisions, {deleted['audit_entries']} audit entries"
+        )
+        after = (await http.get("/privacy/data")).json()
+        left = len(after["deliveries"]) + len(after["recent_decisions"]) + len(after["audit_trail"])
+        print(f"   afterwards: {left} items held, level {after['level']['level']} (the default)")
+
+
 async def show_keys(url: str, prefix: str) -> None:
     client = aioredis.Redis.from_url(url, socket_timeout=1)
     try:
         keys = [key.decode() async for key in client.scan_iter(match=f"{prefix}{{*")]
-        print(f"Person keys in Redis: {len(keys)}, named by a keyed hash, never by the user id:")
+        print(
+            f"Person keys in Redis: {len(keys)} (state and recent decisions), named by a keyed "
+            "hash, never by the user id:"
+        )
         for key in keys:
             hours = await client.pttl(key) / 3_600_000
             print(f"  {key}  expires on its own in {hours:.1f} h")
@@ -160,6 +203,8 @@ async def serve_and_visit(choice: StoreChoice) -> None:
         if not server.started:
             raise RuntimeError("the storefront did not start")
         await visit(f"http://{host}:{port}")
+        print()
+        await privacy_visit(f"http://{host}:{port}")
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, timeout=10)

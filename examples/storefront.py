@@ -24,9 +24,16 @@ from starlette.authentication import (
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from throttle import FallbackRequest, SegmentContent, Store, ThrottleMiddleware, personalization
+from throttle import (
+    FallbackRequest,
+    SegmentContent,
+    Store,
+    ThrottleMiddleware,
+    personalization,
+    privacy_routes,
+)
 
 PASSWORD = "demo"
 
@@ -141,6 +148,8 @@ def create_app(
             Route("/offers/nearby", nearby),
             Route("/offers/for-you", for_you),
             Route("/orders/latest", latest_order),
+            # The signed-in person's own page: level, why, access and erasure.
+            Mount("/privacy", routes=privacy_routes()),
         ]
     )
     app.add_middleware(

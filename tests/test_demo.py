@@ -34,8 +34,23 @@ async def test_the_demo_runs_on_redis_and_shows_each_reason(
     output = capsys.readouterr().out
     assert f"store: Redis at {redis_url}" in output
     assert outcomes(output) == EXPECTED
-    assert "Person keys in Redis: 1" in output
-    assert "ana" not in output.split("Person keys in Redis")[1].split("\n\n")[0]
+    privacy_shown(output)
+    keys = output.split("Person keys in Redis")[1].split("\n\n")[0]
+    # After ana's erasure, what remains is the others' recent decisions, under pseudonyms.
+    assert "Person keys in Redis: 3 (state and recent decisions)" in output
+    assert "ana" not in keys and keys.count(":recent") == 3
+
+
+def privacy_shown(output: str) -> None:
+    """ana's visit to the privacy routes: why, level off, access, erasure."""
+    privacy = output.split("-- ana asks why")[1]
+    assert "You saw general content instead of a message personalized for you" in privacy
+    assert "It uses your purchase history." in privacy
+    assert "/offers/recommended: segment (preference, level.off)" in privacy
+    assert "/orders/latest: segment (preference, level.off)" in privacy
+    assert "level off, 7 recent decisions, 7 audit entries" in privacy
+    assert "deleted: state True, 7 recent decisions, 7 audit entries" in privacy
+    assert "afterwards: 0 items held, level standard (the default)" in privacy
 
 
 async def test_the_demo_falls_back_to_memory_when_no_redis_answers(
@@ -46,3 +61,4 @@ async def test_the_demo_falls_back_to_memory_when_no_redis_answers(
     output = capsys.readouterr().out
     assert "so: memory://" in output
     assert outcomes(output) == EXPECTED
+    privacy_shown(output)

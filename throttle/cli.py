@@ -1,5 +1,6 @@
 """The `throttle` command. One subcommand per job: `check` validates policy files, `simulate`
-replays traffic through them, `bench` measures the middleware.
+replays traffic through them, `audit` summarizes what was decided, `bench` measures the
+middleware.
 
 Each subcommand is a function that adds its parser and one that runs it, so check, simulate
 and audit can join `bench` without touching the others.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -39,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_check(commands)
     _add_simulate(commands)
+    _add_audit(commands)
     _add_bench(commands)
     return parser
 
@@ -117,6 +120,64 @@ def _simulate(arguments: argparse.Namespace) -> int:
         sys.stdout,
         html_path=arguments.html,
         as_json=arguments.json,
+    )
+
+
+def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="summarize the audit trail of a period, with a fairness view",
+        description=(
+            "Read the audit trail (every decision, pseudonymized) from Redis and summarize a "
+            "period: decisions by outcome, reason, rule, campaign and segment, and the "
+            "fallback rate per segment with the ratio of the highest to the lowest, so a "
+            "brand can show that throttling does not single out a group."
+        ),
+    )
+    audit.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="the Redis the middleware writes to (default: $REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    audit.add_argument("--prefix", default="throttle:", help="the store's key prefix")
+    audit.add_argument(
+        "--since", metavar="WHEN", help="a duration ago (7d, 24h) or a date (2026-11-01)"
+    )
+    audit.add_argument("--until", metavar="WHEN", help="the same forms; default: now")
+    audit.add_argument(
+        "--min-decisions",
+        type=_positive(int),
+        default=30,
+        metavar="N",
+        help="segments with fewer decisions are left out of the fairness ratio (default 30)",
+    )
+    audit.add_argument("--json", action="store_true", help="print the figures as JSON")
+    audit.set_defaults(command=_audit, name="audit")
+
+
+def _audit(arguments: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from throttle.audit_summary import audit, parse_since
+
+    now = time.time()
+    try:
+        since = parse_since(arguments.since, now) if arguments.since else None
+        until = parse_since(arguments.until, now) if arguments.until else None
+    except ValueError as error:
+        print(f"throttle audit: {error}", file=sys.stderr)
+        return 2
+    return asyncio.run(
+        audit(
+            arguments.redis_url,
+            prefix=arguments.prefix,
+            since_ms=since,
+            until_ms=until,
+            out=sys.stdout,
+            as_json=arguments.json,
+            min_decisions=int(arguments.min_decisions),
+        )
     )
 
 

@@ -156,7 +156,8 @@ class Engine:
                 policy.audit.max_entries,
                 math.ceil(policy.audit.max_age * 1000),
                 policy.audit.per_person,
-                math.ceil(levels.keep * 1000),
+                # A person's recent decisions are kept as long as the trail keeps them.
+                math.ceil(policy.audit.max_age * 1000),
             )
             if policy.audit.enabled and self._audit_wanted
             else None
