@@ -474,8 +474,13 @@ def _durations_as_text(node: Any) -> None:
             node["default"] = format_duration(node["default"])
         if isinstance(node.get("default"), dict):
             del node["default"]
-        for value in node.values():
-            _durations_as_text(value)
+        for key, value in node.items():
+            if key in ("properties", "$defs") and isinstance(value, dict):
+                # Names, not schemas: a key named "default" here is a policy key.
+                for schema in value.values():
+                    _durations_as_text(schema)
+            else:
+                _durations_as_text(value)
     elif isinstance(node, list):
         for value in node:
             _durations_as_text(value)
