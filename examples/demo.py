@@ -133,6 +133,26 @@ async def visit(base_url: str) -> None:
                 print(ROW.format(*row))
 
 
+async def consent_visit(base_url: str) -> None:
+    """dev's health-related offer: refused until he gives explicit consent, and after he
+    withdraws it."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=5, auth=("dev", PASSWORD)) as http:
+
+        async def offer(story: str) -> None:
+            response = await http.get("/offers/wellness")
+            outcome, reason, rule, _ = describe(response)
+            print(f"   {story}: {outcome} ({reason}{', ' + rule if rule else ''})")
+
+        print("-- dev: an offer built on his health data, a special category (GDPR Art. 9)")
+        await offer("before consent")
+        given = (await http.put("/privacy/consents/health")).json()
+        print(f"   PUT /privacy/consents/health: consented since {given['since']}")
+        await offer("with his explicit consent")
+        await http.delete("/privacy/consents/health")
+        print("   DELETE /privacy/consents/health: withdrawn")
+        await offer("after withdrawing it")
+
+
 async def privacy_visit(base_url: str) -> None:
     """ana uses the privacy routes: why, level off, a copy of her data, erasure."""
     auth = ("ana", PASSWORD)
@@ -204,6 +224,7 @@ async def serve_and_visit(choice: StoreChoice) -> None:
             raise RuntimeError("the storefront did not start")
         await visit(f"http://{host}:{port}")
         print()
+        await consent_visit(f"http://{host}:{port}")
         await privacy_visit(f"http://{host}:{port}")
     finally:
         server.should_exit = True

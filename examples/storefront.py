@@ -117,6 +117,16 @@ async def for_you(request: Request) -> JSONResponse:
     return JSONResponse(offer, headers=marker)
 
 
+async def wellness(request: Request) -> JSONResponse:
+    profile = signed_in(request)
+    offer = {"offer": "for your back: our ergonomic hiking pack", "why": "you told us so"}
+    # Health data is a special category: never personalized without explicit consent.
+    marker = personalization(
+        "wellness", segment=profile.segment, signals=["health"], explained=True
+    )
+    return JSONResponse(offer, headers=marker)
+
+
 async def latest_order(request: Request) -> JSONResponse:
     profile = signed_in(request)
     receipt = {"order": "#1042", "item": profile.last_purchase, "status": "shipped"}
@@ -147,6 +157,7 @@ def create_app(
             Route("/offers/recommended", recommended),
             Route("/offers/nearby", nearby),
             Route("/offers/for-you", for_you),
+            Route("/offers/wellness", wellness),
             Route("/orders/latest", latest_order),
             # The signed-in person's own page: level, why, access and erasure.
             Mount("/privacy", routes=privacy_routes()),

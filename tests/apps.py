@@ -47,6 +47,12 @@ def marker_headers(request: Request) -> dict[str, str]:
         inferred="inferred" in request.query_params,
         transactional="transactional" in request.query_params,
         advertising="advertising" in request.query_params,
+        explained="explained" in request.query_params,
+        category=request.query_params.get("category", ""),
+        relevance=float(request.query_params["relevance"])
+        if "relevance" in request.query_params
+        else None,
+        decides=request.query_params.get("decides", ""),
     )
 
 

@@ -13,6 +13,7 @@ from throttle.audit import AuditEntry
 from throttle.audit_summary import (
     CHOICE_REASONS,
     FAIRNESS_REASONS,
+    LAW_REASONS,
     Reader,
     Summary,
     Tally,
@@ -399,7 +400,7 @@ def test_every_limit_the_policy_decides_counts_as_a_fallback() -> None:
 def test_every_reason_is_either_counted_a_choice_or_not_a_decision() -> None:
     not_decided = {"invalid-marker", "internal-error"}
     for reason in Reason:
-        assert reason.value in FAIRNESS_REASONS | CHOICE_REASONS | not_decided, reason
+        assert reason.value in FAIRNESS_REASONS | CHOICE_REASONS | LAW_REASONS | not_decided, reason
     assert not FAIRNESS_REASONS & CHOICE_REASONS
 
 
@@ -580,6 +581,7 @@ def test_the_summary_as_json_ready_data() -> None:
         "counted_reasons": [
             "allowed",
             "budget",
+            "calculus",
             "creepiness",
             "frequency-cap",
             "quiet-hours",

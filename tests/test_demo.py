@@ -18,7 +18,7 @@ def outcomes(output: str) -> list[tuple[str, str, str]]:
 EXPECTED = (
     [("ana", "personalized", "allowed")] * 3
     + [("ana", "segment", "frequency-cap")] * 2
-    + [("ben", "segment", "creepiness")]
+    + [("ben", "segment", "special-category")]
     + [("cleo", "segment", "consent")]
     + [("(anon)", "segment", "anonymous")]
     + [("dev", "personalized", "transactional")] * 4
@@ -36,13 +36,19 @@ async def test_the_demo_runs_on_redis_and_shows_each_reason(
     assert outcomes(output) == EXPECTED
     privacy_shown(output)
     keys = output.split("Person keys in Redis")[1].split("\n\n")[0]
-    # After ana's erasure, what remains is the others' recent decisions, under pseudonyms.
-    assert "Person keys in Redis: 3 (state and recent decisions)" in output
+    # After ana's erasure: the others' recent decisions, and the state of cleo (her GPC
+    # opt-out sticks) and dev (his consent, given and withdrawn), all under pseudonyms.
+    assert "Person keys in Redis: 5 (state and recent decisions)" in output
     assert "ana" not in keys and keys.count(":recent") == 3
 
 
 def privacy_shown(output: str) -> None:
-    """ana's visit to the privacy routes: why, level off, access, erasure."""
+    """dev's consent to health data; ana's visit to the privacy routes: why, level off,
+    access, erasure."""
+    consent = output.split("-- dev: an offer built on his health data")[1]
+    assert "before consent: segment (special-category, special.health)" in consent
+    assert "with his explicit consent: personalized (allowed)" in consent
+    assert "after withdrawing it: segment (special-category, special.health)" in consent
     privacy = output.split("-- ana asks why")[1]
     assert "You saw general content instead of a message personalized for you" in privacy
     assert "It uses your purchase history." in privacy

@@ -129,9 +129,11 @@ async def test_creepiness_above_threshold_gets_segment_without_using_the_cap(
     store: Store, clock: ManualClock
 ) -> None:
     throttle = engine(
-        HOURLY_CAP_OF_3 + '[creepiness.signals]\n"health" = 0.85\n"cart" = 0.05\n', store, clock
+        HOURLY_CAP_OF_3 + '[creepiness.signals]\n"household.children" = 0.85\n"cart" = 0.05\n',
+        store,
+        clock,
     )
-    creepy = await throttle.decide(marker(signals=("health",)), person="ana")
+    creepy = await throttle.decide(marker(signals=("household.children",)), person="ana")
     assert (creepy.outcome, creepy.reason, creepy.rule) == (
         "segment", Reason.CREEPINESS, "creepiness.threshold",
     )  # fmt: skip
@@ -246,10 +248,12 @@ async def test_anonymous_people_get_segment_content_unless_the_policy_allows(
     decision = await strict.decide(marker(), person=None)
     assert (decision.outcome, decision.reason) == ("segment", Reason.ANONYMOUS)
     lenient = engine(
-        '[consent]\nanonymous = "personalize"\n[creepiness.signals]\n"health" = 0.9\n', store, clock
+        '[consent]\nanonymous = "personalize"\n[creepiness.signals]\n"household.children" = 0.9\n',
+        store,
+        clock,
     )
     assert (await lenient.decide(marker(), person=None)).outcome == "personalized"
-    creepy = await lenient.decide(marker(signals=("health",)), person=None)
+    creepy = await lenient.decide(marker(signals=("household.children",)), person=None)
     assert creepy.reason is Reason.CREEPINESS
 
 

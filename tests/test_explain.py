@@ -306,3 +306,22 @@ def test_no_sentence_carries_a_code() -> None:
     for sentence in words(explain(FULL)):
         assert sentence and not CODE.search(sentence), sentence
         assert sentence[0].isupper() and sentence.endswith("."), sentence
+
+
+@pytest.mark.parametrize(
+    ("reason", "rule", "words"),
+    [
+        ("special-category", "special.health", "only use with your explicit consent"),
+        ("automated-decision", "decides.price", "never tailor to a profile of you"),
+        ("calculus", "calculus", "did not outweigh how much of your data it used"),
+    ],
+)
+def test_the_gates_are_explained_without_codes(reason: str, rule: str, words: str) -> None:
+    sentence = reason_words(reason, rule, "segment")
+    assert words in sentence and reason not in sentence and rule not in sentence
+
+
+def test_category_content_is_explained() -> None:
+    sentence = reason_words("creepiness", "creepiness.category_band", "category")
+    assert sentence.startswith("You saw content about a kind of product")
+    assert "creepiness" not in sentence

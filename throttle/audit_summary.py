@@ -41,12 +41,14 @@ from throttle.policy import parse_duration
 
 # What the policy decides: these refusals are the ones that could single a group out.
 LIMIT_REASONS = frozenset(
-    {"frequency-cap", "budget", "creepiness", "quiet-hours", "store-unavailable"}
+    {"frequency-cap", "budget", "creepiness", "quiet-hours", "calculus", "store-unavailable"}
 )
 # What the policy let through; with LIMIT_REASONS, the decisions the fairness view counts.
 PERSONALIZED_REASONS = frozenset({"allowed", "transactional"})
 # A person's own choices, never counted against the brand.
-CHOICE_REASONS = frozenset({"consent", "preference", "anonymous"})
+CHOICE_REASONS = frozenset({"consent", "preference", "special-category", "anonymous"})
+# What the law rules out for every person alike (GDPR Art. 22), never counted either.
+LAW_REASONS = frozenset({"automated-decision"})
 FAIRNESS_REASONS = LIMIT_REASONS | PERSONALIZED_REASONS
 
 EVERYONE_LABEL = "(everyone)"
@@ -308,7 +310,7 @@ class Tally:
         self.segments.setdefault(segment, _Group()).add(entry.outcome)
         if entry.reason in FAIRNESS_REASONS:
             self.policy_decisions[segment] += 1
-            if entry.outcome == "segment":
+            if entry.outcome != "personalized":  # segment or category content
                 self.fallbacks[segment] += 1
         if entry.shadow:
             self.shadow += 1

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from throttle.audit import AuditEntry
 from throttle.consent import gpc_forbids
@@ -24,6 +24,7 @@ from throttle.store.base import (
     AuditLimits,
     BudgetCheck,
     CapCheck,
+    Choice,
     Counter,
     Delivery,
     Limits,
@@ -35,8 +36,13 @@ from throttle.store.base import (
 # Shadow mode delivers what the limits would refuse, never what a person refused, nor to
 # nobody in particular, nor what cannot be read.
 _ALWAYS_ENFORCED = frozenset(
-    {"consent", "preference", "anonymous", "invalid-marker", "internal-error"}
-)
+    {
+        "consent", "preference", "special-category", "automated-decision", "anonymous",
+        "invalid-marker", "internal-error",
+    }
+)  # fmt: skip
+# A person's GPC opt-out is written to their state at most this often per process.
+_OPT_OUT_REWRITE_SECONDS = 600.0
 _LEVEL_RULES = ("level.off", "level.minimal")
 # Audience sizes only grow slowly; asking Redis again this often keeps k-anonymity current.
 _AUDIENCE_REFRESH_SECONDS = 30.0
@@ -55,25 +61,30 @@ class Reason(StrEnum):
     QUIET_HOURS = "quiet-hours"
     CONSENT = "consent"
     PREFERENCE = "preference"
+    SPECIAL_CATEGORY = "special-category"
+    AUTOMATED_DECISION = "automated-decision"
+    CALCULUS = "calculus"
     ANONYMOUS = "anonymous"
     STORE_UNAVAILABLE = "store-unavailable"
     INVALID_MARKER = "invalid-marker"
     INTERNAL_ERROR = "internal-error"
 
 
-Outcome = Literal["personalized", "segment"]
+Outcome = Literal["personalized", "category", "segment"]
 
 
 class Decision(NamedTuple):
     """What throttle decided for one marked response, and why.
 
-    - `outcome`: `"personalized"` or `"segment"`.
+    - `outcome`: `"personalized"`, `"category"` (content about the message's category, for
+      scores in the policy's middle band) or `"segment"`.
     - `reason`, `rule`: why, and the rule that fired (a cap's name, `creepiness.budget`, ...).
     - `score`, `factors`: the creepiness score and each factor's contribution to it.
     - `segment`: for segment outcomes, the k-anonymous segment whose content stands in.
     - `shadow`: the policy, or the cap that refused, is in shadow mode, so the personalized
-      content is delivered anyway (never for `consent`, `preference`, `anonymous`,
-      `invalid-marker` or `internal-error`).
+      content is delivered anyway (never for `consent`, `preference`, `special-category`,
+      `automated-decision`, `anonymous`, `invalid-marker` or `internal-error`).
+    - `category`: the marker's category, for `category` outcomes.
     - `unknown_signals`: signals the policy has no weight for (scored at its default).
 
     The middleware puts it in the ASGI scope under `"throttle.decision"`. Immutable (a named
@@ -92,6 +103,7 @@ class Decision(NamedTuple):
     policy: str
     policy_version: str
     unknown_signals: tuple[str, ...] = ()
+    category: str = ""
 
     @property
     def delivers_personalized(self) -> bool:
@@ -121,6 +133,7 @@ class Engine:
         self.store = store
         self._audit_wanted = audit
         self._logs = LogLimiter()
+        self._opted_out: dict[str, float] = {}
         key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
         key = key.ljust(_SHA256_BLOCK, b"\0")
         self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
@@ -151,6 +164,15 @@ class Engine:
         self._highest_threshold = milli(levels.full_threshold)
         self._anonymous_threshold = milli(policy.threshold_for(levels.default))
         self._tcf = policy.consent.tcf
+        self._special_signals = {
+            signal: name for name, category in policy.special.items() for signal in category.signals
+        }
+        self._special: dict[int, tuple[Marker, tuple[str, ...]]] = {}
+        band = policy.creepiness.category_band
+        self._band = (milli(band.low), milli(band.high)) if band else None
+        calculus = policy.calculus
+        self._lambda = (milli(calculus.minimal), milli(calculus.standard), milli(calculus.full))
+        self._trust = (milli(calculus.signed_in), milli(calculus.declared))
         self._audit_limits = (
             AuditLimits(
                 policy.audit.max_entries,
@@ -237,19 +259,32 @@ class Engine:
         # One policy for the whole decision, even if a reload swaps it meanwhile.
         policy, scorer = self._policy, self._scorer
         content = scorer.score(marker)
-        if gpc and gpc_forbids(marker, policy.consent, scorer):
+        if marker.decides:
+            # GDPR Art. 22: prices, credit and eligibility are not set by profiling.
+            return await self._segment(
+                marker, Reason.AUTOMATED_DECISION, f"decides.{marker.decides}", content
+            )
+        forbidden_by_gpc = gpc_forbids(marker, policy.consent, scorer)
+        if gpc and pseudonym is not None:
+            self._keep_opt_out(pseudonym)
+        if gpc and forbidden_by_gpc:
             return await self._segment(marker, Reason.CONSENT, "consent.gpc", content)
         tcf = self._tcf
         if purposes is not None or tcf.required:
             needed = tcf.advertising if marker.advertising else tcf.content
             if purposes is None or not purposes.issuperset(needed):
                 return await self._segment(marker, Reason.CONSENT, "consent.tcf", content)
+        special = self._special_of(marker)
         if pseudonym is None:
             if self._anonymous_get_segment:
                 return await self._segment(marker, Reason.ANONYMOUS, "consent.anonymous", content)
             level = self._default_level
             if level == 0 or (level == 1 and not self._minimal_ok(marker)):
                 return await self._segment(marker, Reason.PREFERENCE, _LEVEL_RULES[level], content)
+            if special:  # nobody in particular can have consented
+                return await self._segment(
+                    marker, Reason.SPECIAL_CATEGORY, f"special.{special[0]}", content
+                )
         now_ms = math.floor(self._clock() * 1000)
         local = self._local.at(now_ms, zone) if self._local is not None else None
         quiet = self._quiet_hours
@@ -268,7 +303,11 @@ class Engine:
         if pseudonym is None:
             if marker.transactional:
                 return self._personalized(marker, Reason.TRANSACTIONAL, content)
-            return self._personalized(marker, Reason.ALLOWED, content)
+            if marker.relevance is not None and not self._outweighs(
+                marker.relevance, content.milli, self._default_level, trust=0
+            ):
+                return await self._segment(marker, Reason.CALCULUS, "calculus", content)
+            return await self._allowed(marker, content)
 
         # The person's own level lives with their state: even a transactional message asks.
         wanted = self._audiences_of(marker.segment)
@@ -281,6 +320,8 @@ class Engine:
             self._stale(wanted),
             local.period_starts if local is not None and self._calendar else (),
             self._minimal_ok(marker),
+            special,
+            forbidden_by_gpc,
         )
         guard = self.guard
         outcome = None
@@ -294,6 +335,11 @@ class Engine:
             else:
                 guard.succeeded()
         if outcome is None:
+            # What needs the person's state to allow is refused without it, whatever on_error.
+            if special:
+                return await self._segment(
+                    marker, Reason.SPECIAL_CATEGORY, f"special.{special[0]}", content
+                )
             if policy.store.on_error == "personalize":
                 return self._personalized(marker, Reason.STORE_UNAVAILABLE, content)
             return self._decision(
@@ -309,8 +355,9 @@ class Engine:
             self._remember(outcome.segment_sizes)
         scored = scorer.total(content, outcome.repetitions)
         if outcome.verdict is Verdict.DELIVERED:
-            reason = Reason.TRANSACTIONAL if marker.transactional else Reason.ALLOWED
-            return self._personalized(marker, reason, scored)
+            if marker.transactional:
+                return self._personalized(marker, Reason.TRANSACTIONAL, scored)
+            return await self._allowed(marker, scored)
         shadow = False
         if outcome.verdict is Verdict.FREQUENCY_CAP:
             # A shadow cap's refusal: reported, and the message was delivered and counted.
@@ -320,6 +367,12 @@ class Engine:
             reason, rule = Reason.BUDGET, "creepiness.budget"
         elif outcome.verdict is Verdict.PREFERENCE:
             reason, rule = Reason.PREFERENCE, _LEVEL_RULES[outcome.cap_index]
+        elif outcome.verdict is Verdict.SPECIAL:
+            reason, rule = Reason.SPECIAL_CATEGORY, f"special.{special[outcome.cap_index]}"
+        elif outcome.verdict is Verdict.GPC:
+            reason, rule = Reason.CONSENT, "consent.gpc"
+        elif outcome.verdict is Verdict.CALCULUS:
+            reason, rule = Reason.CALCULUS, "calculus"
         else:
             reason, rule = Reason.CREEPINESS, "creepiness.threshold"
         return self._decision(
@@ -351,20 +404,103 @@ class Engine:
 
     async def set_level(self, person: str, level: str) -> None:
         """Record a person's personalization level (`off`, `minimal`, `standard`, `full`)."""
-        await self.store.set_level(
-            self.pseudonym(person),
-            LEVEL_CODES[level],
+        await self._choose(self.pseudonym(person), Choice("level", LEVEL_CODES[level]))
+
+    async def consent(self, person: str, category: str, *, given: bool) -> None:
+        """Record a person's explicit consent to a special category, or its withdrawal."""
+        if category not in self._policy.special:
+            raise ValueError(f"{category!r} is not a special category of the policy")
+        await self._choose(
+            self.pseudonym(person), Choice("consent" if given else "withdraw", category)
+        )
+
+    async def opt_in(self, person: str) -> None:
+        """Clear a person's sticky GPC opt-out: only they may, and only on their own page."""
+        pseudonym = self.pseudonym(person)
+        self._opted_out.pop(pseudonym, None)
+        await self._choose(pseudonym, Choice("opt-in"))
+
+    async def level_of(self, person: str) -> tuple[str, bool]:
+        """A person's level, and whether they chose it (False: the policy's default)."""
+        choices = await self.choices_of(person)
+        if "l" in choices:
+            return _LEVEL_NAMES[choices["l"]], True
+        return self._policy.levels.default, False
+
+    async def choices_of(self, person: str) -> dict[str, Any]:
+        """What the person's state holds of their choices: `l` level and `u` when, `g` when
+        they first sent a GPC opt-out, `s` consents to special categories with when."""
+        state = await self.store.state(self.pseudonym(person))
+        choices = (state or {}).get("p")
+        return dict(choices) if isinstance(choices, dict) else {}
+
+    async def _choose(self, pseudonym: str, choice: Choice) -> None:
+        await self.store.choose(
+            pseudonym,
+            choice,
             now_ms=math.floor(self._clock() * 1000),
             keep_ms=math.ceil(self._policy.levels.keep * 1000),
         )
 
-    async def level_of(self, person: str) -> tuple[str, bool]:
-        """A person's level, and whether they chose it (False: the policy's default)."""
-        state = await self.store.state(self.pseudonym(person))
-        choices = (state or {}).get("p")
-        if choices and "l" in choices:
-            return _LEVEL_NAMES[choices["l"]], True
-        return self._policy.levels.default, False
+    def _keep_opt_out(self, pseudonym: str) -> None:
+        """Write the person's GPC opt-out to their state, so it holds on requests without the
+        header (11 CCR 7025); without waiting, at most every few minutes per person."""
+        now = self._monotonic()
+        if now - self._opted_out.get(pseudonym, -_OPT_OUT_REWRITE_SECONDS) < (
+            _OPT_OUT_REWRITE_SECONDS
+        ):
+            return
+        if len(self._opted_out) >= _LIMITS_CACHE_SIZE:
+            self._opted_out.clear()
+        self._opted_out[pseudonym] = now
+        try:
+            self.store.note(
+                pseudonym,
+                Choice("opt-out"),
+                now_ms=math.floor(self._clock() * 1000),
+                keep_ms=math.ceil(self._policy.levels.keep * 1000),
+            )
+        except Exception:  # the header itself is honoured; the next request tries again
+            self._opted_out.pop(pseudonym, None)
+            self._logs.warning("opt-out", "throttle: keeping a GPC opt-out failed", exc_info=True)
+
+    async def aclose(self) -> None:
+        """Close the store (it writes what it holds back first)."""
+        await self.store.aclose()
+
+    def _special_of(self, marker: Marker) -> tuple[str, ...]:
+        """The special categories a message uses (cached per marker)."""
+        known = self._special.get(id(marker))
+        if known is not None and known[0] is marker:
+            return known[1]
+        names = self._special_signals
+        found = tuple(dict.fromkeys(names[s] for s in marker.signals if s in names))
+        if len(self._special) >= _LIMITS_CACHE_SIZE:
+            self._special.clear()
+        self._special[id(marker)] = (marker, found)
+        return found
+
+    def _outweighs(self, relevance: float, score_milli: int, level: int, *, trust: int) -> bool:
+        """The privacy calculus: relevance x (1 + trust) > lambda x creepiness."""
+        lam = self._lambda[max(level, 1) - 1]
+        return milli(relevance) * (1000 + trust) > lam * score_milli
+
+    async def _allowed(self, marker: Marker, content: ContentScore) -> Decision:
+        """A message within every limit: personalized, or content about its category when its
+        score falls in the policy's middle band."""
+        band = self._band
+        if band is not None and band[0] < content.milli <= band[1]:
+            wanted = self._audiences_of(marker.segment)
+            return self._decision(
+                "category",
+                Reason.CREEPINESS,
+                "creepiness.category_band",
+                marker,
+                content,
+                content.factors,
+                self._resolve(wanted),
+            )
+        return self._personalized(marker, Reason.ALLOWED, content)
 
     def _minimal_ok(self, marker: Marker) -> bool:
         """Whether the message uses only data people give themselves (cached per marker)."""
@@ -422,6 +558,8 @@ class Engine:
         count_segments: tuple[str, ...],
         period_starts: tuple[int, ...],
         minimal_ok: bool,
+        special: tuple[str, ...],
+        forbidden_by_gpc: bool,
     ) -> Delivery:
         key = (marker.channel, marker.campaign, marker.tags if self._tagged else ())
         limits = self._limits.get(key)
@@ -439,6 +577,9 @@ class Engine:
             period_starts,
             minimal_ok,
             marker.transactional,
+            special,
+            forbidden_by_gpc,
+            milli(marker.relevance) if marker.relevance is not None else -1,
         )
 
     def _build_limits(self, channel: str, campaign: str, tags: tuple[str, ...]) -> Limits:
@@ -499,6 +640,9 @@ class Engine:
             full_threshold_milli=milli(policy.levels.full_threshold),
             default_level=self._default_level,
             keep_choice_ms=math.ceil(policy.levels.keep * 1000),
+            trust_signed_in_milli=self._trust[0],
+            trust_declared_milli=self._trust[1],
+            lambda_milli=self._lambda,
         )
 
     def _stale(self, segments: tuple[str, ...]) -> tuple[str, ...]:
@@ -580,6 +724,7 @@ class Engine:
             policy=self._policy_name,
             policy_version=self._policy_version,
             unknown_signals=content.unknown_signals if content is not None else (),
+            category=marker.category if marker is not None else "",
         )
 
 

@@ -35,6 +35,14 @@ _REFUSALS = {
     "creepiness": "it would have used your data in a way we consider too intrusive",
     "budget": "you had received enough personalized messages recently",
     "quiet-hours": "it arrived during your quiet hours",
+    "special-category": (
+        "it would have used sensitive information about you, such as your health, which we "
+        "only use with your explicit consent"
+    ),
+    "automated-decision": (
+        "it set a price, a credit or an eligibility, which we never tailor to a profile of you"
+    ),
+    "calculus": "what it offered you did not outweigh how much of your data it used",
     "anonymous": "you were not signed in",
     "store-unavailable": "we could not check our limits at that moment and chose to be safe",
     "invalid-marker": "something went wrong on our side",
@@ -123,6 +131,12 @@ def reason_words(reason: str, rule: str | None, outcome: str) -> str:
     if outcome == "segment":
         refusal = _refusal(reason, rule)
         return f"{_SEGMENT}, because {refusal}." if refusal else f"{_SEGMENT}."
+    if outcome == "category":
+        return (
+            "You saw content about a kind of product you showed interest in, rather than one "
+            "picked for you exactly, because the exact message would have used your data "
+            "more than we think right."
+        )
     return "We have no record of whether this message was personalized for you."
 
 

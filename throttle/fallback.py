@@ -45,6 +45,8 @@ class FallbackRequest:
 
     `segment` is already k-anonymous ("" is everyone). `media_type` is the type of the
     personalized response being replaced; `scope` is the ASGI scope, for locale and path.
+    When `outcome` is `"category"`, the policy allows content about the message's `category`
+    (running shoes rather than the shoe the person viewed); otherwise `"segment"`.
     """
 
     campaign: str
@@ -53,6 +55,14 @@ class FallbackRequest:
     media_type: str
     decision: Decision
     scope: Mapping[str, Any]
+
+    @property
+    def outcome(self) -> str:
+        return self.decision.outcome
+
+    @property
+    def category(self) -> str:
+        return self.decision.category
 
 
 FallbackProvider = Callable[[FallbackRequest], Awaitable[SegmentContent | None]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -37,8 +38,13 @@ _BOOLEAN_MEMBERS = {
     "advertising": "advertising",
 }
 _MEMBERS = frozenset(
-    {"campaign", "segment", "channel", "signals", "tags", "event-age", *_BOOLEAN_MEMBERS}
-)
+    {
+        "campaign", "segment", "channel", "signals", "tags", "event-age", "category",
+        "relevance", "decides", *_BOOLEAN_MEMBERS,
+    }
+)  # fmt: skip
+# What a message may decide about a person that GDPR Art. 22 keeps from personalization.
+DECISIONS = ("price", "credit", "eligibility")
 _MISSPELT = {"event_age": "event-age", "third_party": "third-party", "eventage": "event-age"}
 # RFC 8941 integers have at most 15 digits.
 _MAX_EVENT_AGE = 999_999_999_999_999
@@ -59,6 +65,12 @@ class Marker:
     - `transactional`: a message the person asked for (a receipt); exempt from caps, not consent.
     - `tags`: the campaign's tags (`promo`, `service`, ...), which caps may exempt or favour.
     - `advertising`: an ad-like message; TCF consent is checked for the advertising purposes.
+    - `category`: what the content is about in general (`running-shoes`), for content about the
+      category when the score falls in the policy's middle band.
+    - `relevance`: the benefit the app expects for the person, in [0, 1], weighed against the
+      creepiness by the policy's privacy calculus.
+    - `decides`: `price`, `credit` or `eligibility` when the content sets one for the person:
+      such a message is never personalized (GDPR Art. 22).
     """
 
     campaign: str
@@ -72,6 +84,9 @@ class Marker:
     transactional: bool = False
     tags: tuple[str, ...] = ()
     advertising: bool = False
+    category: str = ""
+    relevance: float | None = None
+    decides: str = ""
 
     def __post_init__(self) -> None:
         _check_text("campaign", self.campaign)
@@ -93,6 +108,20 @@ class Marker:
         for tag in self.tags:
             if not (len(tag) <= _MAX_TEXT and _TOKEN.fullmatch(tag)):
                 raise MarkerError(f"tag {tag!r} must be a token such as promo or service")
+        if self.category and not (
+            len(self.category) <= _MAX_TEXT and _TOKEN.fullmatch(self.category)
+        ):
+            raise MarkerError(f"category {self.category!r} must be a token such as running-shoes")
+        if self.relevance is not None and (
+            isinstance(self.relevance, bool)
+            or not isinstance(self.relevance, int | float)
+            or not 0 <= self.relevance <= 1
+        ):
+            raise MarkerError(f"relevance must be a number from 0 to 1, got {self.relevance!r}")
+        if self.decides and self.decides not in DECISIONS:
+            raise MarkerError(
+                f"decides must be one of {', '.join(DECISIONS)}, got {self.decides!r}"
+            )
         if self.event_age is not None and (
             type(self.event_age) is not int or not 0 <= self.event_age <= _MAX_EVENT_AGE
         ):
@@ -115,6 +144,12 @@ class Marker:
             members["tags"] = InnerList([Token(tag) for tag in self.tags])
         if self.event_age is not None:
             members["event-age"] = self.event_age
+        if self.category:
+            members["category"] = Token(self.category)
+        if self.relevance is not None:
+            members["relevance"] = Decimal(str(round(self.relevance, 3)))
+        if self.decides:
+            members["decides"] = Token(self.decides)
         for member, attribute in _BOOLEAN_MEMBERS.items():
             if getattr(self, attribute):
                 members[member] = True
@@ -134,6 +169,9 @@ def personalization(
     transactional: bool = False,
     tags: tuple[str, ...] | list[str] = (),
     advertising: bool = False,
+    category: str = "",
+    relevance: float | None = None,
+    decides: str = "",
 ) -> dict[str, str]:
     """Headers that mark a response as personalized; pass them to any Starlette response.
 
@@ -157,6 +195,9 @@ def personalization(
         transactional=transactional,
         tags=tuple(tags),
         advertising=advertising,
+        category=category,
+        relevance=relevance,
+        decides=decides,
     )
     return {PERSONALIZATION_HEADER: marker.header_value()}
 
@@ -193,8 +234,12 @@ def parse_marker(value: bytes) -> Marker:
         if isinstance(member, InnerList):
             raise MarkerError(f"{name} must be a single value, not a list")
         item = member.value
-        if name in ("campaign", "segment", "channel"):
+        if name in ("campaign", "segment", "channel", "category", "decides"):
             fields[name] = _text(name, item)
+        elif name == "relevance":
+            if isinstance(item, bool) or not isinstance(item, int | float | Decimal):
+                raise MarkerError(f"relevance must be a number from 0 to 1, got {item}")
+            fields["relevance"] = float(item)
         elif name == "event-age":
             if type(item) is not int:
                 raise MarkerError(f"event-age must be a whole number of seconds, got {item}")

@@ -7,6 +7,7 @@ as well; segment content replaces it, and the personalized body is discarded unr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -35,6 +36,7 @@ from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
 
 DECISION_SCOPE_KEY = "throttle.decision"
+GPC_JSON_PATH = "/.well-known/gpc.json"
 # The middleware itself, for routes behind it (the privacy routes) to reach its engine.
 MIDDLEWARE_SCOPE_KEY = "throttle"
 DECISION_HEADER = "personalization-decision"
@@ -152,6 +154,11 @@ class ThrottleMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if scope["path"] == GPC_JSON_PATH:
+                support = self.engine.policy.consent.gpc_json
+                if support is not None:
+                    await _gpc_json(scope, send, support.last_update)
+                    return
             scope[MIDDLEWARE_SCOPE_KEY] = self
             await self.app(scope, receive, _Responder(self, scope, send))
         elif scope["type"] == "lifespan":
@@ -162,7 +169,7 @@ class ThrottleMiddleware:
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def send_and_close(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
-                await self.engine.store.aclose()
+                await self.engine.aclose()
             await send(message)
 
         return send_and_close
@@ -303,6 +310,18 @@ class ThrottleMiddleware:
             parts.append("shadow")
         parts.append(f'policy="{decision.policy}@{decision.policy_version}"')
         return ";".join(parts)
+
+
+async def _gpc_json(scope: Scope, send: Send, last_update: str) -> None:
+    """The GPC specification's site resource: this site honours the signal."""
+    body = json.dumps({"gpc": True, "lastUpdate": last_update}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"public, max-age=86400"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 class _Responder:

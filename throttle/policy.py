@@ -242,6 +242,19 @@ class Repetition(_Model):
     window: Duration = 86400.0
 
 
+class Band(_Model):
+    """Scores above `low` and at most `high` get content about the message's category."""
+
+    low: Share
+    high: Share
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Band:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        return self
+
+
 class Creepiness(_Model):
     threshold: Share = 0.7
     budget: Budget | None = None
@@ -252,6 +265,7 @@ class Creepiness(_Model):
     explained_discount: Share = 0.3
     recency: Recency = Recency()
     repetition: Repetition = Repetition()
+    category_band: Band | None = None
 
 
 GpcBlock = Literal["all", "inferred", "third-party", "sensitive"]
@@ -269,13 +283,75 @@ class Tcf(_Model):
     required: bool = False
 
 
+class GpcJson(_Model):
+    """What `/.well-known/gpc.json` says (the GPC specification's site support resource)."""
+
+    last_update: Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+
+
 class Consent(_Model):
     # What a person who sends Sec-GPC: 1 is not personalized with.
     gpc: tuple[GpcBlock, ...] = ("inferred", "third-party")
+    # Serve /.well-known/gpc.json, telling browsers the site honours the signal.
+    gpc_json: GpcJson | None = None
     # Signals at or above this weight count as "sensitive" for the gpc rule.
     sensitive_at: Share = 0.5
     anonymous: Literal["segment", "personalize"] = "segment"
     tcf: Tcf = Tcf()
+
+
+class SpecialCategory(_Model):
+    """Data no score may weigh: a message using it needs the person's explicit consent."""
+
+    # Where the law says so, in words a privacy officer can check.
+    source: Annotated[str, Field(min_length=1)]
+    # The signals that reveal the category, whether declared or inferred.
+    signals: Annotated[tuple[str, ...], Field(min_length=1)]
+
+
+_ART9 = "GDPR Art. 9(1)"
+_CO = "Colorado Privacy Act, C.R.S. 6-1-1303(24) and 4 CCR 904-3 (inferences count too)"
+_CCPA = "CCPA, Cal. Civ. Code 1798.140(ae)"
+DEFAULT_SPECIAL: dict[str, SpecialCategory] = {
+    name: SpecialCategory(source=source, signals=signals)
+    for name, source, signals in (
+        ("racial_or_ethnic_origin", f"{_ART9} racial or ethnic origin; {_CCPA}(1)(D); {_CO}",
+         ("ethnicity", "race")),
+        ("political_opinions", f"{_ART9} political opinions", ("political_views",)),
+        ("religious_or_philosophical_beliefs",
+         f"{_ART9} religious or philosophical beliefs; {_CCPA}(1)(D); {_CO}",
+         ("religion", "beliefs")),
+        ("trade_union_membership", f"{_ART9} trade-union membership; {_CCPA}(1)(D)",
+         ("trade_union",)),
+        ("genetic", f"{_ART9} genetic data; {_CCPA}(1)(F); {_CO}", ("genetic",)),
+        ("biometric", f"{_ART9} biometric data to identify a person; {_CCPA}(2)(A); {_CO}",
+         ("biometric",)),
+        ("health", f"{_ART9} data concerning health; {_CCPA}(2)(B); {_CO}",
+         ("health", "medication", "pregnancy")),
+        ("sex_life_or_sexual_orientation",
+         f"{_ART9} sex life or sexual orientation; {_CCPA}(2)(C); {_CO}",
+         ("sexual_orientation", "sex_life")),
+        ("citizenship", f"{_CCPA}(1)(D) citizenship or immigration status; {_CO}",
+         ("citizenship",)),
+        ("precise_geolocation", f"{_CCPA}(1)(C) precise geolocation", ("location.precise",)),
+        ("government_id", f"{_CCPA}(1)(A) social security, driver's license or passport number",
+         ("government_id",)),
+        ("financial_account", f"{_CCPA}(1)(B) account log-in, financial account or card number",
+         ("financial_account",)),
+    )
+}  # fmt: skip
+
+
+class Calculus(_Model):
+    """The privacy calculus: a message carrying a `relevance` is personalized only when
+    relevance x (1 + trust) > lambda x creepiness. Trust grows with a signed-in person and with
+    one who chose their level; lambda comes from the level."""
+
+    signed_in: Annotated[float, Field(ge=0.0, le=5.0)] = 0.2
+    declared: Annotated[float, Field(ge=0.0, le=5.0)] = 0.3
+    minimal: Annotated[float, Field(ge=0.0, le=100.0)] = 2.0
+    standard: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
+    full: Annotated[float, Field(ge=0.0, le=100.0)] = 0.6
 
 
 Level = Literal["off", "minimal", "standard", "full"]
@@ -375,6 +451,8 @@ class Policy(_Model):
     time: Time = Time()
     quiet_hours: QuietHours | None = None
     levels: Levels = Levels()
+    special: dict[Name, SpecialCategory] = Field(default_factory=lambda: dict(DEFAULT_SPECIAL))
+    calculus: Calculus = Calculus()
     audit: Audit = Audit()
     decisions: Decisions = Decisions()
     store: StoreOptions = StoreOptions()

@@ -11,6 +11,10 @@ app = Starlette(routes=[..., Mount("/privacy", routes=privacy_routes())],
     GET    /level   their personalization level, and what each level means
     PUT    /level   {"level": "off" | "minimal" | "standard" | "full"}: change it
     GET    /why     their recent decisions, each explained in plain words
+    GET    /consents                the special categories, and which they consented to
+    PUT    /consents/{category}     give explicit consent to one (GDPR Art. 9(2)(a))
+    DELETE /consents/{category}     withdraw it (Art. 7(3))
+    DELETE /opt-out                 lift their Global Privacy Control opt-out themselves
     GET    /data    everything held about them, as JSON (GDPR Art. 15)
     DELETE /data    erase everything held about them (GDPR Art. 17)
 
@@ -31,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from throttle.audit import AuditEntry
+from throttle.consent import gpc_opt_out
 from throttle.errors import StoreUnavailable
 from throttle.explain import explain
 from throttle.middleware import MIDDLEWARE_SCOPE_KEY, ThrottleMiddleware
@@ -56,6 +61,10 @@ def privacy_routes() -> list[BaseRoute]:
         Route("/level", get_level, methods=["GET"]),
         Route("/level", set_level, methods=["PUT"]),
         Route("/why", why, methods=["GET"]),
+        Route("/consents", consents, methods=["GET"]),
+        Route("/consents/{category}", give_consent, methods=["PUT"]),
+        Route("/consents/{category}", withdraw_consent, methods=["DELETE"]),
+        Route("/opt-out", opt_in, methods=["DELETE"]),
         Route("/data", access, methods=["GET"]),
         Route("/data", erase, methods=["DELETE"]),
     ]
@@ -104,9 +113,16 @@ def _guarded(handler: Any) -> Any:
 async def get_level(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
-    """Their level, whether they chose it, and what each level means."""
-    level, chosen = await middleware.engine.level_of(person)
-    return 200, {"level": level, "chosen": chosen, "levels": LEVEL_WORDS}
+    """Their level, whether they chose it, what each level means, and their GPC opt-out."""
+    engine = middleware.engine
+    choices = await engine.choices_of(person)
+    level, chosen = await engine.level_of(person)
+    return 200, {
+        "level": level,
+        "chosen": chosen,
+        "levels": LEVEL_WORDS,
+        "opt_out": _opt_out(choices, request),
+    }
 
 
 @_guarded
@@ -131,6 +147,45 @@ async def set_level(
 
 
 @_guarded
+async def consents(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Each special category, its legal source, and whether they gave explicit consent."""
+    given = (await middleware.engine.choices_of(person)).get("s") or {}
+    return 200, {"categories": _categories(middleware, given)}
+
+
+@_guarded
+async def give_consent(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Give explicit consent to one special category; recorded with its time."""
+    category = _category(request, middleware)
+    await middleware.engine.consent(person, category, given=True)
+    given = (await middleware.engine.choices_of(person)).get("s") or {}
+    return 200, {"category": category, "consented": True, "since": _time(given[category])}
+
+
+@_guarded
+async def withdraw_consent(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Withdraw consent to one special category: as easy as giving it (Art. 7(3))."""
+    category = _category(request, middleware)
+    await middleware.engine.consent(person, category, given=False)
+    return 200, {"category": category, "consented": False}
+
+
+@_guarded
+async def opt_in(
+    request: Request, middleware: ThrottleMiddleware, person: str
+) -> tuple[int, dict[str, Any]]:
+    """Lift their sticky GPC opt-out. A request that still sends Sec-GPC: 1 opts out again."""
+    await middleware.engine.opt_in(person)
+    return 200, {"opt_out": _opt_out({}, request)}
+
+
+@_guarded
 async def why(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
@@ -151,6 +206,7 @@ async def access(
     state = await engine.store.state(pseudonym) or {}
     level, chosen = await engine.level_of(person)
     choices = state.get("p") or {}
+    given = choices.get("s") or {}
     zone = middleware.zone(request.scope)
     return 200, {
         "about": "Everything throttle holds about you. You are known to it only by a keyed "
@@ -161,6 +217,8 @@ async def access(
             "chosen": chosen,
             "chosen_at": _time(choices["u"]) if "u" in choices else None,
         },
+        "opt_out": _opt_out(choices, request),
+        "special_category_consents": {name: _time(since) for name, since in sorted(given.items())},
         "deliveries": {
             _counter_words(name): [_time(t) for t in log]
             for name, log in (state.get("c") or {}).items()
@@ -192,10 +250,43 @@ async def erase(
             "recent_decisions": erased.decisions,
             "audit_entries": erased.audit_entries,
         },
-        "note": "Your counters, your choice of level, your recent decisions and your entries "
-        f"in the audit trail are deleted. Your level is back to the default, {default}; "
+        "note": "Your counters, your choice of level, your consents, your opt-out, your recent "
+        "decisions and your entries in the audit trail are deleted. Your level is back to "
+        f"the default, {default}; "
         "choose it again if you wish.",
     }
+
+
+def _opt_out(choices: dict[str, Any], request: Request) -> dict[str, Any]:
+    """Their Global Privacy Control opt-out: kept from the first request that sent it."""
+    sent_now = gpc_opt_out(request.scope.get("headers", ()))
+    since = choices.get("g")
+    if since is None and not sent_now:
+        return {"honored": False, "message": "No opt-out preference signal received"}
+    return {
+        "honored": True,
+        "since": _time(since) if since is not None else None,
+        "message": "Opt-out preference signal honored",
+    }
+
+
+def _categories(middleware: ThrottleMiddleware, given: dict[str, int]) -> dict[str, Any]:
+    return {
+        name: {
+            "source": category.source,
+            "signals": list(category.signals),
+            "consented": name in given,
+            "since": _time(given[name]) if name in given else None,
+        }
+        for name, category in middleware.engine.policy.special.items()
+    }
+
+
+def _category(request: Request, middleware: ThrottleMiddleware) -> str:
+    category = request.path_params["category"]
+    if category not in middleware.engine.policy.special:
+        raise _Refusal(404, f"{category!r} is not a special category of this site's policy")
+    return str(category)
 
 
 def _readable(entries: list[bytes]) -> list[AuditEntry]:

@@ -21,6 +21,13 @@ class Verdict(IntEnum):
     CREEPINESS = 3
     # The person's own level refuses it (`cap_index`: 0 off, 1 minimal).
     PREFERENCE = 4
+    # It uses a special category the person gave no explicit consent for (`cap_index`: which,
+    # in `Delivery.special`).
+    SPECIAL = 5
+    # The person's Global Privacy Control opt-out, sent now or before, rules it out.
+    GPC = 6
+    # Its relevance does not outweigh its creepiness for this person.
+    CALCULUS = 7
 
 
 # Personalization levels as the store keeps them.
@@ -103,6 +110,11 @@ class Limits:
     full_threshold_milli: int = 850
     default_level: int = 2
     keep_choice_ms: int = 365 * 86_400_000
+    # The privacy calculus, thousandths: trust for a signed-in person and for one who chose
+    # their level, and lambda at the minimal, standard and full levels.
+    trust_signed_in_milli: int = 200
+    trust_declared_milli: int = 300
+    lambda_milli: tuple[int, int, int] = (2000, 1000, 600)
 
 
 class Delivery(NamedTuple):
@@ -123,6 +135,21 @@ class Delivery(NamedTuple):
     minimal_ok: bool = True
     # A message the person asked for: only their level applies, no cap counts it.
     transactional: bool = False
+    # The special categories the message uses: each needs the person's explicit consent.
+    special: tuple[str, ...] = ()
+    # The message is one a GPC opt-out rules out: refused when the person's state holds one.
+    gpc_forbids: bool = False
+    # The message's relevance, thousandths; -1 when it states none (no calculus).
+    relevance_milli: int = -1
+
+
+class Choice(NamedTuple):
+    """A change to what a person allows: `kind` is `level` (`value` a level code), `consent` or
+    `withdraw` (`value` a special category), `opt-out` (a GPC signal was seen; kept from its
+    first time) or `opt-in` (the person clears that themselves)."""
+
+    kind: str
+    value: int | str = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +198,12 @@ class Store(Protocol):
         """One person's decoded state (counters `c`, budget `b`, choices `p`), or None."""
         ...
 
-    async def set_level(self, person: str, level: int, *, now_ms: int, keep_ms: int) -> None:
-        """Record a person's personalization level (a `LEVEL_CODES` value)."""
+    async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
+        """Record a person's choice in their state, kept at least `keep_ms`."""
+        ...
+
+    def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
+        """Record a choice without waiting (a store may write it with its next write)."""
         ...
 
     def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:

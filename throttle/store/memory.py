@@ -13,6 +13,7 @@ from typing import Any
 from throttle.store.base import (
     AuditLimits,
     CapCheck,
+    Choice,
     Counter,
     Delivery,
     Erasure,
@@ -29,8 +30,9 @@ class _Person:
     counters: dict[str, list[int]] = field(default_factory=dict)
     budget: list[list[int]] = field(default_factory=list)
     expires_ms: int = 0
-    # The person's own choices: `l` their level, `u` when they last changed it.
-    choices: dict[str, int] | None = None
+    # The person's own choices: `l` their level and `u` when they chose it, `g` when they
+    # first sent a GPC opt-out, `s` the special categories they consented to, with when.
+    choices: dict[str, Any] | None = None
 
 
 class MemoryStore:
@@ -69,9 +71,15 @@ class MemoryStore:
         if person is not None and person.expires_ms <= now:
             person = None
         choices = person.choices if person else None
-        level = choices["l"] if choices else limits.default_level
+        level = choices.get("l", limits.default_level) if choices else limits.default_level
         if level == 0 or (level == 1 and not delivery.minimal_ok):
             return Verdict.PREFERENCE, level, delivery.score_milli, 0
+        if delivery.gpc_forbids and choices and "g" in choices:
+            return Verdict.GPC, -1, delivery.score_milli, 0
+        consented = (choices or {}).get("s") or {}
+        for index, category in enumerate(delivery.special):
+            if category not in consented:
+                return Verdict.SPECIAL, index, delivery.score_milli, 0
         threshold = (
             limits.minimal_threshold_milli
             if level == 1
@@ -101,6 +109,13 @@ class MemoryStore:
         score = min(1000, delivery.score_milli + weight * repetitions)
         if score > threshold:
             return Verdict.CREEPINESS, -1, score, repetitions
+        if delivery.relevance_milli >= 0:
+            trust = limits.trust_signed_in_milli + (
+                limits.trust_declared_milli if choices and "l" in choices else 0
+            )
+            weighed = limits.lambda_milli[level - 1] * score
+            if delivery.relevance_milli * (1000 + trust) <= weighed:
+                return Verdict.CALCULUS, -1, score, repetitions
 
         refused_by = _refused_by(limits.counters, logs, delivery, shadow=False)
         if refused_by >= 0:
@@ -186,16 +201,44 @@ class MemoryStore:
         if held.budget:
             state["b"] = [list(entry) for entry in held.budget]
         if held.choices:
-            state["p"] = dict(held.choices)
+            state["p"] = {
+                key: dict(value) if isinstance(value, dict) else value
+                for key, value in held.choices.items()
+            }
         return state
 
-    async def set_level(self, person: str, level: int, *, now_ms: int, keep_ms: int) -> None:
+    async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
+        self._choose(person, choice, now_ms=now_ms, keep_ms=keep_ms)
+
+    def _choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         self._now_ms = max(self._now_ms, now_ms)
         held = self._people.get(person)
         if held is None or held.expires_ms <= now_ms:
             held = self._people[person] = _Person()
-        held.choices = {"l": level, "u": now_ms}
+        choices = dict(held.choices or {})
+        consented = dict(choices.get("s") or {})
+        if choice.kind == "level":
+            choices["l"], choices["u"] = choice.value, now_ms
+        elif choice.kind == "consent":
+            consented[str(choice.value)] = now_ms
+        elif choice.kind == "withdraw":
+            consented.pop(str(choice.value), None)
+        elif choice.kind == "opt-out":
+            choices.setdefault("g", now_ms)
+        elif choice.kind == "opt-in":
+            choices.pop("g", None)
+        else:
+            raise ValueError(f"unknown choice {choice.kind!r}")
+        if consented:
+            choices["s"] = consented
+        else:
+            choices.pop("s", None)
+        held.choices = choices
         held.expires_ms = max(held.expires_ms, now_ms + keep_ms)
+
+    def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
+        # Nothing here waits, so the choice is recorded at once.
+        self._choose(person, choice, now_ms=now_ms, keep_ms=keep_ms)
 
     def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
         now = self._now_ms

@@ -25,7 +25,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from throttle.errors import DecisionRefused, StoreUnavailable
-from throttle.store.base import AuditLimits, Delivery, Erasure, Limits, Outcome, Verdict
+from throttle.store.base import (
+    AuditLimits,
+    Choice,
+    Delivery,
+    Erasure,
+    Limits,
+    Outcome,
+    Verdict,
+)
 from throttle.store.pipe import Pipe, bulk, command, reply_error
 
 logger = logging.getLogger("throttle")
@@ -33,12 +41,14 @@ logger = logging.getLogger("throttle")
 _SCRIPT = resources.files("throttle.store").joinpath("lua/deliver.lua").read_text("utf-8")
 _CHOOSE = resources.files("throttle.store").joinpath("lua/choose.lua").read_text("utf-8")
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
-# `EVALSHA <sha> 1 <key> <now> <score> <limits> <periods> <flags>`: nine arguments, three fixed.
-_EVALSHA = b"*9\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
+# `EVALSHA <sha> 1 <key> <now> <score> <limits> <periods> <flags> <special> <relevance>`:
+# eleven arguments, three fixed.
+_EVALSHA = b"*11\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
 _SCRIPT_LOAD = command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
 _LIMITS_CACHE_SIZE = 4096
 _VERDICTS = tuple(Verdict)
-_FLAGS = tuple(bulk(b"%d" % flags) for flags in range(4))
+_FLAGS = tuple(bulk(b"%d" % flags) for flags in range(8))
+_NO_SPECIAL_NO_RELEVANCE = bulk(b"") + bulk(b"-1")
 _NO_SIZES: Mapping[str, int] = MappingProxyType({})
 # Audit entries waiting for a connection; beyond this many the oldest are dropped (and counted).
 _MAX_PENDING_AUDIT = 10_000
@@ -82,6 +92,8 @@ class RedisStore:
         self._choose = self._client.register_script(_CHOOSE)
         self._audit_key = f"{prefix}audit".encode()
         self._audit_pending: list[tuple[str, bytes, AuditLimits]] = []
+        # Choices recorded without waiting, as ready commands (rare: a first GPC opt-out).
+        self._notes: list[bytes] = []
         self._audit_scheduled = False
         self._audit_dropped = 0
         self._trimmed_at = 0.0
@@ -268,8 +280,13 @@ class RedisStore:
         now = b"%d" % delivery.now_ms
         score = b"%d" % delivery.score_milli
         periods = b"%d %d %d" % delivery.period_starts if delivery.period_starts else b""
-        flags = _FLAGS[delivery.minimal_ok + 2 * delivery.transactional]
-        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
+        flags = _FLAGS[delivery.minimal_ok + 2 * delivery.transactional + 4 * delivery.gpc_forbids]
+        rest = (
+            bulk(" ".join(delivery.special).encode()) + bulk(b"%d" % delivery.relevance_milli)
+            if delivery.special or delivery.relevance_milli >= 0
+            else _NO_SPECIAL_NO_RELEVANCE
+        )
+        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s%s" % (
             _EVALSHA,
             len(key),
             key,
@@ -281,6 +298,7 @@ class RedisStore:
             len(periods),
             periods,
             flags,
+            rest,
         )
 
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
@@ -292,6 +310,7 @@ class RedisStore:
 
     async def state(self, person: str) -> dict[str, Any] | None:
         async with _unavailable_on_error():
+            await self._write_pending_now()
             raw = await self._client.get(self.person_key(person))
         if raw is None:
             return None
@@ -306,9 +325,30 @@ class RedisStore:
             state["p"] = dict(stored["p"])
         return state
 
-    async def set_level(self, person: str, level: int, *, now_ms: int, keep_ms: int) -> None:
+    async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         async with _unavailable_on_error():
-            await self._choose(keys=[self.person_key(person)], args=[level, now_ms, keep_ms])
+            await self._choose(
+                keys=[self.person_key(person)],
+                args=[choice.kind, choice.value, now_ms, keep_ms],
+            )
+
+    def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
+        if self._closed:
+            return
+        # EVAL rather than EVALSHA: written with the next write, it cannot meet NOSCRIPT.
+        self._notes.append(
+            command(
+                b"EVAL",
+                _CHOOSE.encode(),
+                b"1",
+                self.person_key(person).encode(),
+                choice.kind.encode(),
+                str(choice.value).encode(),
+                b"%d" % now_ms,
+                b"%d" % keep_ms,
+            )
+        )
+        self._schedule_side_writes()
 
     def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
         if self._closed:
@@ -318,6 +358,9 @@ class RedisStore:
         if len(pending) > _MAX_PENDING_AUDIT:
             del pending[0]
             self._audit_dropped += 1
+        self._schedule_side_writes()
+
+    def _schedule_side_writes(self) -> None:
         if not self._audit_scheduled:
             # The next decision's write usually carries the entry; when none comes, this does.
             self._audit_scheduled = True
@@ -325,7 +368,7 @@ class RedisStore:
 
     def _flush_audit(self) -> None:
         self._audit_scheduled = False
-        if self._closed or not self._audit_pending:
+        if self._closed or not (self._audit_pending or self._notes):
             return
         if not self._pipe.ready:
             return  # kept for the first write once the connection is back
@@ -337,12 +380,12 @@ class RedisStore:
         replies.add_done_callback(_audit_written)
 
     def _audit_commands(self) -> tuple[bytes, int]:
-        """The waiting audit entries as commands (XADD; LPUSH, LTRIM, PEXPIRE of the person's
-        recent decisions), and how many replies they make."""
+        """The waiting choices and audit entries as commands (XADD; LPUSH, LTRIM, PEXPIRE of the
+        person's recent decisions), and how many replies they make."""
+        commands, self._notes = self._notes, []
         if not self._audit_pending:
-            return b"", 0
+            return b"".join(commands), len(commands)
         pending, self._audit_pending = self._audit_pending, []
-        commands: list[bytes] = []
         for person, entry, limits in pending:
             commands.append(
                 command(
@@ -378,18 +421,19 @@ class RedisStore:
 
     async def recent(self, person: str) -> list[bytes]:
         async with _unavailable_on_error():
-            await self._write_audit_now()
+            await self._write_pending_now()
             entries: Any = await self._client.lrange(self.recent_key(person), 0, -1)
         return list(entries)
 
     async def audit_entries(self, person: str) -> list[bytes]:
         async with _unavailable_on_error():
-            await self._write_audit_now()
+            await self._write_pending_now()
             return [entry for _, entry in await self._scan_audit(person)]
 
-    async def _write_audit_now(self) -> None:
-        """Write the waiting entries before reading: a person asking why sees the last one."""
-        if not self._audit_pending or not self._pipe.ready:
+    async def _write_pending_now(self) -> None:
+        """Write what waits (audit entries, noted choices) before reading: a person asking why,
+        or what is held about them, sees the last of it."""
+        if not (self._audit_pending or self._notes) or not self._pipe.ready:
             return
         audit, count = self._audit_commands()
         _report_audit_errors(
@@ -439,7 +483,7 @@ class RedisStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._audit_pending and self._pipe.ready:
+        if (self._audit_pending or self._notes) and self._pipe.ready:
             # The last decisions' entries go out before the connection does.
             audit, count = self._audit_commands()
             with contextlib.suppress(Exception):
@@ -525,6 +569,9 @@ def _packed(limits: Limits) -> bytes:
             limits.full_threshold_milli,
             limits.default_level,
             limits.keep_choice_ms,
+            limits.trust_signed_in_milli,
+            limits.trust_declared_milli,
+            list(limits.lambda_milli),
         ]
     )
     return packed

@@ -5,8 +5,9 @@
 --            t = base time (ms since the Unix epoch); the times below are offsets from it
 --            c = { [counter] = { delivery time, ... } }   e.g. c["c:email"]
 --            b = { { delivery time, score (thousandths) }, ... }
---            p = { l = personalization level (0 off, 1 minimal, 2 standard, 3 full),
---                  u = when the person chose it, ms }  (absent: the policy's default level)
+--            p = the person's choices: l = personalization level (0 off, 1 minimal, 2 standard,
+--                3 full; absent: the policy's default) and u = when they chose it, g = when they
+--                first sent a GPC opt-out, s = { [special category] = when they consented }
 -- ARGV[1]  now, ms since the Unix epoch
 -- ARGV[2]  the message's score before repetition, thousandths (0..1000)
 -- ARGV[3]  the limits, a msgpack array (the same for every message of a channel and campaign):
@@ -30,13 +31,20 @@
 --           13 threshold at the full level, thousandths
 --           14 the level of people who chose none
 --           15 how long a person's choice is kept after their last decision, ms
+--           16 calculus: trust for a signed-in person, thousandths
+--           17 calculus: more trust for a person who chose their level, thousandths
+--           18 calculus: { lambda at minimal, standard, full }, thousandths
 -- ARGV[4]  starts of the person's calendar day, week and month, ms, separated by spaces
 --          ("" when no cap is a calendar cap)
 -- ARGV[5]  flags: 1 the message uses only data people give themselves (a minimal level allows
---          it), 2 it is transactional (only the person's level applies; nothing is recorded)
+--          it), 2 it is transactional (only the person's level applies; nothing is recorded),
+--          4 a GPC opt-out rules the message out (refused when p.g holds one)
+-- ARGV[6]  the special categories the message uses, separated by spaces: each needs consent
+-- ARGV[7]  the message's relevance, thousandths, or -1 (no privacy calculus)
 -- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted }
 --          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness, 4 the person's level
---          (with the level, 0 or 1, in place of the cap index)
+--          (with the level, 0 or 1, in place of the cap index), 5 a special category without
+--          consent (with its index in ARGV[6]), 6 the GPC opt-out, 7 the privacy calculus
 
 local now = tonumber(ARGV[1])
 local limits = cmsgpack.unpack(ARGV[3])
@@ -55,15 +63,26 @@ end
 local logs = state.c or {}
 
 local flags = tonumber(ARGV[5])
-local level = (state.p and state.p.l) or limits[14]
+local content_score = tonumber(ARGV[2])
+local prefs = state.p
+local level = (prefs and prefs.l) or limits[14]
 if level == 0 or (level == 1 and flags % 2 == 0) then
-  return { 4, level, tonumber(ARGV[2]), 0 }
+  return { 4, level, content_score, 0 }
+end
+if math.floor(flags / 4) % 2 == 1 and prefs and prefs.g then
+  return { 6, -1, content_score, 0 }
+end
+local consented = (prefs and prefs.s) or {}
+local special_index = 0
+for category in string.gmatch(ARGV[6], '%S+') do
+  if not consented[category] then return { 5, special_index, content_score, 0 } end
+  special_index = special_index + 1
 end
 local threshold = limits[2]
 if level == 1 then threshold = limits[12] elseif level == 3 then threshold = limits[13] end
-if flags >= 2 then
+if math.floor(flags / 2) % 2 == 1 then
   -- Transactional: the person's level and threshold apply; caps and budget do not.
-  return { tonumber(ARGV[2]) > threshold and 3 or 0, -1, tonumber(ARGV[2]), 0 }
+  return { content_score > threshold and 3 or 0, -1, content_score, 0 }
 end
 
 local function younger_than(log, window)
@@ -100,9 +119,17 @@ local repetitions = 0
 if limits[3] ~= '' then
   repetitions = math.min(younger_than(logs[limits[3]] or {}, limits[5]), limits[6])
 end
-local score = math.min(1000, tonumber(ARGV[2]) + limits[4] * repetitions)
+local score = math.min(1000, content_score + limits[4] * repetitions)
 if score > threshold then
   return { 3, -1, score, repetitions }
+end
+local relevance = tonumber(ARGV[7])
+if relevance >= 0 then
+  -- relevance x (1 + trust) > lambda x creepiness, all in thousandths
+  local trust = limits[16] + ((prefs and prefs.l) and limits[17] or 0)
+  if relevance * (1000 + trust) <= limits[18][level] * score then
+    return { 7, -1, score, repetitions }
+  end
 end
 
 local period_starts = {}

@@ -1,0 +1,255 @@
+"""Where a score is not enough: special categories, sticky opt-outs, the category band, the
+privacy calculus and automated decisions. Through the middleware, on memory and a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.apps import storefront
+from tests.helpers import SECRET, policy
+from tests.redis_server import RedisServer
+from throttle import FallbackRequest, SegmentContent
+from throttle.store import RedisStore, Store
+
+ANA = {"x-test-user": "ana"}
+BEN = {"x-test-user": "ben"}
+
+POLICY = policy(
+    """
+[creepiness]
+threshold = 0.7
+repetition = { weight = 0.0, window = "1h" }
+category_band = { low = 0.4, high = 0.6 }
+
+[creepiness.signals]
+"cart" = 0.05
+"browsing_history" = 0.2
+"health" = 0.3
+"pregnancy" = 0.2
+"household.children" = 0.5
+
+[calculus]
+signed_in = 0.2
+declared = 0.3
+minimal = 2.0
+standard = 1.0
+full = 0.5
+
+[fallback]
+k = 1
+"""
+)
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://shop.test")
+
+
+@pytest.fixture
+async def shop(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    async with client(storefront(policy=POLICY, store=store, secret=SECRET)) as http:
+        yield http
+
+
+async def decided(http: httpx.AsyncClient, query: str, who: dict[str, str] = ANA) -> str:
+    response = await http.get(f"/offer?{query}", headers=who)
+    assert response.status_code == 200
+    return response.headers["personalization-decision"]
+
+
+SPECIAL = 'segment;reason=special-category;rule="special.health"'
+
+
+async def test_a_special_category_is_refused_until_explicit_consent(
+    shop: httpx.AsyncClient,
+) -> None:
+    assert (await decided(shop, "signal=health")).startswith(SPECIAL)
+    given = await shop.put("/privacy/consents/health", headers=ANA)
+    assert given.status_code == 200 and given.json()["consented"] is True
+    assert given.json()["since"]
+    assert (await decided(shop, "signal=health")).startswith("personalized")
+    # Consent is per person and per category.
+    assert (await decided(shop, "signal=health", BEN)).startswith(SPECIAL)
+    assert (await decided(shop, "signal=citizenship")).startswith(
+        'segment;reason=special-category;rule="special.citizenship"'
+    )
+
+
+async def test_an_inferred_special_category_counts_as_one(shop: httpx.AsyncClient) -> None:
+    inferred = await decided(shop, "signal=pregnancy&inferred")
+    assert inferred.startswith(SPECIAL)
+    await shop.put("/privacy/consents/health", headers=ANA)
+    assert (await decided(shop, "signal=pregnancy&inferred")).startswith("personalized")
+
+
+async def test_a_withdrawn_consent_refuses_again(shop: httpx.AsyncClient) -> None:
+    await shop.put("/privacy/consents/health", headers=ANA)
+    assert (await decided(shop, "signal=health")).startswith("personalized")
+    withdrawn = await shop.delete("/privacy/consents/health", headers=ANA)
+    assert withdrawn.json() == {"category": "health", "consented": False}
+    assert (await decided(shop, "signal=health")).startswith(SPECIAL)
+
+
+async def test_consents_are_listed_with_their_legal_source_exported_and_erased(
+    shop: httpx.AsyncClient,
+) -> None:
+    await shop.put("/privacy/consents/health", headers=ANA)
+    listed = (await shop.get("/privacy/consents", headers=ANA)).json()["categories"]
+    assert listed["health"]["consented"] is True
+    assert "GDPR Art. 9(1)" in listed["health"]["source"]
+    assert listed["precise_geolocation"]["consented"] is False
+    assert "1798.140" in listed["precise_geolocation"]["source"]
+    exported = (await shop.get("/privacy/data", headers=ANA)).json()
+    assert set(exported["special_category_consents"]) == {"health"}
+    await shop.delete("/privacy/data", headers=ANA)
+    assert (await shop.get("/privacy/consents", headers=ANA)).json()["categories"]["health"][
+        "consented"
+    ] is False
+    assert (await decided(shop, "signal=health")).startswith(SPECIAL)
+
+
+async def test_an_unknown_category_is_404_and_nobody_signed_in_is_401(
+    shop: httpx.AsyncClient,
+) -> None:
+    unknown = await shop.put("/privacy/consents/astrology", headers=ANA)
+    assert unknown.status_code == 404
+    assert unknown.json() == {
+        "error": "'astrology' is not a special category of this site's policy"
+    }
+    assert (await shop.put("/privacy/consents/health")).status_code == 401
+
+
+async def test_people_not_signed_in_never_get_special_categories(store: Store) -> None:
+    lenient = policy('[consent]\nanonymous = "personalize"\n[creepiness.signals]\n"health" = 0.1\n')
+    async with client(storefront(policy=lenient, store=store, secret=SECRET)) as http:
+        assert (await decided(http, "signal=health", {})).startswith(SPECIAL)
+        assert (await decided(http, "signal=cart", {})).startswith("personalized")
+
+
+async def test_a_known_persons_gpc_opt_out_sticks_until_they_lift_it(
+    shop: httpx.AsyncClient,
+) -> None:
+    inferred = "signal=browsing_history&inferred"
+    assert (await decided(shop, inferred)).startswith("personalized")
+    opted = await shop.get(f"/offer?{inferred}", headers={**ANA, "sec-gpc": "1"})
+    assert opted.headers["personalization-decision"].startswith(
+        'segment;reason=consent;rule="consent.gpc"'
+    )
+    level = (await shop.get("/privacy/level", headers=ANA)).json()
+    assert level["opt_out"]["message"] == "Opt-out preference signal honored"
+    assert level["opt_out"]["since"]
+    # Later requests without the header are not an opt-in.
+    assert (await decided(shop, inferred)).startswith('segment;reason=consent;rule="consent.gpc"')
+    assert (await decided(shop, "signal=browsing_history")).startswith("personalized")
+    assert (await decided(shop, inferred, BEN)).startswith("personalized")
+    lifted = await shop.delete("/privacy/opt-out", headers=ANA)
+    assert lifted.json()["opt_out"]["honored"] is False
+    assert (await decided(shop, inferred)).startswith("personalized")
+
+
+@pytest.mark.parametrize(
+    ("values", "opted_out"),
+    [(["0", "1"], True), (["1", "1"], True), (["0"], False), (["true", " 1x"], False)],
+)
+async def test_several_gpc_headers_opt_out_when_any_is_exactly_1(
+    shop: httpx.AsyncClient, values: list[str], opted_out: bool
+) -> None:
+    headers = [("x-test-user", "ana"), *(("sec-gpc", v) for v in values)]
+    response = await shop.get("/offer?signal=cart&inferred", headers=headers)
+    assert response.headers["personalization-decision"].startswith(
+        "segment" if opted_out else "personalized"
+    )
+
+
+async def test_gpc_json_is_served_when_the_policy_says_so() -> None:
+    serving = policy('[consent.gpc_json]\nlast_update = "2026-11-01"\n')
+    async with client(storefront(policy=serving)) as http:
+        response = await http.get("/.well-known/gpc.json")
+        head = await http.head("/.well-known/gpc.json")
+    assert response.status_code == 200
+    assert response.json() == {"gpc": True, "lastUpdate": "2026-11-01"}
+    assert response.headers["content-type"] == "application/json"
+    assert head.status_code == 200 and head.content == b""
+    async with client(storefront(policy=policy())) as http:
+        assert (await http.get("/.well-known/gpc.json")).status_code == 404
+
+
+async def test_a_score_in_the_middle_band_gets_category_content(store: Store) -> None:
+    asked: list[FallbackRequest] = []
+
+    async def provider(request: FallbackRequest) -> SegmentContent:
+        asked.append(request)
+        return SegmentContent.json({"about": request.category or "everything"})
+
+    app = storefront(policy=POLICY, store=store, secret=SECRET, fallback=provider)
+    async with client(app) as http:
+        # household.children scores 0.5: inside (0.4, 0.6].
+        banded = await http.get("/offer?signal=household.children&category=kids-shoes", headers=ANA)
+        plain = await http.get("/offer?signal=cart&category=kids-shoes", headers=ANA)
+    assert banded.headers["personalization-decision"].startswith(
+        'category;reason=creepiness;rule="creepiness.category_band"'
+    )
+    assert banded.json() == {"about": "kids-shoes"}
+    assert (asked[0].outcome, asked[0].category) == ("category", "kids-shoes")
+    assert plain.headers["personalization-decision"].startswith("personalized")
+
+
+async def test_the_privacy_calculus_weighs_relevance_against_creepiness(
+    shop: httpx.AsyncClient,
+) -> None:
+    # browsing_history scores 0.2; a signed-in person has trust 0.2, lambda 1 (standard):
+    # relevance x 1.2 must exceed 0.2.
+    assert (await decided(shop, "signal=browsing_history&relevance=0.2")).startswith("personalized")
+    assert (await decided(shop, "signal=browsing_history&relevance=0.15")).startswith(
+        'segment;reason=calculus;rule="calculus"'
+    )
+    # cart scores 0.05. Standard, level not chosen: relevance x 1.2 > 0.05.
+    assert (await decided(shop, "signal=cart&relevance=0.06")).startswith("personalized")
+    # A person who chose minimal weighs creepiness twice (lambda 2) and is trusted more for
+    # having said so (0.2 + 0.3): relevance x 1.5 > 0.1.
+    await shop.put("/privacy/level", headers=BEN, json={"level": "minimal"})
+    calculus = 'segment;reason=calculus;rule="calculus"'
+    assert (await decided(shop, "signal=cart&relevance=0.06", BEN)).startswith(calculus)
+    assert (await decided(shop, "signal=cart&relevance=0.07", BEN)).startswith("personalized")
+    # Full: lambda 0.5, so relevance x 1.5 > 0.025, where standard needed x 1.2 > 0.05.
+    assert (await decided(shop, "signal=cart&relevance=0.02")).startswith(calculus)
+    await shop.put("/privacy/level", headers=ANA, json={"level": "full"})
+    assert (await decided(shop, "signal=cart&relevance=0.02")).startswith("personalized")
+    # Without a relevance, no calculus.
+    assert (await decided(shop, "signal=cart")).startswith("personalized")
+
+
+@pytest.mark.parametrize("decides", ["price", "credit", "eligibility"])
+async def test_prices_credit_and_eligibility_are_never_personalized(
+    store: Store, decides: str
+) -> None:
+    for mode in ("enforce", "shadow"):
+        lenient = policy('[consent]\nanonymous = "personalize"\n', mode=mode)
+        async with client(storefront(policy=lenient, store=store, secret=SECRET)) as http:
+            for who in (ANA, {}):
+                response = await http.get(f"/offer?decides={decides}&signal=cart", headers=who)
+                assert response.headers["personalization-decision"].startswith(
+                    f'segment;reason=automated-decision;rule="decides.{decides}"'
+                )
+                assert "ana" not in response.text
+
+
+async def test_without_the_store_special_categories_stay_refused_even_failing_open(
+    private_redis: RedisServer,
+) -> None:
+    open_on_error = policy(
+        '[store]\non_error = "personalize"\ntimeout = "200ms"\n'
+        '[creepiness.signals]\n"health" = 0.1\n[fallback]\nk = 1\n'
+    )
+    store = RedisStore(private_redis.url)
+    private_redis.stop()
+    async with client(storefront(policy=open_on_error, store=store, secret=SECRET)) as http:
+        health = await decided(http, "signal=health")
+        cart = await decided(http, "signal=cart")
+    await store.aclose()
+    assert health.startswith(SPECIAL)
+    assert cart.startswith("personalized;reason=store-unavailable")
