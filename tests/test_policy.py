@@ -445,3 +445,27 @@ def test_values_of_the_wrong_form_say_what_form_is_wanted() -> None:
         'fallback.content."*".media_type': "is 'json'; write a media type such as "
         "application/json or text/html",
     }
+
+
+def test_the_default_policy_lists_every_special_category_with_its_source() -> None:
+    from throttle.policy import DEFAULT_SPECIAL
+
+    shipped = load_policy(DEFAULT_POLICY)
+    assert shipped.special == DEFAULT_SPECIAL
+    assert all(category.source for category in shipped.special.values())
+
+
+def test_the_gates_settings_are_checked() -> None:
+    text = (
+        HEADER
+        + "[creepiness]\ncategory_band = { low = 0.6, high = 0.4 }\n"
+        + '[consent.gpc_json]\nlast_update = "last tuesday"\n'
+        + '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = []\n'
+        + "[calculus]\nminimal = -1\n"
+    )
+    assert problems(text) == {
+        "creepiness.category_band": "low (0.6) must be below high (0.4)",
+        "consent.gpc_json.last_update": "is 'last tuesday'; write a date such as 2026-11-01",
+        "special.health.signals": "is empty; give at least 1",
+        "calculus.minimal": "is -1; should be greater than or equal to 0",
+    }

@@ -103,11 +103,13 @@ Share = Annotated[float, Field(ge=0.0, le=1.0)]
 _TAG_PATTERN = r"^[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*$"
 _MEDIA_TYPE_PATTERN = r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$"
 _HEADER_PATTERN = r"^[A-Za-z0-9-]+$"
+_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 # What a value that does not match a pattern should look like, in words.
 _PATTERN_WORDS = {
     _TAG_PATTERN: "write a tag as one word, such as service or black-friday",
     _MEDIA_TYPE_PATTERN: "write a media type such as application/json or text/html",
     _HEADER_PATTERN: "write a header name such as X-Request-Id",
+    _DATE_PATTERN: "write a date such as 2026-11-01",
 }
 Tag = Annotated[str, Field(pattern=_TAG_PATTERN, max_length=128)]
 
@@ -286,7 +288,7 @@ class Tcf(_Model):
 class GpcJson(_Model):
     """What `/.well-known/gpc.json` says (the GPC specification's site support resource)."""
 
-    last_update: Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    last_update: Annotated[str, Field(pattern=_DATE_PATTERN)]
 
 
 class Consent(_Model):
