@@ -43,7 +43,7 @@ VISITS = [
     Visit("ben", "/", 1, "ben: the home page, not personalized at all"),
 ]
 
-ROW = "{:<6}  {:<19}  {:<12}  {:<13}  {:<20}  {:>5}  {}"
+ROW = "{:<6}  {:<19}  {:<12}  {:<16}  {:<27}  {:>5}  {}"
 EXCERPT = 44
 LEGEND = """\
 Each line is one request. From its Personalization-Decision response header:
