@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,7 +56,7 @@ repetition = { weight = 0.15, window = "3h" }
 [creepiness.signals]
 "cart" = 0.05
 "city" = 0.25
-"health" = 0.85
+"health" = 0.35
 """
 )
 
@@ -68,6 +69,12 @@ step = st.tuples(
     st.booleans(),  # explained
     st.sampled_from([(), ("service",), ("launch",), ("promo", "launch")]),
     st.sampled_from(["Europe/Berlin", "America/New_York", "Asia/Kathmandu"]),
+    # Something the person does first: choose a level, consent to health data, withdraw it.
+    st.sampled_from([None, None, None, "off", "minimal", "full", "consent", "withdraw"]),
+    st.booleans(),  # Sec-GPC: 1
+    st.sampled_from([None, None, 0.1, 0.9]),  # relevance
+    st.booleans(),  # inferred
+    st.booleans(),  # transactional
 )
 runs = itertools.count()
 
@@ -80,14 +87,16 @@ runs = itertools.count()
 @given(steps=st.lists(step, min_size=1, max_size=40))
 async def test_memory_and_redis_stores_decide_every_sequence_alike(
     redis_url: str,
-    steps: list[tuple[int, str, str, str, set[str], bool, tuple[str, ...], str]],
+    steps: list[tuple[Any, ...]],
 ) -> None:
     redis = RedisStore(redis_url, prefix=f"equivalence-{next(runs)}:")
     memory_clock, redis_clock = ManualClock(), ManualClock()
     on_memory = Engine(POLICY, MemoryStore(), secret=SECRET, clock=memory_clock)
     on_redis = Engine(POLICY, redis, secret=SECRET, clock=redis_clock)
     try:
-        for seconds, person, campaign, channel, signals, explained, tags, zone in steps:
+        for step in steps:
+            seconds, person, campaign, channel, signals, explained, tags, zone = step[:8]
+            choice, gpc, relevance, inferred, transactional = step[8:]
             memory_clock.advance(seconds)
             redis_clock.advance(seconds)
             message = marker(
@@ -96,9 +105,17 @@ async def test_memory_and_redis_stores_decide_every_sequence_alike(
                 signals=tuple(sorted(signals)),
                 explained=explained,
                 tags=tags,
+                relevance=relevance,
+                inferred=inferred,
+                transactional=transactional,
             )
-            expected = await on_memory.decide(message, person=person, zone=zone)
-            got = await on_redis.decide(message, person=person, zone=zone)
+            for throttle in (on_memory, on_redis):
+                if choice in ("consent", "withdraw"):
+                    await throttle.consent(person, "health", given=choice == "consent")
+                elif choice is not None:
+                    await throttle.set_level(person, choice)
+            expected = await on_memory.decide(message, person=person, zone=zone, gpc=gpc)
+            got = await on_redis.decide(message, person=person, zone=zone, gpc=gpc)
             assert (got.outcome, got.reason, got.rule, got.score, got.factors, got.shadow) == (
                 expected.outcome,
                 expected.reason,

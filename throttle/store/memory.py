@@ -233,7 +233,7 @@ class MemoryStore:
             choices["s"] = consented
         else:
             choices.pop("s", None)
-        held.choices = choices
+        held.choices = choices or None
         held.expires_ms = max(held.expires_ms, now_ms + keep_ms)
 
     def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:

@@ -371,13 +371,22 @@ class RedisStore:
         if self._closed or not (self._audit_pending or self._notes):
             return
         if not self._pipe.ready:
-            return  # kept for the first write once the connection is back
+            self._background(self._connect_then_flush())
+            return
         audit, count = self._audit_commands()
         try:
             replies = self._pipe.send(audit, count)
         except ConnectionError:
             return
         replies.add_done_callback(_audit_written)
+
+    async def _connect_then_flush(self) -> None:
+        try:
+            await asyncio.wait_for(self._pipe.connect(), self._stall_limit)
+        except Exception:  # kept for the next write: a decision reconnects and carries them
+            return
+        if self._pipe.ready:
+            self._flush_audit()
 
     def _audit_commands(self) -> tuple[bytes, int]:
         """The waiting choices and audit entries as commands (XADD; LPUSH, LTRIM, PEXPIRE of the
@@ -433,8 +442,10 @@ class RedisStore:
     async def _write_pending_now(self) -> None:
         """Write what waits (audit entries, noted choices) before reading: a person asking why,
         or what is held about them, sees the last of it."""
-        if not (self._audit_pending or self._notes) or not self._pipe.ready:
+        if not (self._audit_pending or self._notes):
             return
+        if not self._pipe.ready:
+            await asyncio.wait_for(self._pipe.connect(), self._stall_limit)
         audit, count = self._audit_commands()
         _report_audit_errors(
             await asyncio.wait_for(self._pipe.send(audit, count), self._stall_limit)

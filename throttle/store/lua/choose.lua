@@ -30,7 +30,7 @@ else
   return redis.error_reply('unknown change ' .. change)
 end
 choices.s = next(consented) and consented or nil
-state.p = choices
+state.p = next(choices) and choices or nil
 local keep = math.max(tonumber(ARGV[4]), redis.call('PTTL', KEYS[1]))
 redis.call('SET', KEYS[1], cmsgpack.pack(state), 'PX', keep)
 return 1
