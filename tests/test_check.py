@@ -70,3 +70,19 @@ def test_the_command_line_checks_and_exits_with_the_status(
     assert main(["check", str(broken), "policies/default.toml"]) == 1
     out = capsys.readouterr().out
     assert f"{broken}:3: policy.mode: is 'loud'; should be 'enforce' or 'shadow'" in out
+
+
+def test_the_summary_names_the_gates_levels_band_and_audit(tmp_path: Path) -> None:
+    path = tmp_path / "gates.toml"
+    path.write_text(
+        '[policy]\nname = "gates"\n[consent.gpc_json]\nlast_update = "2026-11-01"\n'
+        '[creepiness]\ncategory_band = { low = 0.5, high = 0.6 }\n[audit]\nenabled = false\n'
+        '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = ["health"]\n'
+    )
+    status, text = run(path)
+    assert status == 0
+    assert "/.well-known/gpc.json served (last update 2026-11-01)" in text
+    assert "special:     1 categories need explicit consent: health" in text
+    assert "levels:      default standard; thresholds minimal 0.4, standard 0.7, full 0.85" in text
+    assert "band:        scores above 0.5 up to 0.6 get category content" in text
+    assert "audit:       off" in text

@@ -237,3 +237,20 @@ def test_simulate_with_a_broken_policy_exits_2(
     broken.write_text('[policy]\nname = "x"\nmode = "loud"\n')
     assert main(["simulate", str(broken), "-"]) == 2
     assert "policy.mode: is 'loud'" in capsys.readouterr().err
+
+
+async def test_the_trace_carries_the_gates_members() -> None:
+    trace = lines(
+        message(0, decides="price"),
+        message(1, signals=["health"]),
+        message(2, relevance=0.01, signals=["cart"]),
+        message(3, relevance="high"),
+    )
+    reader = TraceReader(trace)
+    (tally,) = (await replay([HOURLY_2], reader)).tallies
+    assert dict(tally.outcomes) == {
+        "automated-decision": 1,
+        "special-category": 1,
+        "calculus": 1,
+    }
+    assert reader.problems[0].message == '"relevance" must be a number from 0 to 1'

@@ -117,6 +117,36 @@ def summary(policy: Policy) -> str:
         f"  {'consent:':<12} Sec-GPC: 1 rules out {blocked}; "
         f"people not signed in get {consent.anonymous} content"
     )
+    if consent.gpc_json is not None:
+        lines.append(
+            f"  {'':<12} /.well-known/gpc.json served (last update {consent.gpc_json.last_update})"
+        )
+    if policy.special:
+        lines.append(
+            f"  {'special:':<12} {len(policy.special)} categories need explicit consent: "
+            f"{', '.join(policy.special)}"
+        )
+    levels = policy.levels
+    lines.append(
+        f"  {'levels:':<12} default {levels.default}; thresholds minimal "
+        f"{levels.minimal_threshold:g}, standard {policy.creepiness.threshold:g}, full "
+        f"{levels.full_threshold:g}"
+    )
+    band = policy.creepiness.category_band
+    if band is not None:
+        lines.append(
+            f"  {'band:':<12} scores above {band.low:g} up to {band.high:g} get category content"
+        )
+    audit = policy.audit
+    lines.append(
+        f"  {'audit:':<12} "
+        + (
+            f"every decision, at most {audit.max_entries:,} entries and "
+            f"{format_duration(audit.max_age)}; {audit.per_person} kept with each person"
+            if audit.enabled
+            else "off"
+        )
+    )
     fallback = policy.fallback
     content = ", ".join(sorted(fallback.content)) or "none (empty documents)"
     lines.append(

@@ -5,7 +5,9 @@
      "zone": "Europe/Berlin", "gpc": false}
 
 `t` (seconds since the Unix epoch) and `campaign` are required; `person` may be null (not
-signed in); the other keys are the marker's members plus the person's `zone` and `gpc`.
+signed in); the other keys are the marker's members (`segment`, `channel`, `signals`,
+`event_age`, `inferred`, `third_party`, `explained`, `transactional`, `tags`, `advertising`,
+`category`, `relevance`, `decides`) plus the person's `zone` and `gpc`.
 A line that cannot be used is reported with its number and skipped: one bad line must not
 cost a marketer a week of replay.
 """
@@ -22,7 +24,7 @@ from throttle.message import Marker
 
 _MARKER_KEYS = (
     "campaign", "segment", "channel", "signals", "event_age", "inferred", "third_party",
-    "explained", "transactional", "tags", "advertising",
+    "explained", "transactional", "tags", "advertising", "category", "relevance", "decides",
 )  # fmt: skip
 _KNOWN_KEYS = frozenset({"t", "person", "zone", "gpc", *_MARKER_KEYS})
 _MARKER_CACHE_SIZE = 65_536
@@ -109,7 +111,7 @@ class TraceReader:
             get("event_age"), get("inferred"), get("third_party"), get("explained"),
             get("transactional"),
             tuple(tags) if type(tags) is list else tags,
-            get("advertising"),
+            get("advertising"), get("category"), get("relevance"), get("decides"),
         )  # fmt: skip
         try:
             marker = markers.get(key)
@@ -145,6 +147,9 @@ def _marker(record: dict[str, Any]) -> Marker:
         elif name == "event_age":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError('"event_age" must be a whole number of seconds')
+        elif name == "relevance":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError('"relevance" must be a number from 0 to 1')
         elif not isinstance(value, str):
             raise ValueError(f'"{name}" must be a string')
         fields[name] = value
