@@ -82,7 +82,7 @@ def test_the_summary_names_the_gates_levels_band_and_audit(tmp_path: Path) -> No
     status, text = run(path)
     assert status == 0
     assert "/.well-known/gpc.json served (last update 2026-11-01)" in text
-    assert "special:     1 categories need explicit consent: health" in text
+    assert "special:     1 category needs explicit consent: health" in text
     assert "levels:      default standard; thresholds minimal 0.4, standard 0.7, full 0.85" in text
     assert "band:        scores above 0.5 up to 0.6 get category content" in text
     assert "audit:       off" in text

@@ -123,7 +123,8 @@ def summary(policy: Policy) -> str:
         )
     if policy.special:
         lines.append(
-            f"  {'special:':<12} {len(policy.special)} categories need explicit consent: "
+            f"  {'special:':<12} {len(policy.special)} "
+            f"{'category needs' if len(policy.special) == 1 else 'categories need'} explicit consent: "
             f"{', '.join(policy.special)}"
         )
     levels = policy.levels
