@@ -122,9 +122,9 @@ def summary(policy: Policy) -> str:
             f"  {'':<12} /.well-known/gpc.json served (last update {consent.gpc_json.last_update})"
         )
     if policy.special:
+        need = "category needs" if len(policy.special) == 1 else "categories need"
         lines.append(
-            f"  {'special:':<12} {len(policy.special)} "
-            f"{'category needs' if len(policy.special) == 1 else 'categories need'} explicit consent: "
+            f"  {'special:':<12} {len(policy.special)} {need} explicit consent: "
             f"{', '.join(policy.special)}"
         )
     levels = policy.levels
