@@ -359,3 +359,21 @@ async def test_a_new_secret_counts_audiences_afresh(store: Store, clock: ManualC
         await engine_.decide(marker(segment="eu"), person="ana")
         refused = await engine_.decide(marker(segment="eu"), person="ana")
         assert refused.segment == ""  # one person counted per secret: fewer than k = 2
+
+
+async def test_every_decision_is_in_the_audit_trail_unless_turned_off(
+    store: Store, clock: ManualClock
+) -> None:
+    audited = engine(HOURLY_CAP_OF_3, store, clock)
+    for _ in range(4):
+        await audited.decide(marker(signals=("cart",)), person="ana")
+    await audited.decide(marker(), person=None)
+    entries = await store.audit_entries(audited.pseudonym("ana"))
+    assert len(entries) == 4
+    assert len(await store.audit_entries("")) == 1  # the guest, under no pseudonym
+    assert len(await store.recent(audited.pseudonym("ana"))) == 4
+    silent = Engine(policy(HOURLY_CAP_OF_3), store, secret=SECRET, clock=clock, audit=False)
+    off = engine(HOURLY_CAP_OF_3 + "[audit]\nenabled = false\n", store, clock)
+    for quiet in (silent, off):
+        await quiet.decide(marker(), person="ben")
+    assert await store.audit_entries(audited.pseudonym("ben")) == []
