@@ -76,7 +76,7 @@ def test_the_summary_names_the_gates_levels_band_and_audit(tmp_path: Path) -> No
     path = tmp_path / "gates.toml"
     path.write_text(
         '[policy]\nname = "gates"\n[consent.gpc_json]\nlast_update = "2026-11-01"\n'
-        '[creepiness]\ncategory_band = { low = 0.5, high = 0.6 }\n[audit]\nenabled = false\n'
+        "[creepiness]\ncategory_band = { low = 0.5, high = 0.6 }\n[audit]\nenabled = false\n"
         '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = ["health"]\n'
     )
     status, text = run(path)

@@ -242,14 +242,157 @@ async def test_without_the_store_special_categories_stay_refused_even_failing_op
     private_redis: RedisServer,
 ) -> None:
     open_on_error = policy(
-        '[store]\non_error = "personalize"\ntimeout = "200ms"\n'
-        '[creepiness.signals]\n"health" = 0.1\n[fallback]\nk = 1\n'
+        '[store]\non_error = "personalize"\ntimeout = "200ms"\nretry_after = "1ms"\n'
+        '[creepiness.signals]\n"health" = 0.1\n"cart" = 0.1\n[fallback]\nk = 1\n'
     )
     store = RedisStore(private_redis.url)
-    private_redis.stop()
     async with client(storefront(policy=open_on_error, store=store, secret=SECRET)) as http:
+        assert (await decided(http, "signal=cart")).startswith("personalized;reason=allowed")
+        private_redis.stop()
         health = await decided(http, "signal=health")
         cart = await decided(http, "signal=cart")
+        stranger = await decided(http, "signal=cart", BEN)
     await store.aclose()
     assert health.startswith(SPECIAL)
+    # Failing open only for someone seen lately without restricting choices.
     assert cart.startswith("personalized;reason=store-unavailable")
+    assert stranger.startswith("segment;reason=store-unavailable")
+
+
+@pytest.mark.parametrize("mode", ["enforce", "shadow"])
+async def test_a_store_failure_never_guesses_away_an_objection_or_an_opt_out(
+    private_redis: RedisServer, mode: str
+) -> None:
+    open_on_error = policy(
+        '[store]\non_error = "personalize"\ntimeout = "200ms"\nretry_after = "1ms"\n'
+        '[creepiness.signals]\n"cart" = 0.1\n[fallback]\nk = 1\n',
+        mode=mode,
+    )
+    store = RedisStore(private_redis.url)
+    async with client(storefront(policy=open_on_error, store=store, secret=SECRET)) as http:
+        await http.put("/privacy/level", headers=ANA, json={"level": "off"})
+        await http.get("/offer?signal=cart", headers={**BEN, "sec-gpc": "1"})
+        for who in (ANA, BEN):  # ana objects; ben's opt-out sticks without the header
+            assert (await decided(http, "signal=cart&inferred", who)).startswith("segment")
+        private_redis.stop()
+        for who in (ANA, BEN):
+            response = await http.get("/offer?signal=cart&inferred", headers=who)
+            decision = response.headers["personalization-decision"]
+            assert decision.startswith("segment;reason=store-unavailable"), decision
+            assert ";shadow" not in decision
+            assert "ana" not in response.text
+    await store.aclose()
+
+
+async def test_a_choice_lasts_as_long_as_the_person_keeps_coming_even_when_refused(
+    store: Store,
+) -> None:
+    from tests.conftest import ManualClock
+    from tests.helpers import engine, marker
+
+    clock = ManualClock()
+    throttle = engine('[levels]\nkeep = "2d"\n', store, clock)
+    await throttle.set_level("ana", "off")
+    for _ in range(4):  # a visit every 0.9 days, each refused
+        clock.advance(0.9 * 86400)
+        decision = await throttle.decide(marker(), person="ana")
+        assert decision.rule == "level.off"
+    assert await throttle.level_of("ana") == ("off", True)
+    if isinstance(store, RedisStore):
+        client = store._client
+        key = store.choices_key(throttle.pseudonym("ana"))
+        await client.pexpire(key, 1000)
+        await throttle.decide(marker(), person="ana")
+        assert await client.pttl(key) > 86_400_000  # refreshed to keep by the refusal itself
+
+
+async def test_choices_do_not_keep_counters_alive(redis_url: str) -> None:
+    from tests.conftest import ManualClock
+    from tests.helpers import engine, marker
+
+    store = RedisStore(redis_url)
+    throttle = engine(
+        '[[caps]]\nname = "h"\nper = "user"\nlimit = 3\nwindow = "1h"\n', store, ManualClock()
+    )
+    await throttle.decide(marker(), person="ana")
+    await throttle.set_level("ana", "full")
+    await throttle.decide(marker(), person="ana")
+    pseudonym = throttle.pseudonym("ana")
+    client = store._client
+    # The longest window (the default repetition window, 24 h), not the 365 days of choices.
+    assert 0 < await client.pttl(store.person_key(pseudonym)) <= 86_400_000
+    assert await client.pttl(store.choices_key(pseudonym)) > 300 * 86_400_000
+    await store.aclose()
+
+
+async def test_a_shadow_cap_never_undoes_the_category_band(store: Store) -> None:
+    from tests.conftest import ManualClock
+    from tests.helpers import engine, marker
+
+    throttle = engine(
+        '[[caps]]\nname = "watch"\nper = "user"\nlimit = 1\nwindow = "1h"\nshadow = true\n'
+        "[creepiness]\ncategory_band = { low = 0.4, high = 0.6 }\n"
+        "repetition = { weight = 0.0, window = '1h' }\n"
+        '[creepiness.signals]\n"household.children" = 0.5\n',
+        store,
+        ManualClock(),
+    )
+    for _ in range(3):
+        decision = await throttle.decide(marker(signals=("household.children",)), person="ana")
+        assert (decision.outcome, decision.delivers_personalized) == ("category", False)
+
+
+async def test_a_signal_of_two_categories_needs_consent_to_both(store: Store) -> None:
+    overlapping = policy(
+        '[creepiness.signals]\n"pregnancy" = 0.1\n'
+        '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = ["pregnancy"]\n'
+        '[special.sex_life]\nsource = "GDPR Art. 9(1)"\nsignals = ["pregnancy"]\n'
+    )
+    async with client(storefront(policy=overlapping, store=store, secret=SECRET)) as http:
+        await http.put("/privacy/consents/sex_life", headers=ANA)
+        assert (await decided(http, "signal=pregnancy")).startswith(SPECIAL)
+        await http.put("/privacy/consents/health", headers=ANA)
+        assert (await decided(http, "signal=pregnancy")).startswith("personalized")
+
+
+def test_an_override_adding_a_special_category_keeps_the_defaults(tmp_path: Any) -> None:
+    from throttle.policy import DEFAULT_SPECIAL, load_policy
+
+    base, extra = tmp_path / "base.toml", tmp_path / "extra.toml"
+    base.write_text('[policy]\nname = "base"\n')
+    extra.write_text('[special.loyalty_tier]\nsource = "house rule"\nsignals = ["tier"]\n')
+    layered = load_policy(base, extra)
+    assert set(layered.special) == {*DEFAULT_SPECIAL, "loyalty_tier"}
+
+
+async def test_gpc_sensitive_covers_every_special_category_signal(store: Store) -> None:
+    strict = policy('[consent]\ngpc = ["sensitive"]\n[creepiness.signals]\n"genetic" = 0.1\n')
+    async with client(storefront(policy=strict, store=store, secret=SECRET)) as http:
+        await http.put("/privacy/consents/genetic", headers=ANA)
+        assert (await decided(http, "signal=genetic")).startswith("personalized")
+        opted = await http.get("/offer?signal=genetic", headers={**ANA, "sec-gpc": "1"})
+    assert opted.headers["personalization-decision"].startswith(
+        'segment;reason=consent;rule="consent.gpc"'
+    )
+
+
+async def test_an_empty_consent_string_consents_to_nothing(shop: httpx.AsyncClient) -> None:
+    response = await shop.get("/offer?signal=cart", headers={**ANA, "cookie": "euconsent-v2="})
+    assert response.headers["personalization-decision"].startswith(
+        'segment;reason=consent;rule="consent.tcf"'
+    )
+
+
+async def test_erasure_drops_a_waiting_opt_out_too(redis_url: str) -> None:
+    from tests.conftest import ManualClock
+    from tests.helpers import engine, marker
+
+    store = RedisStore(redis_url)
+    throttle = engine("", store, ManualClock())
+    await throttle.decide(marker(), person="ana")  # connected
+    await throttle.decide(marker(inferred=True), person="ana", gpc=True)  # the note waits
+    erased = await throttle.erase("ana")
+    await throttle.decide(marker(), person="ben")  # a later write would carry it
+    assert erased.state is True
+    assert await store.state(throttle.pseudonym("ana")) is None
+    await store.aclose()

@@ -365,3 +365,18 @@ def test_bad_tags_are_refused_in_words(value: bytes, problem: str) -> None:
     with pytest.raises(MarkerError) as raised:
         parse_marker(value)
     assert str(raised.value).startswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("member", "meant"),
+    [("decide", "decides"), ("decision", "decides"), ("advertisement", "advertising"),
+     ("relevancy", "relevance"), ("ad", "advertising")],
+)  # fmt: skip
+def test_a_misspelt_gate_member_is_refused_not_ignored(member: str, meant: str) -> None:
+    with pytest.raises(MarkerError, match=f"unknown member {member}; did you mean {meant}"):
+        parse_marker(f'campaign="a", {member}=price'.encode())
+
+
+def test_an_empty_decides_is_refused() -> None:
+    with pytest.raises(MarkerError, match="decides must be one of price, credit, eligibility"):
+        parse_marker(b'campaign="a", decides=""')

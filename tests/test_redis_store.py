@@ -191,6 +191,7 @@ async def test_redis_down_serves_segment_content_logs_once_and_recovers(
 async def test_redis_down_can_fail_open_when_the_policy_says_so(private_redis: RedisServer) -> None:
     store = RedisStore(private_redis.url)
     app = storefront(policy=fault_tolerant_policy("personalize"), store=store, secret=SECRET)
+    await decide_over_http(app)  # seen, with no choice that restricts her
     private_redis.stop()
     (response,) = await decide_over_http(app)
     assert response.headers["personalization-decision"].startswith(

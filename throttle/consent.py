@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from functools import lru_cache
 
 from starlette.requests import cookie_parser
@@ -23,8 +23,13 @@ def gpc_opt_out(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return any(name == _GPC_HEADER and value.strip() == b"1" for name, value in headers)
 
 
-def gpc_forbids(marker: Marker, consent: Consent, scorer: Scorer) -> bool:
-    """Whether a person who sent `Sec-GPC: 1` may not receive this message personalized."""
+def gpc_forbids(
+    marker: Marker, consent: Consent, scorer: Scorer, special: Collection[str] = ()
+) -> bool:
+    """Whether a person who sent `Sec-GPC: 1` may not receive this message personalized.
+
+    "sensitive" covers signals weighing at least `sensitive_at` and every signal of a special
+    category (`special`), whatever its weight."""
     blocked = consent.gpc
     if "all" in blocked:
         return True
@@ -33,7 +38,8 @@ def gpc_forbids(marker: Marker, consent: Consent, scorer: Scorer) -> bool:
     if "third-party" in blocked and marker.third_party:
         return True
     return "sensitive" in blocked and any(
-        scorer.weight(signal) >= consent.sensitive_at for signal in marker.signals
+        signal in special or scorer.weight(signal) >= consent.sensitive_at
+        for signal in marker.signals
     )
 
 
@@ -43,9 +49,10 @@ def tcf_purposes(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[int] | Non
     nothing (the privacy-safe reading); `tcf_problem` says why."""
     for name, value in headers:
         if name == _COOKIE_HEADER and TCF_COOKIE.encode() in value:
-            string = cookie_parser(value.decode("latin-1")).get(TCF_COOKIE)
-            if string:
-                return _purposes(string)[0]
+            cookies = cookie_parser(value.decode("latin-1"))
+            if TCF_COOKIE in cookies:
+                # Present but empty is a string that cannot be read: it consents to nothing.
+                return _purposes(cookies[TCF_COOKIE])[0]
     return None
 
 
@@ -53,9 +60,9 @@ def tcf_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """Why the request's consent string could not be read, if it could not."""
     for name, value in headers:
         if name == _COOKIE_HEADER and TCF_COOKIE.encode() in value:
-            string = cookie_parser(value.decode("latin-1")).get(TCF_COOKIE)
-            if string:
-                return _purposes(string)[1]
+            cookies = cookie_parser(value.decode("latin-1"))
+            if TCF_COOKIE in cookies:
+                return _purposes(cookies[TCF_COOKIE])[1]
     return None
 
 

@@ -27,6 +27,7 @@ from throttle.store.base import (
     Choice,
     Counter,
     Delivery,
+    Erasure,
     Limits,
     RepetitionCheck,
     Store,
@@ -42,7 +43,11 @@ _ALWAYS_ENFORCED = frozenset(
     }
 )  # fmt: skip
 # A person's GPC opt-out is written to their state at most this often per process.
-_OPT_OUT_REWRITE_SECONDS = 600.0
+_OPT_OUT_REWRITE_SECONDS = 60.0
+# When the store fails, `on_error = "personalize"` fails open only for people this process saw
+# without restricting choices (level off or minimal, a GPC opt-out) this recently.
+_KNOWN_OPEN_SECONDS = 600.0
+_KNOWN_OPEN_SIZE = 65_536
 _LEVEL_RULES = ("level.off", "level.minimal")
 # Audience sizes only grow slowly; asking Redis again this often keeps k-anonymity current.
 _AUDIENCE_REFRESH_SECONDS = 30.0
@@ -134,6 +139,7 @@ class Engine:
         self._audit_wanted = audit
         self._logs = LogLimiter()
         self._opted_out: dict[str, float] = {}
+        self._known_open: dict[str, float] = {}
         key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
         key = key.ljust(_SHA256_BLOCK, b"\0")
         self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
@@ -164,9 +170,13 @@ class Engine:
         self._highest_threshold = milli(levels.full_threshold)
         self._anonymous_threshold = milli(policy.threshold_for(levels.default))
         self._tcf = policy.consent.tcf
-        self._special_signals = {
-            signal: name for name, category in policy.special.items() for signal in category.signals
-        }
+        # A signal may reveal several categories; each needs its own consent.
+        special_signals: dict[str, list[str]] = {}
+        for name, category in policy.special.items():
+            for signal in category.signals:
+                special_signals.setdefault(signal, []).append(name)
+        self._special_signals = {s: tuple(names) for s, names in special_signals.items()}
+        self._gpc_sensitive = frozenset(special_signals)
         self._special: dict[int, tuple[Marker, tuple[str, ...]]] = {}
         band = policy.creepiness.category_band
         self._band = (milli(band.low), milli(band.high)) if band else None
@@ -264,7 +274,7 @@ class Engine:
             return await self._segment(
                 marker, Reason.AUTOMATED_DECISION, f"decides.{marker.decides}", content
             )
-        forbidden_by_gpc = gpc_forbids(marker, policy.consent, scorer)
+        forbidden_by_gpc = gpc_forbids(marker, policy.consent, scorer, self._gpc_sensitive)
         if gpc and pseudonym is not None:
             self._keep_opt_out(pseudonym)
         if gpc and forbidden_by_gpc:
@@ -340,7 +350,10 @@ class Engine:
                 return await self._segment(
                     marker, Reason.SPECIAL_CATEGORY, f"special.{special[0]}", content
                 )
-            if policy.store.on_error == "personalize":
+            # Failing open (on_error, or shadow mode) only for someone seen lately without
+            # choices that restrict them: an objection or an opt-out is never guessed away.
+            may_open = self._known_open_now(pseudonym)
+            if policy.store.on_error == "personalize" and may_open:
                 return self._personalized(marker, Reason.STORE_UNAVAILABLE, content)
             return self._decision(
                 "segment",
@@ -350,7 +363,9 @@ class Engine:
                 content,
                 content.factors,
                 self._resolve(wanted),
+                enforce=not may_open,
             )
+        self._remember_open(pseudonym, open_=not outcome.restricted)
         if outcome.segment_sizes:
             self._remember(outcome.segment_sizes)
         scored = scorer.total(content, outcome.repetitions)
@@ -363,6 +378,9 @@ class Engine:
             # A shadow cap's refusal: reported, and the message was delivered and counted.
             cap = policy.caps[outcome.cap_index]
             reason, rule, shadow = Reason.FREQUENCY_CAP, cap.name, cap.shadow
+            if shadow and self._in_band(scored):
+                # Watching a cap never loosens the rest: the band's content still stands in.
+                return await self._allowed(marker, scored)
         elif outcome.verdict is Verdict.BUDGET:
             reason, rule = Reason.BUDGET, "creepiness.budget"
         elif outcome.verdict is Verdict.PREFERENCE:
@@ -404,7 +422,16 @@ class Engine:
 
     async def set_level(self, person: str, level: str) -> None:
         """Record a person's personalization level (`off`, `minimal`, `standard`, `full`)."""
-        await self._choose(self.pseudonym(person), Choice("level", LEVEL_CODES[level]))
+        pseudonym = self.pseudonym(person)
+        self._known_open.pop(pseudonym, None)
+        await self._choose(pseudonym, Choice("level", LEVEL_CODES[level]))
+
+    async def erase(self, person: str) -> Erasure:
+        """Delete everything held about a person: state, choices, recent decisions, audit."""
+        pseudonym = self.pseudonym(person)
+        self._opted_out.pop(pseudonym, None)
+        self._known_open.pop(pseudonym, None)
+        return await self.store.erase(pseudonym)
 
     async def consent(self, person: str, category: str, *, given: bool) -> None:
         """Record a person's explicit consent to a special category, or its withdrawal."""
@@ -453,6 +480,7 @@ class Engine:
         if len(self._opted_out) >= _LIMITS_CACHE_SIZE:
             self._opted_out.clear()
         self._opted_out[pseudonym] = now
+        self._known_open.pop(pseudonym, None)
         try:
             self.store.note(
                 pseudonym,
@@ -474,7 +502,9 @@ class Engine:
         if known is not None and known[0] is marker:
             return known[1]
         names = self._special_signals
-        found = tuple(dict.fromkeys(names[s] for s in marker.signals if s in names))
+        found = tuple(
+            dict.fromkeys(name for s in marker.signals if s in names for name in names[s])
+        )
         if len(self._special) >= _LIMITS_CACHE_SIZE:
             self._special.clear()
         self._special[id(marker)] = (marker, found)
@@ -485,11 +515,28 @@ class Engine:
         lam = self._lambda[max(level, 1) - 1]
         return milli(relevance) * (1000 + trust) > lam * score_milli
 
+    def _in_band(self, content: ContentScore) -> bool:
+        band = self._band
+        return band is not None and band[0] < content.milli <= band[1]
+
+    def _known_open_now(self, pseudonym: str) -> bool:
+        if self._default_level < 2:
+            return False
+        seen = self._known_open.get(pseudonym)
+        return seen is not None and self._monotonic() - seen < _KNOWN_OPEN_SECONDS
+
+    def _remember_open(self, pseudonym: str, *, open_: bool) -> None:
+        if not open_:
+            self._known_open.pop(pseudonym, None)
+            return
+        if len(self._known_open) >= _KNOWN_OPEN_SIZE:
+            self._known_open.clear()
+        self._known_open[pseudonym] = self._monotonic()
+
     async def _allowed(self, marker: Marker, content: ContentScore) -> Decision:
         """A message within every limit: personalized, or content about its category when its
         score falls in the policy's middle band."""
-        band = self._band
-        if band is not None and band[0] < content.milli <= band[1]:
+        if self._in_band(content):
             wanted = self._audiences_of(marker.segment)
             return self._decision(
                 "category",
@@ -710,6 +757,7 @@ class Engine:
         segment: str | None,
         *,
         shadow: bool = False,
+        enforce: bool = False,
     ) -> Decision:
         return Decision(
             outcome=outcome,
@@ -720,7 +768,7 @@ class Engine:
             campaign=marker.campaign if marker else None,
             channel=marker.channel if marker else None,
             segment=segment,
-            shadow=shadow or (self._shadow and reason not in _ALWAYS_ENFORCED),
+            shadow=shadow or (self._shadow and reason not in _ALWAYS_ENFORCED and not enforce),
             policy=self._policy_name,
             policy_version=self._policy_version,
             unknown_signals=content.unknown_signals if content is not None else (),

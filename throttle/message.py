@@ -45,7 +45,11 @@ _MEMBERS = frozenset(
 )  # fmt: skip
 # What a message may decide about a person that GDPR Art. 22 keeps from personalization.
 DECISIONS = ("price", "credit", "eligibility")
-_MISSPELT = {"event_age": "event-age", "third_party": "third-party", "eventage": "event-age"}
+_MISSPELT = {
+    "event_age": "event-age", "third_party": "third-party", "eventage": "event-age",
+    "decide": "decides", "decision": "decides", "advertisement": "advertising",
+    "ad": "advertising", "relevancy": "relevance",
+}  # fmt: skip
 # RFC 8941 integers have at most 15 digits.
 _MAX_EVENT_AGE = 999_999_999_999_999
 
@@ -236,6 +240,8 @@ def parse_marker(value: bytes) -> Marker:
         item = member.value
         if name in ("campaign", "segment", "channel", "category", "decides"):
             fields[name] = _text(name, item)
+            if name == "decides" and not fields[name]:
+                raise MarkerError("decides must be one of price, credit, eligibility, not empty")
         elif name == "relevance":
             if isinstance(item, bool) or not isinstance(item, int | float | Decimal):
                 raise MarkerError(f"relevance must be a number from 0 to 1, got {item}")

@@ -604,6 +604,13 @@ def layered_policy(layers: Sequence[tuple[str, str]]) -> Policy:
         return Policy.from_toml(text, source=source)
     tables = [_parsed(source, text) for source, text in layers]
     merged: dict[str, Any] = {}
+    if "special" not in tables[0]:
+        # The default special categories are where overrides start, so that one adding a
+        # category never drops the others.
+        merged["special"] = {
+            name: {"source": category.source, "signals": list(category.signals)}
+            for name, category in DEFAULT_SPECIAL.items()
+        }
     for (source, _), table in zip(layers, tables, strict=True):
         merged = _merge_layer(merged, table, source)
     source = " + ".join(source for source, _ in layers)

@@ -242,7 +242,7 @@ async def erase(
 ) -> tuple[int, dict[str, Any]]:
     """Erase everything held about them (GDPR Art. 17)."""
     engine = middleware.engine
-    erased = await engine.store.erase(engine.pseudonym(person))
+    erased = await engine.erase(person)
     default = engine.policy.levels.default
     return 200, {
         "deleted": {

@@ -178,6 +178,8 @@ class Outcome(NamedTuple):
     score_milli: int
     repetitions: int
     segment_sizes: Mapping[str, int]
+    # The person's choices restrict them (level off or minimal, a GPC opt-out).
+    restricted: bool = False
 
 
 class Store(Protocol):
@@ -195,7 +197,8 @@ class Store(Protocol):
         ...
 
     async def state(self, person: str) -> dict[str, Any] | None:
-        """One person's decoded state (counters `c`, budget `b`, choices `p`), or None."""
+        """One person's decoded state (counters `c`, budget `b`, their choices `p`, which are
+        kept apart and live longer), or None."""
         ...
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:

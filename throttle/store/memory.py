@@ -30,9 +30,6 @@ class _Person:
     counters: dict[str, list[int]] = field(default_factory=dict)
     budget: list[list[int]] = field(default_factory=list)
     expires_ms: int = 0
-    # The person's own choices: `l` their level and `u` when they chose it, `g` when they
-    # first sent a GPC opt-out, `s` the special categories they consented to, with when.
-    choices: dict[str, Any] | None = None
 
 
 class MemoryStore:
@@ -47,6 +44,10 @@ class MemoryStore:
         # The audit trail, oldest first: (time ms, pseudonym, packed entry).
         self._trail: deque[tuple[int, str, bytes]] = deque()
         self._recent: dict[str, tuple[int, deque[bytes]]] = {}  # pseudonym -> (expiry, entries)
+        # Each person's own choices, kept apart from counters as in Redis: (expiry, choices)
+        # with `l` their level and `u` when they chose it, `g` when they first sent a GPC
+        # opt-out, `s` the special categories they consented to, with when.
+        self._choices: dict[str, tuple[int, dict[str, Any]]] = {}
         self._now_ms = 0
         self._until_sweep = _SWEEP_EVERY
 
@@ -59,18 +60,32 @@ class MemoryStore:
         self._count_in(delivery)
         window_ms = delivery.limits.audience_window_ms
         sizes = {s: self._audience_size(s, window_ms) for s in delivery.count_segments}
-        verdict, cap_index, score, repetitions = self._decide(delivery)
+        choices = self._choices_of(delivery.person, delivery.now_ms)
+        if choices is not None:
+            # A choice is kept for as long after the person's last decision, whatever it decides.
+            self._choices[delivery.person] = (
+                delivery.now_ms + delivery.limits.keep_choice_ms,
+                choices,
+            )
+        verdict, cap_index, score, repetitions = self._decide(delivery, choices)
         self._until_sweep -= 1
         if self._until_sweep <= 0:
             self._sweep()
-        return Outcome(verdict, cap_index, score, repetitions, sizes)
+        level = choices.get("l", 2) if choices else 2
+        restricted = choices is not None and (level < 2 or "g" in choices)
+        return Outcome(verdict, cap_index, score, repetitions, sizes, restricted)
 
-    def _decide(self, delivery: Delivery) -> tuple[Verdict, int, int, int]:
+    def _choices_of(self, person: str, now_ms: int) -> dict[str, Any] | None:
+        held = self._choices.get(person)
+        return held[1] if held is not None and held[0] > now_ms else None
+
+    def _decide(
+        self, delivery: Delivery, choices: dict[str, Any] | None
+    ) -> tuple[Verdict, int, int, int]:
         now, limits = delivery.now_ms, delivery.limits
         person = self._people.get(delivery.person)
         if person is not None and person.expires_ms <= now:
             person = None
-        choices = person.choices if person else None
         level = choices.get("l", limits.default_level) if choices else limits.default_level
         if level == 0 or (level == 1 and not delivery.minimal_ok):
             return Verdict.PREFERENCE, level, delivery.score_milli, 0
@@ -146,9 +161,8 @@ class MemoryStore:
                 logs[counter.name].append(now)
         kept = {name: _pruned(log, now, limits.ttl_ms, len(log)) for name, log in logs.items()}
         kept = {name: log for name, log in kept.items() if log}
-        if kept or budget_log or choices:
-            keep = max(limits.ttl_ms, limits.keep_choice_ms) if choices else limits.ttl_ms
-            self._people[delivery.person] = _Person(kept, budget_log, now + keep, choices)
+        if kept or budget_log:
+            self._people[delivery.person] = _Person(kept, budget_log, now + limits.ttl_ms)
         return verdict, shadow_refusal, score, repetitions
 
     def _count_in(self, delivery: Delivery) -> None:
@@ -187,35 +201,34 @@ class MemoryStore:
             del self._people[key]
         for key in [k for k, (expiry, _) in self._recent.items() if expiry <= now]:
             del self._recent[key]
+        for key in [k for k, (expiry, _) in self._choices.items() if expiry <= now]:
+            del self._choices[key]
 
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
         return {s: self._audience_size(s, window_ms) for s in segments}
 
     async def state(self, person: str) -> dict[str, Any] | None:
         held = self._people.get(person)
-        if held is None or held.expires_ms <= self._now_ms:
-            return None
+        choices = self._choices_of(person, self._now_ms)
         state: dict[str, Any] = {}
-        if held.counters:
-            state["c"] = {name: list(log) for name, log in held.counters.items()}
-        if held.budget:
-            state["b"] = [list(entry) for entry in held.budget]
-        if held.choices:
+        if held is not None and held.expires_ms > self._now_ms:
+            if held.counters:
+                state["c"] = {name: list(log) for name, log in held.counters.items()}
+            if held.budget:
+                state["b"] = [list(entry) for entry in held.budget]
+        if choices:
             state["p"] = {
                 key: dict(value) if isinstance(value, dict) else value
-                for key, value in held.choices.items()
+                for key, value in choices.items()
             }
-        return state
+        return state or None
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         self._choose(person, choice, now_ms=now_ms, keep_ms=keep_ms)
 
     def _choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         self._now_ms = max(self._now_ms, now_ms)
-        held = self._people.get(person)
-        if held is None or held.expires_ms <= now_ms:
-            held = self._people[person] = _Person()
-        choices = dict(held.choices or {})
+        choices = dict(self._choices_of(person, now_ms) or {})
         consented = dict(choices.get("s") or {})
         if choice.kind == "level":
             choices["l"], choices["u"] = choice.value, now_ms
@@ -233,8 +246,10 @@ class MemoryStore:
             choices["s"] = consented
         else:
             choices.pop("s", None)
-        held.choices = choices or None
-        held.expires_ms = max(held.expires_ms, now_ms + keep_ms)
+        if choices:
+            self._choices[person] = (now_ms + keep_ms, choices)
+        else:
+            self._choices.pop(person, None)
 
     def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         # Nothing here waits, so the choice is recorded at once.
@@ -264,11 +279,13 @@ class MemoryStore:
 
     async def erase(self, person: str) -> Erasure:
         held = self._people.pop(person, None)
+        choices = self._choices.pop(person, None)
         known = self._recent.pop(person, None)
         before = len(self._trail)
         self._trail = deque(item for item in self._trail if item[1] != person)
         return Erasure(
-            state=held is not None and held.expires_ms > self._now_ms,
+            state=(held is not None and held.expires_ms > self._now_ms)
+            or (choices is not None and choices[0] > self._now_ms),
             decisions=len(known[1]) if known and known[0] > self._now_ms else 0,
             audit_entries=before - len(self._trail),
         )
@@ -278,6 +295,7 @@ class MemoryStore:
         self._audiences.clear()
         self._trail.clear()
         self._recent.clear()
+        self._choices.clear()
 
 
 def _refused_by(

@@ -41,9 +41,9 @@ logger = logging.getLogger("throttle")
 _SCRIPT = resources.files("throttle.store").joinpath("lua/deliver.lua").read_text("utf-8")
 _CHOOSE = resources.files("throttle.store").joinpath("lua/choose.lua").read_text("utf-8")
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
-# `EVALSHA <sha> 1 <key> <now> <score> <limits> <periods> <flags> <special> <relevance>`:
-# eleven arguments, three fixed.
-_EVALSHA = b"*11\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"1")
+# `EVALSHA <sha> 2 <state> <choices> <now> <score> <limits> <periods> <flags> <special>
+# <relevance>`: twelve arguments, three fixed.
+_EVALSHA = b"*12\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"2")
 _SCRIPT_LOAD = command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
 _LIMITS_CACHE_SIZE = 4096
 _VERDICTS = tuple(Verdict)
@@ -93,13 +93,18 @@ class RedisStore:
         self._audit_key = f"{prefix}audit".encode()
         self._audit_pending: list[tuple[str, bytes, AuditLimits]] = []
         # Choices recorded without waiting, as ready commands (rare: a first GPC opt-out).
-        self._notes: list[bytes] = []
+        self._notes: list[tuple[str, bytes]] = []  # (pseudonym, command)
         self._audit_scheduled = False
         self._audit_dropped = 0
         self._trimmed_at = 0.0
 
     def person_key(self, person: str) -> str:
         return f"{self.prefix}{{{person}}}"
+
+    def choices_key(self, person: str) -> str:
+        """The person's choices (level, consents, GPC opt-out): beside their state, same slot,
+        kept as long as they come back rather than as long as a window."""
+        return f"{self.prefix}{{{person}}}:choices"
 
     def recent_key(self, person: str) -> str:
         """The person's recent decisions: a list beside their state, in the same slot."""
@@ -231,7 +236,7 @@ class RedisStore:
                 else:
                     future.set_exception(DecisionRefused(str(answer)))
                 continue
-            verdict, cap_index, score, repetitions = answer
+            verdict, cap_index, score, repetitions, restricted = answer
             asked = call.delivery.count_segments
             future.set_result(
                 Outcome(
@@ -240,6 +245,7 @@ class RedisStore:
                     score,
                     repetitions,
                     {s: sizes[s] for s in asked if s in sizes} if asked else _NO_SIZES,
+                    restricted == 1,
                 )
             )
         return forgotten
@@ -277,6 +283,7 @@ class RedisStore:
                 self._encoded_limits.clear()
             limits = self._encoded_limits[delivery.limits] = bulk(_packed(delivery.limits))
         key = self._key_prefix + delivery.person.encode() + b"}"
+        keys = bulk(key) + bulk(key + b":choices")
         now = b"%d" % delivery.now_ms
         score = b"%d" % delivery.score_milli
         periods = b"%d %d %d" % delivery.period_starts if delivery.period_starts else b""
@@ -286,10 +293,9 @@ class RedisStore:
             if delivery.special or delivery.relevance_milli >= 0
             else _NO_SPECIAL_NO_RELEVANCE
         )
-        return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s%s" % (
+        return b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s%s" % (
             _EVALSHA,
-            len(key),
-            key,
+            keys,
             len(now),
             now,
             len(score),
@@ -311,24 +317,25 @@ class RedisStore:
     async def state(self, person: str) -> dict[str, Any] | None:
         async with _unavailable_on_error():
             await self._write_pending_now()
-            raw = await self._client.get(self.person_key(person))
-        if raw is None:
-            return None
-        stored: dict[str, Any] = msgpack.unpackb(raw, raw=False)
-        base = stored.pop("t", 0)
+            raw, raw_choices = await self._client.mget(
+                self.person_key(person), self.choices_key(person)
+            )
         state: dict[str, Any] = {}
-        if "c" in stored:
-            state["c"] = {name: [base + t for t in log] for name, log in stored["c"].items()}
-        if "b" in stored:
-            state["b"] = [[base + t, score] for t, score in stored["b"]]
-        if "p" in stored:
-            state["p"] = dict(stored["p"])
-        return state
+        if raw is not None:
+            stored: dict[str, Any] = msgpack.unpackb(raw, raw=False)
+            base = stored.pop("t", 0)
+            if "c" in stored:
+                state["c"] = {name: [base + t for t in log] for name, log in stored["c"].items()}
+            if "b" in stored:
+                state["b"] = [[base + t, score] for t, score in stored["b"]]
+        if raw_choices is not None:
+            state["p"] = dict(msgpack.unpackb(raw_choices, raw=False))
+        return state or None
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         async with _unavailable_on_error():
             await self._choose(
-                keys=[self.person_key(person)],
+                keys=[self.choices_key(person)],
                 args=[choice.kind, choice.value, now_ms, keep_ms],
             )
 
@@ -336,18 +343,17 @@ class RedisStore:
         if self._closed:
             return
         # EVAL rather than EVALSHA: written with the next write, it cannot meet NOSCRIPT.
-        self._notes.append(
-            command(
-                b"EVAL",
-                _CHOOSE.encode(),
-                b"1",
-                self.person_key(person).encode(),
-                choice.kind.encode(),
-                str(choice.value).encode(),
-                b"%d" % now_ms,
-                b"%d" % keep_ms,
-            )
+        written = command(
+            b"EVAL",
+            _CHOOSE.encode(),
+            b"1",
+            self.choices_key(person).encode(),
+            choice.kind.encode(),
+            str(choice.value).encode(),
+            b"%d" % now_ms,
+            b"%d" % keep_ms,
         )
+        self._notes.append((person, written))
         self._schedule_side_writes()
 
     def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
@@ -391,7 +397,8 @@ class RedisStore:
     def _audit_commands(self) -> tuple[bytes, int]:
         """The waiting choices and audit entries as commands (XADD; LPUSH, LTRIM, PEXPIRE of the
         person's recent decisions), and how many replies they make."""
-        commands, self._notes = self._notes, []
+        commands = [note for _, note in self._notes]
+        self._notes = []
         if not self._audit_pending:
             return b"".join(commands), len(commands)
         pending, self._audit_pending = self._audit_pending, []
@@ -472,10 +479,11 @@ class RedisStore:
         kept = [item for item in self._audit_pending if item[0] != person]
         waiting = len(self._audit_pending) - len(kept)
         self._audit_pending = kept
+        self._notes = [note for note in self._notes if note[0] != person]
         async with _unavailable_on_error():
             pipe = self._client.pipeline(transaction=True)
             pipe.llen(self.recent_key(person))
-            pipe.delete(self.person_key(person))
+            pipe.delete(self.person_key(person), self.choices_key(person))
             pipe.delete(self.recent_key(person))
             recent, state, _ = await pipe.execute()
             ids = [entry_id for entry_id, _ in await self._scan_audit(person)]

@@ -5,9 +5,11 @@
 --            t = base time (ms since the Unix epoch); the times below are offsets from it
 --            c = { [counter] = { delivery time, ... } }   e.g. c["c:email"]
 --            b = { { delivery time, score (thousandths) }, ... }
---            p = the person's choices: l = personalization level (0 off, 1 minimal, 2 standard,
---                3 full; absent: the policy's default) and u = when they chose it, g = when they
---                first sent a GPC opt-out, s = { [special category] = when they consented }
+-- KEYS[2]  the person's choices: "<prefix>{<pseudonym>}:choices", a msgpack map, in the same
+--          slot: l = personalization level (0 off, 1 minimal, 2 standard, 3 full; absent: the
+--          policy's default) and u = when they chose it, g = when they first sent a GPC
+--          opt-out, s = { [special category] = when they consented }. Kept apart so that
+--          counters expire by their windows while choices last as long as the person returns.
 -- ARGV[1]  now, ms since the Unix epoch
 -- ARGV[2]  the message's score before repetition, thousandths (0..1000)
 -- ARGV[3]  the limits, a msgpack array (the same for every message of a channel and campaign):
@@ -41,7 +43,8 @@
 --          4 a GPC opt-out rules the message out (refused when p.g holds one)
 -- ARGV[6]  the special categories the message uses, separated by spaces: each needs consent
 -- ARGV[7]  the message's relevance, thousandths, or -1 (no privacy calculus)
--- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted }
+-- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted,
+--            1 when the person's choices restrict them (level off or minimal, GPC opt-out) }
 --          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness, 4 the person's level
 --          (with the level, 0 or 1, in place of the cap index), 5 a special category without
 --          consent (with its index in ARGV[6]), 6 the GPC opt-out, 7 the privacy calculus
@@ -64,25 +67,34 @@ local logs = state.c or {}
 
 local flags = tonumber(ARGV[5])
 local content_score = tonumber(ARGV[2])
-local prefs = state.p
+local prefs = nil
+local raw_choices = redis.call('GET', KEYS[2])
+if raw_choices then
+  prefs = cmsgpack.unpack(raw_choices)
+  -- A choice is kept for limits[15] after the person's last decision, whatever it decides.
+  redis.call('PEXPIRE', KEYS[2], limits[15])
+end
 local level = (prefs and prefs.l) or limits[14]
+-- Whether the person's choices restrict what they may get (level off or minimal, a GPC
+-- opt-out): the engine must not fail open for them when it cannot ask.
+local restricted = (prefs and (level < 2 or prefs.g)) and 1 or 0
 if level == 0 or (level == 1 and flags % 2 == 0) then
-  return { 4, level, content_score, 0 }
+  return { 4, level, content_score, 0, restricted }
 end
 if math.floor(flags / 4) % 2 == 1 and prefs and prefs.g then
-  return { 6, -1, content_score, 0 }
+  return { 6, -1, content_score, 0, restricted }
 end
 local consented = (prefs and prefs.s) or {}
 local special_index = 0
 for category in string.gmatch(ARGV[6], '%S+') do
-  if not consented[category] then return { 5, special_index, content_score, 0 } end
+  if not consented[category] then return { 5, special_index, content_score, 0, restricted } end
   special_index = special_index + 1
 end
 local threshold = limits[2]
 if level == 1 then threshold = limits[12] elseif level == 3 then threshold = limits[13] end
 if math.floor(flags / 2) % 2 == 1 then
   -- Transactional: the person's level and threshold apply; caps and budget do not.
-  return { content_score > threshold and 3 or 0, -1, content_score, 0 }
+  return { content_score > threshold and 3 or 0, -1, content_score, 0, restricted }
 end
 
 local function younger_than(log, window)
@@ -121,14 +133,14 @@ if limits[3] ~= '' then
 end
 local score = math.min(1000, content_score + limits[4] * repetitions)
 if score > threshold then
-  return { 3, -1, score, repetitions }
+  return { 3, -1, score, repetitions, restricted }
 end
 local relevance = tonumber(ARGV[7])
 if relevance >= 0 then
   -- relevance x (1 + trust) > lambda x creepiness, all in thousandths
   local trust = limits[16] + ((prefs and prefs.l) and limits[17] or 0)
   if relevance * (1000 + trust) <= limits[18][level] * score then
-    return { 7, -1, score, repetitions }
+    return { 7, -1, score, repetitions, restricted }
   end
 end
 
@@ -155,7 +167,7 @@ end
 
 local refused = refused_by(0)
 if refused >= 0 then
-  return { 1, refused, score, repetitions }
+  return { 1, refused, score, repetitions, restricted }
 end
 
 local budget_log = {}
@@ -168,7 +180,7 @@ if limits[7] >= 0 then
     end
   end
   if spent + score > limits[7] then
-    return { 2, -1, score, repetitions }
+    return { 2, -1, score, repetitions, restricted }
   end
   if score > 0 then
     budget_log[#budget_log + 1] = { now, score }
@@ -186,7 +198,7 @@ if limits[11] == 1 then shadow_refused = refused_by(1) end
 local verdict = shadow_refused >= 0 and 1 or 0
 
 if ttl <= 0 then
-  return { verdict, shadow_refused, score, repetitions }
+  return { verdict, shadow_refused, score, repetitions, restricted }
 end
 
 -- Counters this message did not touch are pruned by the longest window, so nothing outlives it.
@@ -211,11 +223,10 @@ for _, log in pairs(kept_logs) do
 end
 local stored_budget = {}
 for i, entry in ipairs(budget_log) do stored_budget[i] = { entry[1] - base, entry[2] } end
-local packed = { t = base, p = state.p }
+local packed = { t = base }
 if any_log then packed.c = kept_logs end
 if #budget_log > 0 then packed.b = stored_budget end
 if any_log or #budget_log > 0 then
-  -- A person's own choice outlives their counters: it is kept for as long as they come back.
-  redis.call('SET', KEYS[1], cmsgpack.pack(packed), 'PX', state.p and math.max(ttl, limits[15]) or ttl)
+  redis.call('SET', KEYS[1], cmsgpack.pack(packed), 'PX', ttl)
 end
-return { verdict, shadow_refused, score, repetitions }
+return { verdict, shadow_refused, score, repetitions, restricted }
