@@ -198,8 +198,8 @@ async def show_keys(url: str, prefix: str) -> None:
     try:
         keys = [key.decode() async for key in client.scan_iter(match=f"{prefix}{{*")]
         print(
-            f"Person keys in Redis: {len(keys)} (state and recent decisions), named by a keyed "
-            "hash, never by the user id:"
+            f"Person keys in Redis: {len(keys)} (state, choices, recent decisions), named by a "
+            "keyed hash, never by the user id:"
         )
         for key in keys:
             hours = await client.pttl(key) / 3_600_000

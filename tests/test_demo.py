@@ -38,7 +38,7 @@ async def test_the_demo_runs_on_redis_and_shows_each_reason(
     keys = output.split("Person keys in Redis")[1].split("\n\n")[0]
     # After ana's erasure: the others' recent decisions, and the state of cleo (her GPC
     # opt-out sticks) and dev (his consent, given and withdrawn), all under pseudonyms.
-    assert "Person keys in Redis: 5 (state and recent decisions)" in output
+    assert "Person keys in Redis: 5 (state, choices, recent decisions)" in output
     assert "ana" not in keys and keys.count(":recent") == 3
 
 
