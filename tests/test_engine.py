@@ -377,3 +377,16 @@ async def test_every_decision_is_in_the_audit_trail_unless_turned_off(
     for quiet in (silent, off):
         await quiet.decide(marker(), person="ben")
     assert await store.audit_entries(audited.pseudonym("ben")) == []
+
+
+def test_an_audit_entry_packed_from_a_shared_tail_reads_back_whole() -> None:
+    from throttle.audit import AuditEntry, pack_entry, pack_tail
+
+    entry = AuditEntry(
+        1_800_000_000_000, "ab" * 16, "spring-sale", "web", "eu/de", "eu", "segment",
+        "frequency-cap", "hourly", 150, (("signal:cart", 50), ("explained", -15)), ("cart",),
+        shadow=True, policy="test@abc",
+    )  # fmt: skip
+    packed = pack_entry(entry.time_ms, entry.person, pack_tail(entry.tail()))
+    assert packed == entry.pack()
+    assert AuditEntry.unpack(packed) == entry

@@ -22,6 +22,20 @@ _FIELDS = (
 )  # fmt: skip
 
 
+_ARRAY_HEADER = b"\xdc" + len(_FIELDS).to_bytes(2, "big")  # msgpack array 16
+
+
+def pack_tail(values: tuple[Any, ...]) -> bytes:
+    """The packed fields after `time_ms` and `person`, to reuse across decisions alike."""
+    return b"".join(msgpack.packb(value) for value in values)
+
+
+def pack_entry(time_ms: int, person: str, tail: bytes) -> bytes:
+    """An entry's bytes from its time, its person and a packed tail: a msgpack array."""
+    packed: bytes = _ARRAY_HEADER + msgpack.packb(time_ms) + msgpack.packb(person) + tail
+    return packed
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One decision as the audit trail keeps it.
@@ -59,8 +73,11 @@ class AuditEntry:
     policy: str = ""
 
     def pack(self) -> bytes:
-        packed: bytes = msgpack.packb([getattr(self, name) for name in _FIELDS])
-        return packed
+        return pack_entry(self.time_ms, self.person, pack_tail(self.tail()))
+
+    def tail(self) -> tuple[Any, ...]:
+        """The fields after `time_ms` and `person`: what many decisions share."""
+        return tuple(getattr(self, name) for name in _FIELDS[2:])
 
     @classmethod
     def unpack(cls, data: bytes) -> AuditEntry:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
-from throttle.audit import AuditEntry
+from throttle.audit import AuditEntry, pack_entry, pack_tail
 from throttle.consent import gpc_forbids
 from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.fallback import EVERYONE, k_anonymous, lineage
@@ -140,6 +140,7 @@ class Engine:
         self._logs = LogLimiter()
         self._opted_out: dict[str, float] = {}
         self._known_open: dict[str, float] = {}
+        self._audit_tails: dict[tuple[int, Decision], tuple[Marker | None, bytes]] = {}
         key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
         key = key.ljust(_SHA256_BLOCK, b"\0")
         self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
@@ -569,31 +570,47 @@ class Engine:
         if limits is None:
             return
         try:
-            entry = AuditEntry(
-                time_ms=math.floor(self._clock() * 1000),
-                person=pseudonym or "",
-                campaign=decision.campaign,
-                channel=decision.channel,
-                segment=marker.segment if marker is not None else None,
-                fallback_segment=decision.segment,
-                outcome=decision.outcome,
-                reason=decision.reason.value,
-                rule=decision.rule,
-                score_milli=milli(decision.score) if decision.score is not None else None,
-                factors=tuple((f.name, milli(f.contribution)) for f in decision.factors),
-                signals=marker.signals if marker is not None else (),
-                inferred=marker.inferred if marker is not None else False,
-                third_party=marker.third_party if marker is not None else False,
-                explained=marker.explained if marker is not None else False,
-                event_age=marker.event_age if marker is not None else None,
-                shadow=decision.shadow and decision.outcome == "segment",
-                policy=f"{decision.policy}@{decision.policy_version}",
-            )
-            self.store.record(pseudonym or "", entry.pack(), limits)
+            # Decisions repeat: the same marker, outcome and factors for many people. What they
+            # share is packed once; only the time and the person are packed per decision.
+            key = (id(marker), decision)
+            known = self._audit_tails.get(key)
+            if known is not None and known[0] is marker:
+                tail = known[1]
+            else:
+                tail = pack_tail(self._audit_entry(decision, marker, 0, "").tail())
+                if len(self._audit_tails) >= _LIMITS_CACHE_SIZE:
+                    self._audit_tails.clear()
+                self._audit_tails[key] = (marker, tail)
+            now_ms = math.floor(self._clock() * 1000)
+            self.store.record(pseudonym or "", pack_entry(now_ms, pseudonym or "", tail), limits)
         except Exception:  # the trail must never cost a decision
             self._logs.warning(
                 "audit", "throttle: appending to the audit trail failed", exc_info=True
             )
+
+    def _audit_entry(
+        self, decision: Decision, marker: Marker | None, time_ms: int, person: str
+    ) -> AuditEntry:
+        return AuditEntry(
+            time_ms=time_ms,
+            person=person,
+            campaign=decision.campaign,
+            channel=decision.channel,
+            segment=marker.segment if marker is not None else None,
+            fallback_segment=decision.segment,
+            outcome=decision.outcome,
+            reason=decision.reason.value,
+            rule=decision.rule,
+            score_milli=milli(decision.score) if decision.score is not None else None,
+            factors=tuple((f.name, milli(f.contribution)) for f in decision.factors),
+            signals=marker.signals if marker is not None else (),
+            inferred=marker.inferred if marker is not None else False,
+            third_party=marker.third_party if marker is not None else False,
+            explained=marker.explained if marker is not None else False,
+            event_age=marker.event_age if marker is not None else None,
+            shadow=decision.shadow and decision.outcome == "segment",
+            policy=f"{decision.policy}@{decision.policy_version}",
+        )
 
     def _delivery(
         self,

@@ -94,6 +94,7 @@ class RedisStore:
         self._audit_pending: list[tuple[str, bytes, AuditLimits]] = []
         # Choices recorded without waiting, as ready commands (rare: a first GPC opt-out).
         self._notes: list[tuple[str, bytes]] = []  # (pseudonym, command)
+        self._encoded_audit: dict[AuditLimits, tuple[bytes, bytes, bytes]] = {}
         self._audit_scheduled = False
         self._audit_dropped = 0
         self._trimmed_at = 0.0
@@ -386,6 +387,26 @@ class RedisStore:
             return
         replies.add_done_callback(_audit_written)
 
+    def _audit_parts(self, limits: AuditLimits) -> tuple[bytes, bytes, bytes]:
+        """What every entry's commands share under these limits, encoded once: the XADD up to
+        the person, and the ends of LTRIM and PEXPIRE after the person's key."""
+        parts = self._encoded_audit.get(limits)
+        if parts is None:
+            xadd = b"*10\r\n" + b"".join(
+                bulk(argument)
+                for argument in (
+                    b"XADD", self._audit_key, b"MAXLEN", b"~", b"%d" % limits.max_entries,
+                    b"*", b"p",
+                )
+            )  # fmt: skip
+            parts = (
+                xadd,
+                bulk(b"0") + bulk(b"%d" % (limits.per_person - 1)),
+                bulk(b"%d" % limits.keep_ms),
+            )
+            self._encoded_audit = {limits: parts}  # one policy at a time
+        return parts
+
     async def _connect_then_flush(self) -> None:
         try:
             await asyncio.wait_for(self._pipe.connect(), self._stall_limit)
@@ -403,25 +424,14 @@ class RedisStore:
             return b"".join(commands), len(commands)
         pending, self._audit_pending = self._audit_pending, []
         for person, entry, limits in pending:
-            commands.append(
-                command(
-                    b"XADD",
-                    self._audit_key,
-                    b"MAXLEN",
-                    b"~",
-                    b"%d" % limits.max_entries,
-                    b"*",
-                    b"p",
-                    person.encode(),
-                    b"d",
-                    entry,
-                )
-            )
+            xadd, ltrim_tail, pexpire_tail = self._audit_parts(limits)
+            who = person.encode()
+            commands.append(xadd + bulk(who) + b"$1\r\nd\r\n" + bulk(entry))
             if person and limits.per_person:
-                recent = self.recent_key(person).encode()
-                commands.append(command(b"LPUSH", recent, entry))
-                commands.append(command(b"LTRIM", recent, b"0", b"%d" % (limits.per_person - 1)))
-                commands.append(command(b"PEXPIRE", recent, b"%d" % limits.keep_ms))
+                recent = bulk(self._key_prefix + who + b"}:recent")
+                commands.append(b"*3\r\n$5\r\nLPUSH\r\n" + recent + bulk(entry))
+                commands.append(b"*4\r\n$5\r\nLTRIM\r\n" + recent + ltrim_tail)
+                commands.append(b"*3\r\n$7\r\nPEXPIRE\r\n" + recent + pexpire_tail)
         now = time.time()
         if now - self._trimmed_at >= _TRIM_EVERY_SECONDS:
             self._trimmed_at = now
