@@ -43,27 +43,18 @@ def gpc_forbids(
     )
 
 
-def tcf_purposes(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[int] | None:
-    """The TCF purposes the person consented to, from the `euconsent-v2` cookie; `None`
-    when the request has no consent string. A string that cannot be decoded consents to
-    nothing (the privacy-safe reading); `tcf_problem` says why."""
+def tcf_purposes(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[frozenset[int] | None, str | None]:
+    """The TCF purposes the person consented to, from the `euconsent-v2` cookie (`None` when
+    the request has no consent string), and why the string could not be read, if it could
+    not. A string that cannot be read, an empty one too, consents to nothing."""
     for name, value in headers:
         if name == _COOKIE_HEADER and TCF_COOKIE.encode() in value:
             cookies = cookie_parser(value.decode("latin-1"))
             if TCF_COOKIE in cookies:
-                # Present but empty is a string that cannot be read: it consents to nothing.
-                return _purposes(cookies[TCF_COOKIE])[0]
-    return None
-
-
-def tcf_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """Why the request's consent string could not be read, if it could not."""
-    for name, value in headers:
-        if name == _COOKIE_HEADER and TCF_COOKIE.encode() in value:
-            cookies = cookie_parser(value.decode("latin-1"))
-            if TCF_COOKIE in cookies:
-                return _purposes(cookies[TCF_COOKIE])[1]
-    return None
+                return _purposes(cookies[TCF_COOKIE])
+    return None, None
 
 
 @lru_cache(maxsize=1024)

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from throttle.consent import gpc_opt_out, tcf_problem, tcf_purposes
+from throttle.consent import gpc_opt_out, tcf_purposes
 from throttle.engine import Decision, Engine
 from throttle.errors import ConfigurationError, MarkerError
 from throttle.fallback import (
@@ -197,9 +197,11 @@ class ThrottleMiddleware:
         try:
             headers = scope.get("headers", ())
             gpc = gpc_opt_out(headers)
-            purposes = tcf_purposes(headers)
-            if purposes is not None and not purposes and (why := tcf_problem(headers)):
-                self._logs.warning("tcf", "throttle: unreadable euconsent-v2 cookie: %s", why)
+            purposes, unreadable = tcf_purposes(headers)
+            if unreadable is not None:
+                self._logs.warning(
+                    "tcf", "throttle: unreadable euconsent-v2 cookie: %s", unreadable
+                )
             zone = self.zone(scope) if self.engine.uses_time_zones else None
             decision = await self.engine.decide(
                 marker, person=person, gpc=gpc, zone=zone, purposes=purposes
