@@ -40,7 +40,7 @@
 --          ("" when no cap is a calendar cap)
 -- ARGV[5]  flags: 1 the message uses only data people give themselves (a minimal level allows
 --          it), 2 it is transactional (only the person's level applies; nothing is recorded),
---          4 a GPC opt-out rules the message out (refused when p.g holds one)
+--          4 a GPC opt-out rules the message out (refused when the choices hold g)
 -- ARGV[6]  the special categories the message uses, separated by spaces: each needs consent
 -- ARGV[7]  the message's relevance, thousandths, or -1 (no privacy calculus)
 -- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted,
