@@ -254,3 +254,26 @@ async def test_the_trace_carries_the_gates_members() -> None:
         "calculus": 1,
     }
     assert reader.problems[0].message == '"relevance" must be a number from 0 to 1'
+
+
+def test_the_report_shows_category_content_and_every_gate(tmp_path: Path) -> None:
+    banded = policy(HOURLY_2_TEXT + "category_band = { low = 0.2, high = 0.5 }\n", name="banded")
+    trace = write(
+        tmp_path / "t.jsonl",
+        [
+            message(0, signals=["location.city"]),  # 0.3 at the default weight: in the band
+            message(1, signals=["health"]),
+            message(2, decides="credit"),
+            message(3, relevance=0.01, signals=["cart"]),
+        ],
+    )
+    out = io.StringIO()
+    assert simulate([banded], str(trace), out, errors=io.StringIO()) == 0
+    report = out.getvalue()
+    for words in (
+        "content about its category",
+        "special category, no consent",
+        "sets a price or eligibility",
+        "relevance too low for it",
+    ):
+        assert re.search(rf"{words}\s+1  25.0%", report), words

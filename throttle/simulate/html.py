@@ -25,6 +25,10 @@ _COLOURS = {
     Reason.QUIET_HOURS.value: "#5e35b1",
     Reason.CONSENT.value: "#1565c0",
     Reason.ANONYMOUS.value: "#78909c",
+    Reason.SPECIAL_CATEGORY.value: "#ad1457",
+    Reason.PREFERENCE.value: "#00838f",
+    Reason.CALCULUS.value: "#6d4c41",
+    "category": "#7cb342",
 }
 _OTHER = "#9e9e9e"
 _POLICY_COLOURS = ("#37474f", "#00838f")
@@ -127,7 +131,7 @@ def _grouped_bars(rows: list[tuple[str, list[int], list[str]]], tallies: list[Ta
 
 def _outcomes(tallies: list[Tally]) -> str:
     rows = []
-    outcomes = [(PERSONALIZED, "personalized")] + [
+    outcomes = [(PERSONALIZED, "personalized"), ("category", "content about its category")] + [
         (reason.value, f"segment: {REASON_WORDS[reason]}") for reason in reasons_seen(tallies)
     ]
     for key, name in outcomes:
@@ -154,7 +158,7 @@ def _rules(tallies: list[Tally]) -> str:
 
 def _campaigns(tallies: list[Tally]) -> str:
     """A 100% bar per campaign and policy: personalized, then each reason for segment content."""
-    keys = [PERSONALIZED] + [reason.value for reason in reasons_seen(tallies)]
+    keys = [PERSONALIZED, "category"] + [reason.value for reason in reasons_seen(tallies)]
     bar, gap, left, width = 18, 12, 190, 520
     campaigns = campaigns_seen(tallies)
     height = len(campaigns) * (bar * len(tallies) + gap) + gap
@@ -186,7 +190,10 @@ def _campaigns(tallies: list[Tally]) -> str:
             y += bar
         y += gap
     svg = f'<svg width="{left + width + 90}" height="{height}" role="img">{"".join(shapes)}</svg>'
-    names = [("personalized", _COLOURS[PERSONALIZED])] + [
+    names = [
+        ("personalized", _COLOURS[PERSONALIZED]),
+        ("about its category", _COLOURS["category"]),
+    ] + [
         (REASON_WORDS[reason], _COLOURS.get(reason.value, _OTHER))
         for reason in reasons_seen(tallies)
     ]

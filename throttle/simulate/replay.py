@@ -50,7 +50,8 @@ class Tally:
 
     def add(self, message: TraceMessage, decision: Decision) -> None:
         self.messages += 1
-        outcome = PERSONALIZED if decision.outcome == PERSONALIZED else decision.reason.value
+        # "personalized", "category" (the middle band), or why segment content stood in.
+        outcome = decision.outcome if decision.outcome != "segment" else decision.reason.value
         self.outcomes[outcome] += 1
         campaign = self.campaigns.get(message.marker.campaign)
         if campaign is None:

@@ -14,15 +14,22 @@ from throttle.simulate.replay import PERSONALIZED, SCORE_BINS, Replay, Tally
 
 # Reasons in the order a marketer reads them: what the policy limits, then what people chose.
 REASONS = (
-    Reason.FREQUENCY_CAP, Reason.BUDGET, Reason.CREEPINESS, Reason.QUIET_HOURS,
-    Reason.CONSENT, Reason.ANONYMOUS, Reason.STORE_UNAVAILABLE, Reason.INVALID_MARKER,
+    Reason.FREQUENCY_CAP, Reason.BUDGET, Reason.CREEPINESS, Reason.CALCULUS,
+    Reason.QUIET_HOURS, Reason.SPECIAL_CATEGORY, Reason.AUTOMATED_DECISION, Reason.CONSENT,
+    Reason.PREFERENCE, Reason.ANONYMOUS, Reason.STORE_UNAVAILABLE, Reason.INVALID_MARKER,
     Reason.INTERNAL_ERROR,
 )  # fmt: skip
+# Content about the message's category (the middle band) is neither personalized nor segment.
+CATEGORY = "category"
 REASON_WORDS = {
     Reason.FREQUENCY_CAP: "a frequency cap",
     Reason.BUDGET: "the creepiness budget",
     Reason.CREEPINESS: "too creepy",
     Reason.QUIET_HOURS: "quiet hours",
+    Reason.CALCULUS: "relevance too low for it",
+    Reason.SPECIAL_CATEGORY: "special category, no consent",
+    Reason.AUTOMATED_DECISION: "sets a price or eligibility",
+    Reason.PREFERENCE: "the person's own level",
     Reason.CONSENT: "no consent (GPC)",
     Reason.ANONYMOUS: "not signed in",
     Reason.STORE_UNAVAILABLE: "store unavailable",
@@ -94,6 +101,9 @@ def text(replay: Replay, trace: str) -> str:
 
     messages = [tally.messages for tally in tallies]
     table.append(row("personalized", [t.personalized for t in tallies], messages))
+    if any(t.outcomes[CATEGORY] for t in tallies):
+        counts = [t.outcomes[CATEGORY] for t in tallies]
+        table.append(row("content about its category", counts, messages))
     table.append(["segment content, because of:", *[""] * len(columns)])
     for reason in reasons_seen(tallies):
         counts = [t.outcomes[reason.value] for t in tallies]
