@@ -396,3 +396,25 @@ async def test_erasure_drops_a_waiting_opt_out_too(redis_url: str) -> None:
     assert erased.state is True
     assert await store.state(throttle.pseudonym("ana")) is None
     await store.aclose()
+
+
+async def test_the_middle_band_moves_with_the_persons_threshold(store: Store) -> None:
+    from tests.conftest import ManualClock
+    from tests.helpers import engine, marker
+
+    throttle = engine(
+        "[creepiness]\nthreshold = 0.7\ncategory_band = { low = 0.6, high = 0.7 }\n"
+        "repetition = { weight = 0.0, window = '1h' }\n"
+        '[creepiness.signals]\n"a" = 0.65\n"b" = 0.8\n'
+        "[levels]\nfull_threshold = 0.85\nminimal_threshold = 0.4\n",
+        store,
+        ManualClock(),
+    )
+    await throttle.set_level("ana", "full")  # the band is now (0.75, 0.85]
+
+    async def outcome(signal: str, person: str) -> str:
+        return (await throttle.decide(marker(signals=(signal,)), person=person)).outcome
+
+    assert await outcome("a", "ben") == "category"
+    assert await outcome("a", "ana") == "personalized"
+    assert await outcome("b", "ana") == "category"

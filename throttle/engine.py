@@ -179,6 +179,13 @@ class Engine:
         self._special_signals = {s: tuple(names) for s, names in special_signals.items()}
         self._gpc_sensitive = frozenset(special_signals)
         self._special: dict[int, tuple[Marker, tuple[str, ...]]] = {}
+        # Thresholds by level code; `off` personalizes nothing, so its entry is never read.
+        self._level_thresholds = (
+            0,
+            milli(levels.minimal_threshold),
+            self._threshold,
+            milli(levels.full_threshold),
+        )
         band = policy.creepiness.category_band
         self._band = (milli(band.low), milli(band.high)) if band else None
         calculus = policy.calculus
@@ -318,7 +325,7 @@ class Engine:
                 marker.relevance, content.milli, self._default_level, trust=0
             ):
                 return await self._segment(marker, Reason.CALCULUS, "calculus", content)
-            return await self._allowed(marker, content)
+            return await self._allowed(marker, content, self._default_level)
 
         # The person's own level lives with their state: even a transactional message asks.
         wanted = self._audiences_of(marker.segment)
@@ -373,15 +380,15 @@ class Engine:
         if outcome.verdict is Verdict.DELIVERED:
             if marker.transactional:
                 return self._personalized(marker, Reason.TRANSACTIONAL, scored)
-            return await self._allowed(marker, scored)
+            return await self._allowed(marker, scored, outcome.level)
         shadow = False
         if outcome.verdict is Verdict.FREQUENCY_CAP:
             # A shadow cap's refusal: reported, and the message was delivered and counted.
             cap = policy.caps[outcome.cap_index]
             reason, rule, shadow = Reason.FREQUENCY_CAP, cap.name, cap.shadow
-            if shadow and self._in_band(scored):
+            if shadow and self._in_band(scored, outcome.level):
                 # Watching a cap never loosens the rest: the band's content still stands in.
-                return await self._allowed(marker, scored)
+                return await self._allowed(marker, scored, outcome.level)
         elif outcome.verdict is Verdict.BUDGET:
             reason, rule = Reason.BUDGET, "creepiness.budget"
         elif outcome.verdict is Verdict.PREFERENCE:
@@ -516,9 +523,14 @@ class Engine:
         lam = self._lambda[max(level, 1) - 1]
         return milli(relevance) * (1000 + trust) > lam * score_milli
 
-    def _in_band(self, content: ContentScore) -> bool:
+    def _in_band(self, content: ContentScore, level: int) -> bool:
+        """Whether the score falls in the middle band, which moves with the person's threshold
+        (a person at `full` has it just below their higher threshold)."""
         band = self._band
-        return band is not None and band[0] < content.milli <= band[1]
+        if band is None:
+            return False
+        shift = self._level_thresholds[level] - self._threshold
+        return band[0] + shift < content.milli <= band[1] + shift
 
     def _known_open_now(self, pseudonym: str) -> bool:
         if self._default_level < 2:
@@ -534,10 +546,10 @@ class Engine:
             self._known_open.clear()
         self._known_open[pseudonym] = self._monotonic()
 
-    async def _allowed(self, marker: Marker, content: ContentScore) -> Decision:
+    async def _allowed(self, marker: Marker, content: ContentScore, level: int) -> Decision:
         """A message within every limit: personalized, or content about its category when its
         score falls in the policy's middle band."""
-        if self._in_band(content):
+        if self._in_band(content, level):
             wanted = self._audiences_of(marker.segment)
             return self._decision(
                 "category",

@@ -180,6 +180,8 @@ class Outcome(NamedTuple):
     segment_sizes: Mapping[str, int]
     # The person's choices restrict them (level off or minimal, a GPC opt-out).
     restricted: bool = False
+    # The person's level (a `LEVEL_CODES` value), theirs or the policy's default.
+    level: int = 2
 
 
 class Store(Protocol):

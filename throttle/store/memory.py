@@ -71,9 +71,10 @@ class MemoryStore:
         self._until_sweep -= 1
         if self._until_sweep <= 0:
             self._sweep()
-        level = choices.get("l", 2) if choices else 2
+        default = delivery.limits.default_level
+        level = choices.get("l", default) if choices else default
         restricted = choices is not None and (level < 2 or "g" in choices)
-        return Outcome(verdict, cap_index, score, repetitions, sizes, restricted)
+        return Outcome(verdict, cap_index, score, repetitions, sizes, restricted, level)
 
     def _choices_of(self, person: str, now_ms: int) -> dict[str, Any] | None:
         held = self._choices.get(person)

@@ -237,7 +237,7 @@ class RedisStore:
                 else:
                     future.set_exception(DecisionRefused(str(answer)))
                 continue
-            verdict, cap_index, score, repetitions, restricted = answer
+            verdict, cap_index, score, repetitions, restricted, level = answer
             asked = call.delivery.count_segments
             future.set_result(
                 Outcome(
@@ -247,6 +247,7 @@ class RedisStore:
                     repetitions,
                     {s: sizes[s] for s in asked if s in sizes} if asked else _NO_SIZES,
                     restricted == 1,
+                    level,
                 )
             )
         return forgotten

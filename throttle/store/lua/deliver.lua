@@ -44,7 +44,8 @@
 -- ARGV[6]  the special categories the message uses, separated by spaces: each needs consent
 -- ARGV[7]  the message's relevance, thousandths, or -1 (no privacy calculus)
 -- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted,
---            1 when the person's choices restrict them (level off or minimal, GPC opt-out) }
+--            1 when the person's choices restrict them (level off or minimal, GPC opt-out),
+--            the person's level }
 --          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness, 4 the person's level
 --          (with the level, 0 or 1, in place of the cap index), 5 a special category without
 --          consent (with its index in ARGV[6]), 6 the GPC opt-out, 7 the privacy calculus
@@ -79,22 +80,22 @@ local level = (prefs and prefs.l) or limits[14]
 -- opt-out): the engine must not fail open for them when it cannot ask.
 local restricted = (prefs and (level < 2 or prefs.g)) and 1 or 0
 if level == 0 or (level == 1 and flags % 2 == 0) then
-  return { 4, level, content_score, 0, restricted }
+  return { 4, level, content_score, 0, restricted, level }
 end
 if math.floor(flags / 4) % 2 == 1 and prefs and prefs.g then
-  return { 6, -1, content_score, 0, restricted }
+  return { 6, -1, content_score, 0, restricted, level }
 end
 local consented = (prefs and prefs.s) or {}
 local special_index = 0
 for category in string.gmatch(ARGV[6], '%S+') do
-  if not consented[category] then return { 5, special_index, content_score, 0, restricted } end
+  if not consented[category] then return { 5, special_index, content_score, 0, restricted, level } end
   special_index = special_index + 1
 end
 local threshold = limits[2]
 if level == 1 then threshold = limits[12] elseif level == 3 then threshold = limits[13] end
 if math.floor(flags / 2) % 2 == 1 then
   -- Transactional: the person's level and threshold apply; caps and budget do not.
-  return { content_score > threshold and 3 or 0, -1, content_score, 0, restricted }
+  return { content_score > threshold and 3 or 0, -1, content_score, 0, restricted, level }
 end
 
 local function younger_than(log, window)
@@ -133,14 +134,14 @@ if limits[3] ~= '' then
 end
 local score = math.min(1000, content_score + limits[4] * repetitions)
 if score > threshold then
-  return { 3, -1, score, repetitions, restricted }
+  return { 3, -1, score, repetitions, restricted, level }
 end
 local relevance = tonumber(ARGV[7])
 if relevance >= 0 then
   -- relevance x (1 + trust) > lambda x creepiness, all in thousandths
   local trust = limits[16] + ((prefs and prefs.l) and limits[17] or 0)
   if relevance * (1000 + trust) <= limits[18][level] * score then
-    return { 7, -1, score, repetitions, restricted }
+    return { 7, -1, score, repetitions, restricted, level }
   end
 end
 
@@ -167,7 +168,7 @@ end
 
 local refused = refused_by(0)
 if refused >= 0 then
-  return { 1, refused, score, repetitions, restricted }
+  return { 1, refused, score, repetitions, restricted, level }
 end
 
 local budget_log = {}
@@ -180,7 +181,7 @@ if limits[7] >= 0 then
     end
   end
   if spent + score > limits[7] then
-    return { 2, -1, score, repetitions, restricted }
+    return { 2, -1, score, repetitions, restricted, level }
   end
   if score > 0 then
     budget_log[#budget_log + 1] = { now, score }
@@ -198,7 +199,7 @@ if limits[11] == 1 then shadow_refused = refused_by(1) end
 local verdict = shadow_refused >= 0 and 1 or 0
 
 if ttl <= 0 then
-  return { verdict, shadow_refused, score, repetitions, restricted }
+  return { verdict, shadow_refused, score, repetitions, restricted, level }
 end
 
 -- Counters this message did not touch are pruned by the longest window, so nothing outlives it.
@@ -229,4 +230,4 @@ if #budget_log > 0 then packed.b = stored_budget end
 if any_log or #budget_log > 0 then
   redis.call('SET', KEYS[1], cmsgpack.pack(packed), 'PX', ttl)
 end
-return { verdict, shadow_refused, score, repetitions, restricted }
+return { verdict, shadow_refused, score, repetitions, restricted, level }
