@@ -418,3 +418,80 @@ async def test_the_middle_band_moves_with_the_persons_threshold(store: Store) ->
     assert await outcome("a", "ben") == "category"
     assert await outcome("a", "ana") == "personalized"
     assert await outcome("b", "ana") == "category"
+
+
+async def test_choices_are_renewed_by_visits_refused_before_the_store_is_asked(
+    store: Store,
+) -> None:
+    from tests.conftest import ManualClock
+    from tests.helpers import engine, marker
+
+    clock = ManualClock()
+    throttle = engine('[levels]\nkeep = "2d"\n', store, clock)
+    await throttle.set_level("ana", "off")
+    monotonic = [0.0]
+    throttle._monotonic = lambda: monotonic[0]
+    for _ in range(4):  # visits 0.9 days apart, each refused by TCF before the store
+        clock.advance(0.9 * 86400)
+        monotonic[0] += 0.9 * 86400
+        refused = await throttle.decide(marker(), person="ana", purposes=frozenset())
+        assert refused.rule == "consent.tcf"
+    consented = await throttle.decide(marker(), person="ana", purposes=frozenset({5, 6}))
+    assert consented.rule == "level.off"
+
+
+async def test_failing_open_still_applies_the_persons_threshold_band_and_calculus(
+    private_redis: RedisServer,
+) -> None:
+    from tests.conftest import ManualClock
+    from tests.helpers import engine, marker
+
+    store = RedisStore(private_redis.url)
+    throttle = engine(
+        '[store]\non_error = "personalize"\ntimeout = "200ms"\nretry_after = "1ms"\n'
+        "[creepiness]\nthreshold = 0.7\ncategory_band = { low = 0.6, high = 0.7 }\n"
+        "repetition = { weight = 0.0, window = '1h' }\n"
+        '[creepiness.signals]\n"cart" = 0.1\n"a" = 0.65\n"b" = 0.8\n',
+        store,
+        ManualClock(),
+    )
+    assert (await throttle.decide(marker(signals=("cart",)), person="ana")).outcome == (
+        "personalized"
+    )
+    private_redis.stop()
+    banded = await throttle.decide(marker(signals=("a",)), person="ana")
+    creepy = await throttle.decide(marker(signals=("b",)), person="ana")
+    weak = await throttle.decide(marker(signals=("cart",), relevance=0.01), person="ana")
+    fine = await throttle.decide(marker(signals=("cart",)), person="ana")
+    await store.aclose()
+    assert banded.outcome == "category"
+    assert (creepy.outcome, creepy.reason) == ("segment", "creepiness")
+    assert (weak.outcome, weak.reason) == ("segment", "calculus")
+    assert (fine.outcome, fine.reason) == ("personalized", "store-unavailable")
+
+
+async def test_a_decision_in_flight_cannot_undo_a_new_objection(
+    private_redis: RedisServer,
+) -> None:
+    import asyncio
+
+    from tests.conftest import ManualClock
+    from tests.helpers import engine, marker
+
+    store = RedisStore(private_redis.url)
+    throttle = engine(
+        '[store]\non_error = "personalize"\ntimeout = "200ms"\nretry_after = "1ms"\n',
+        store,
+        ManualClock(),
+    )
+    await throttle.decide(marker(), person="ana")
+    await asyncio.gather(throttle.decide(marker(), person="ana"), throttle.set_level("ana", "off"))
+    private_redis.stop()
+    after = await throttle.decide(marker(), person="ana")
+    await store.aclose()
+    assert (after.outcome, after.reason) == ("segment", "store-unavailable")
+
+
+async def test_a_deeply_nested_body_is_a_400_not_a_500(shop: httpx.AsyncClient) -> None:
+    response = await shop.put("/privacy/level", headers=ANA, content=b"[" * 1000)
+    assert response.status_code == 400

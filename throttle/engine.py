@@ -33,6 +33,7 @@ from throttle.store.base import (
     Store,
     Verdict,
 )
+from throttle.store.base import Outcome as StoreOutcome
 
 # Shadow mode delivers what the limits would refuse, never what a person refused, nor to
 # nobody in particular, nor what cannot be read.
@@ -47,6 +48,9 @@ _OPT_OUT_REWRITE_SECONDS = 60.0
 # When the store fails, `on_error = "personalize"` fails open only for people this process saw
 # without restricting choices (level off or minimal, a GPC opt-out) this recently.
 _KNOWN_OPEN_SECONDS = 600.0
+# A person's choices are renewed by the store with each decision it makes; those refused
+# before it is asked renew them at most this often.
+_TOUCH_SECONDS = 3600.0
 _KNOWN_OPEN_SIZE = 65_536
 _LEVEL_RULES = ("level.off", "level.minimal")
 # Audience sizes only grow slowly; asking Redis again this often keeps k-anonymity current.
@@ -139,7 +143,12 @@ class Engine:
         self._audit_wanted = audit
         self._logs = LogLimiter()
         self._opted_out: dict[str, float] = {}
-        self._known_open: dict[str, float] = {}
+        # Pseudonym -> (when seen, their level): seen lately with no restricting choice.
+        self._known_open: dict[str, tuple[float, int]] = {}
+        # Pseudonym -> when this process last restricted them (level off or minimal, GPC): a
+        # decision sent before that cannot mark them open again.
+        self._restricted_at: dict[str, float] = {}
+        self._touched: dict[str, float] = {}
         self._audit_tails: dict[tuple[int, Decision], tuple[Marker | None, bytes]] = {}
         key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
         key = key.ljust(_SHA256_BLOCK, b"\0")
@@ -261,6 +270,8 @@ class Engine:
         Every decision is appended to the audit trail, the person named by their pseudonym.
         """
         pseudonym = self.pseudonym(person) if person is not None else None
+        if pseudonym is not None:
+            self._touch(pseudonym)
         decision = await self._decide(marker, pseudonym, gpc, zone, purposes)
         if self._audit_limits is not None:
             self._record(decision, marker, pseudonym)
@@ -343,6 +354,7 @@ class Engine:
         )
         guard = self.guard
         outcome = None
+        sent_at = self._monotonic()
         if guard.available():
             try:
                 outcome = await self.store.deliver(delivery)
@@ -360,9 +372,10 @@ class Engine:
                 )
             # Failing open (on_error, or shadow mode) only for someone seen lately without
             # choices that restrict them: an objection or an opt-out is never guessed away.
-            may_open = self._known_open_now(pseudonym)
-            if policy.store.on_error == "personalize" and may_open:
-                return self._personalized(marker, Reason.STORE_UNAVAILABLE, content)
+            known_level = self._known_open_level(pseudonym)
+            may_open = known_level is not None
+            if policy.store.on_error == "personalize" and known_level is not None:
+                return await self._failed_open(marker, content, known_level)
             return self._decision(
                 "segment",
                 Reason.STORE_UNAVAILABLE,
@@ -373,7 +386,7 @@ class Engine:
                 self._resolve(wanted),
                 enforce=not may_open,
             )
-        self._remember_open(pseudonym, open_=not outcome.restricted)
+        self._remember_open(pseudonym, outcome, sent_at)
         if outcome.segment_sizes:
             self._remember(outcome.segment_sizes)
         scored = scorer.total(content, outcome.repetitions)
@@ -431,8 +444,14 @@ class Engine:
     async def set_level(self, person: str, level: str) -> None:
         """Record a person's personalization level (`off`, `minimal`, `standard`, `full`)."""
         pseudonym = self.pseudonym(person)
-        self._known_open.pop(pseudonym, None)
+        restricting = LEVEL_CODES[level] < 2
+        if restricting:
+            self._restrict(pseudonym)
+        else:
+            self._known_open.pop(pseudonym, None)
         await self._choose(pseudonym, Choice("level", LEVEL_CODES[level]))
+        if restricting:  # a decision answered while the choice was being written
+            self._restrict(pseudonym)
 
     async def erase(self, person: str) -> Erasure:
         """Delete everything held about a person: state, choices, recent decisions, audit."""
@@ -488,7 +507,7 @@ class Engine:
         if len(self._opted_out) >= _LIMITS_CACHE_SIZE:
             self._opted_out.clear()
         self._opted_out[pseudonym] = now
-        self._known_open.pop(pseudonym, None)
+        self._restrict(pseudonym)
         try:
             self.store.note(
                 pseudonym,
@@ -499,6 +518,27 @@ class Engine:
         except Exception:  # the header itself is honoured; the next request tries again
             self._opted_out.pop(pseudonym, None)
             self._logs.warning("opt-out", "throttle: keeping a GPC opt-out failed", exc_info=True)
+
+    def _touch(self, pseudonym: str) -> None:
+        """Renew the person's choices, if they have any, on every visit: a decision refused
+        before the store is asked (quiet hours, TCF, too creepy for anyone) renews them too.
+        The store renews them with each decision it makes; this covers the rest, hourly."""
+        now = self._monotonic()
+        if now - self._touched.get(pseudonym, -_TOUCH_SECONDS) < _TOUCH_SECONDS:
+            return
+        if len(self._touched) >= _KNOWN_OPEN_SIZE:
+            self._touched.clear()
+        self._touched[pseudonym] = now
+        try:
+            self.store.note(
+                pseudonym,
+                Choice("touch"),
+                now_ms=math.floor(self._clock() * 1000),
+                keep_ms=math.ceil(self._policy.levels.keep * 1000),
+            )
+        except Exception:  # the next visit tries again
+            self._touched.pop(pseudonym, None)
+            self._logs.warning("touch", "throttle: renewing choices failed", exc_info=True)
 
     async def aclose(self) -> None:
         """Close the store (it writes what it holds back first)."""
@@ -532,19 +572,44 @@ class Engine:
         shift = self._level_thresholds[level] - self._threshold
         return band[0] + shift < content.milli <= band[1] + shift
 
-    def _known_open_now(self, pseudonym: str) -> bool:
+    def _known_open_level(self, pseudonym: str) -> int | None:
+        """The level of someone seen lately without restricting choices, else None."""
         if self._default_level < 2:
-            return False
+            return None
         seen = self._known_open.get(pseudonym)
-        return seen is not None and self._monotonic() - seen < _KNOWN_OPEN_SECONDS
+        if seen is None or self._monotonic() - seen[0] >= _KNOWN_OPEN_SECONDS:
+            return None
+        return seen[1]
 
-    def _remember_open(self, pseudonym: str, *, open_: bool) -> None:
-        if not open_:
+    def _remember_open(self, pseudonym: str, outcome: StoreOutcome, sent_at: float) -> None:
+        restricted_at = self._restricted_at.get(pseudonym)
+        if outcome.restricted or (restricted_at is not None and restricted_at >= sent_at):
+            # Restricted, or restricted here since the decision was sent: never open.
             self._known_open.pop(pseudonym, None)
             return
         if len(self._known_open) >= _KNOWN_OPEN_SIZE:
             self._known_open.clear()
-        self._known_open[pseudonym] = self._monotonic()
+        self._known_open[pseudonym] = (self._monotonic(), outcome.level)
+
+    def _restrict(self, pseudonym: str) -> None:
+        self._known_open.pop(pseudonym, None)
+        if len(self._restricted_at) >= _KNOWN_OPEN_SIZE:
+            self._restricted_at.clear()
+        self._restricted_at[pseudonym] = self._monotonic()
+
+    async def _failed_open(self, marker: Marker, content: ContentScore, level: int) -> Decision:
+        """The store failed; the policy fails open for this person, known to be unrestricted:
+        everything that needs no stored state still applies (their threshold, the calculus,
+        the category band)."""
+        if content.milli > self._level_thresholds[level]:
+            return await self._segment(marker, Reason.CREEPINESS, "creepiness.threshold", content)
+        if marker.relevance is not None and not self._outweighs(
+            marker.relevance, content.milli, level, trust=self._trust[0]
+        ):
+            return await self._segment(marker, Reason.CALCULUS, "calculus", content)
+        if not marker.transactional and self._in_band(content, level):
+            return await self._allowed(marker, content, level)
+        return self._personalized(marker, Reason.STORE_UNAVAILABLE, content)
 
     async def _allowed(self, marker: Marker, content: ContentScore, level: int) -> Decision:
         """A message within every limit: personalized, or content about its category when its

@@ -135,7 +135,7 @@ async def set_level(
         raise _Refusal(413, 'send a small JSON object such as {"level": "off"}')
     try:
         sent = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _Refusal(400, 'send JSON such as {"level": "off"}') from None
     if not isinstance(sent, dict) or set(sent) != {"level"}:
         raise _Refusal(400, 'send exactly one key, level, such as {"level": "off"}')
@@ -163,7 +163,12 @@ async def give_consent(
     category = _category(request, middleware)
     await middleware.engine.consent(person, category, given=True)
     given = (await middleware.engine.choices_of(person)).get("s") or {}
-    return 200, {"category": category, "consented": True, "since": _time(given[category])}
+    since = given.get(category)  # gone again if erased or withdrawn meanwhile
+    return 200, {
+        "category": category,
+        "consented": since is not None,
+        "since": _time(since) if since is not None else None,
+    }
 
 
 @_guarded

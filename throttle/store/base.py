@@ -146,7 +146,8 @@ class Delivery(NamedTuple):
 class Choice(NamedTuple):
     """A change to what a person allows: `kind` is `level` (`value` a level code), `consent` or
     `withdraw` (`value` a special category), `opt-out` (a GPC signal was seen; kept from its
-    first time) or `opt-in` (the person clears that themselves)."""
+    first time), `opt-in` (the person clears that themselves) or `touch` (the person came
+    back: choices they have are kept longer)."""
 
     kind: str
     value: int | str = 0

@@ -196,7 +196,9 @@ class MemoryStore:
 
     def _sweep(self) -> None:
         # As many decisions between sweeps as people held: a sweep costs O(1) per decision.
-        self._until_sweep = max(_SWEEP_EVERY, len(self._people))
+        self._until_sweep = max(
+            _SWEEP_EVERY, len(self._people) + len(self._choices) + len(self._recent)
+        )
         now = self._now_ms
         for key in [k for k, person in self._people.items() if person.expires_ms <= now]:
             del self._people[key]
@@ -229,6 +231,11 @@ class MemoryStore:
 
     def _choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         self._now_ms = max(self._now_ms, now_ms)
+        if choice.kind == "touch":
+            held = self._choices_of(person, now_ms)
+            if held is not None:
+                self._choices[person] = (now_ms + keep_ms, held)
+            return
         choices = dict(self._choices_of(person, now_ms) or {})
         consented = dict(choices.get("s") or {})
         if choice.kind == "level":

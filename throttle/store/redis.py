@@ -344,6 +344,12 @@ class RedisStore:
     def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         if self._closed:
             return
+        if choice.kind == "touch":
+            # Renewing needs no script: PEXPIRE leaves a key that does not exist alone.
+            written = command(b"PEXPIRE", self.choices_key(person).encode(), b"%d" % keep_ms)
+            self._notes.append((person, written))
+            self._schedule_side_writes()
+            return
         # EVAL rather than EVALSHA: written with the next write, it cannot meet NOSCRIPT.
         written = command(
             b"EVAL",
