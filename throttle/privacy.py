@@ -130,9 +130,11 @@ async def set_level(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Change their level: a JSON object with one key, `level`."""
-    body = await request.body()
-    if len(body) > _MAX_BODY:
-        raise _Refusal(413, 'send a small JSON object such as {"level": "off"}')
+    body = b""
+    async for chunk in request.stream():  # read no more of a large body than it takes to refuse
+        body += chunk
+        if len(body) > _MAX_BODY:
+            raise _Refusal(413, 'send a small JSON object such as {"level": "off"}')
     try:
         sent = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
