@@ -16,7 +16,7 @@ from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.fallback import EVERYONE, k_anonymous, lineage
 from throttle.faults import LogLimiter, StoreGuard
 from throttle.message import Marker
-from throttle.periods import PERIODS, LocalClock
+from throttle.periods import PERIODS, LocalClock, LocalTime
 from throttle.policy import Cap, Policy, milli
 from throttle.scoring import ContentScore, Factor, Scorer
 from throttle.store.base import (
@@ -270,9 +270,9 @@ class Engine:
         Every decision is appended to the audit trail, the person named by their pseudonym.
         """
         pseudonym = self.pseudonym(person) if person is not None else None
-        if pseudonym is not None:
+        decision, asked = await self._decide(marker, pseudonym, gpc, zone, purposes)
+        if pseudonym is not None and not asked:
             self._touch(pseudonym)
-        decision = await self._decide(marker, pseudonym, gpc, zone, purposes)
         if self._audit_limits is not None:
             self._record(decision, marker, pseudonym)
         return decision
@@ -284,7 +284,8 @@ class Engine:
         gpc: bool,
         zone: str | None,
         purposes: frozenset[int] | None,
-    ) -> Decision:
+    ) -> tuple[Decision, bool]:
+        """The decision, and whether the store was asked (it renews the person's choices)."""
         # One policy for the whole decision, even if a reload swaps it meanwhile.
         policy, scorer = self._policy, self._scorer
         content = scorer.score(marker)
@@ -292,28 +293,32 @@ class Engine:
             # GDPR Art. 22: prices, credit and eligibility are not set by profiling.
             return await self._segment(
                 marker, Reason.AUTOMATED_DECISION, f"decides.{marker.decides}", content
-            )
+            ), False
         forbidden_by_gpc = gpc_forbids(marker, policy.consent, scorer, self._gpc_sensitive)
         if gpc and pseudonym is not None:
             self._keep_opt_out(pseudonym)
         if gpc and forbidden_by_gpc:
-            return await self._segment(marker, Reason.CONSENT, "consent.gpc", content)
+            return await self._segment(marker, Reason.CONSENT, "consent.gpc", content), False
         tcf = self._tcf
         if purposes is not None or tcf.required:
             needed = tcf.advertising if marker.advertising else tcf.content
             if purposes is None or not purposes.issuperset(needed):
-                return await self._segment(marker, Reason.CONSENT, "consent.tcf", content)
+                return await self._segment(marker, Reason.CONSENT, "consent.tcf", content), False
         special = self._special_of(marker)
         if pseudonym is None:
             if self._anonymous_get_segment:
-                return await self._segment(marker, Reason.ANONYMOUS, "consent.anonymous", content)
+                return await self._segment(
+                    marker, Reason.ANONYMOUS, "consent.anonymous", content
+                ), False
             level = self._default_level
             if level == 0 or (level == 1 and not self._minimal_ok(marker)):
-                return await self._segment(marker, Reason.PREFERENCE, _LEVEL_RULES[level], content)
+                return await self._segment(
+                    marker, Reason.PREFERENCE, _LEVEL_RULES[level], content
+                ), False
             if special:  # nobody in particular can have consented
                 return await self._segment(
                     marker, Reason.SPECIAL_CATEGORY, f"special.{special[0]}", content
-                )
+                ), False
         now_ms = math.floor(self._clock() * 1000)
         local = self._local.at(now_ms, zone) if self._local is not None else None
         quiet = self._quiet_hours
@@ -324,20 +329,38 @@ class Engine:
             and (not quiet.channels or marker.channel in quiet.channels)
             and quiet.covers(local.minute_of_day)
         ):
-            return await self._segment(marker, Reason.QUIET_HOURS, "quiet_hours", content)
+            return await self._segment(marker, Reason.QUIET_HOURS, "quiet_hours", content), False
         if content.milli > (
             self._highest_threshold if pseudonym is not None else self._anonymous_threshold
         ):
-            return await self._segment(marker, Reason.CREEPINESS, "creepiness.threshold", content)
+            return await self._segment(
+                marker, Reason.CREEPINESS, "creepiness.threshold", content
+            ), False
         if pseudonym is None:
             if marker.transactional:
-                return self._personalized(marker, Reason.TRANSACTIONAL, content)
+                return self._personalized(marker, Reason.TRANSACTIONAL, content), False
             if marker.relevance is not None and not self._outweighs(
                 marker.relevance, content.milli, self._default_level, trust=0
             ):
-                return await self._segment(marker, Reason.CALCULUS, "calculus", content)
-            return await self._allowed(marker, content, self._default_level)
+                return await self._segment(marker, Reason.CALCULUS, "calculus", content), False
+            return await self._allowed(marker, content, self._default_level), False
 
+        return await self._ask_store(
+            policy, scorer, marker, pseudonym, content, now_ms, local, special, forbidden_by_gpc
+        ), True
+
+    async def _ask_store(
+        self,
+        policy: Policy,
+        scorer: Scorer,
+        marker: Marker,
+        pseudonym: str,
+        content: ContentScore,
+        now_ms: int,
+        local: LocalTime | None,
+        special: tuple[str, ...],
+        forbidden_by_gpc: bool,
+    ) -> Decision:
         # The person's own level lives with their state: even a transactional message asks.
         wanted = self._audiences_of(marker.segment)
         delivery = self._delivery(
@@ -520,9 +543,9 @@ class Engine:
             self._logs.warning("opt-out", "throttle: keeping a GPC opt-out failed", exc_info=True)
 
     def _touch(self, pseudonym: str) -> None:
-        """Renew the person's choices, if they have any, on every visit: a decision refused
-        before the store is asked (quiet hours, TCF, too creepy for anyone) renews them too.
-        The store renews them with each decision it makes; this covers the rest, hourly."""
+        """Renew the person's choices, if they have any, when a decision was refused before the
+        store was asked (quiet hours, TCF, too creepy for anyone): the store renews them with
+        each decision it makes; this covers the rest, at most hourly."""
         now = self._monotonic()
         if now - self._touched.get(pseudonym, -_TOUCH_SECONDS) < _TOUCH_SECONDS:
             return
