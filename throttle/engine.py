@@ -175,10 +175,6 @@ class Engine:
         levels = policy.levels
         self._default_level = LEVEL_CODES[levels.default]
         self._given = frozenset(levels.given)
-        self._given_only: dict[int, tuple[Marker, bool]] = {}
-        # Above this no level personalizes, so the store need not be asked.
-        self._highest_threshold = milli(levels.full_threshold)
-        self._anonymous_threshold = milli(policy.threshold_for(levels.default))
         self._tcf = policy.consent.tcf
         # A signal may reveal several categories; each needs its own consent.
         special_signals: dict[str, list[str]] = {}
@@ -187,7 +183,7 @@ class Engine:
                 special_signals.setdefault(signal, []).append(name)
         self._special_signals = {s: tuple(names) for s, names in special_signals.items()}
         self._gpc_sensitive = frozenset(special_signals)
-        self._special: dict[int, tuple[Marker, tuple[str, ...]]] = {}
+        self._facts: dict[int, tuple[Marker, _Facts]] = {}
         # Thresholds by level code; `off` personalizes nothing, so its entry is never read.
         self._level_thresholds = (
             0,
@@ -195,6 +191,9 @@ class Engine:
             self._threshold,
             milli(levels.full_threshold),
         )
+        # Above the highest no level personalizes, so the store need not be asked.
+        self._highest_threshold = max(self._level_thresholds)
+        self._anonymous_threshold = self._level_thresholds[self._default_level]
         band = policy.creepiness.category_band
         self._band = (milli(band.low), milli(band.high)) if band else None
         calculus = policy.calculus
@@ -294,7 +293,8 @@ class Engine:
             return await self._segment(
                 marker, Reason.AUTOMATED_DECISION, f"decides.{marker.decides}", content
             ), False
-        forbidden_by_gpc = gpc_forbids(marker, policy.consent, scorer, self._gpc_sensitive)
+        facts = self._facts_of(marker)
+        forbidden_by_gpc, special = facts.forbidden_by_gpc, facts.special
         if gpc and pseudonym is not None:
             self._keep_opt_out(pseudonym)
         if gpc and forbidden_by_gpc:
@@ -304,14 +304,13 @@ class Engine:
             needed = tcf.advertising if marker.advertising else tcf.content
             if purposes is None or not purposes.issuperset(needed):
                 return await self._segment(marker, Reason.CONSENT, "consent.tcf", content), False
-        special = self._special_of(marker)
         if pseudonym is None:
             if self._anonymous_get_segment:
                 return await self._segment(
                     marker, Reason.ANONYMOUS, "consent.anonymous", content
                 ), False
             level = self._default_level
-            if level == 0 or (level == 1 and not self._minimal_ok(marker)):
+            if level == 0 or (level == 1 and not facts.minimal_ok):
                 return await self._segment(
                     marker, Reason.PREFERENCE, _LEVEL_RULES[level], content
                 ), False
@@ -346,7 +345,7 @@ class Engine:
             return await self._allowed(marker, content, self._default_level), False
 
         return await self._ask_store(
-            policy, scorer, marker, pseudonym, content, now_ms, local, special, forbidden_by_gpc
+            policy, scorer, marker, pseudonym, content, now_ms, local, facts
         ), True
 
     async def _ask_store(
@@ -358,8 +357,7 @@ class Engine:
         content: ContentScore,
         now_ms: int,
         local: LocalTime | None,
-        special: tuple[str, ...],
-        forbidden_by_gpc: bool,
+        facts: _Facts,
     ) -> Decision:
         # The person's own level lives with their state: even a transactional message asks.
         wanted = self._audiences_of(marker.segment)
@@ -371,10 +369,9 @@ class Engine:
             wanted,
             self._stale(wanted),
             local.period_starts if local is not None and self._calendar else (),
-            self._minimal_ok(marker),
-            special,
-            forbidden_by_gpc,
+            facts,
         )
+        special = facts.special
         guard = self.guard
         outcome = None
         sent_at = self._monotonic()
@@ -499,7 +496,10 @@ class Engine:
 
     async def level_of(self, person: str) -> tuple[str, bool]:
         """A person's level, and whether they chose it (False: the policy's default)."""
-        choices = await self.choices_of(person)
+        return self.level_in(await self.choices_of(person))
+
+    def level_in(self, choices: dict[str, Any]) -> tuple[str, bool]:
+        """The level a person's choices (from `choices_of`) give, and whether they chose it."""
         if "l" in choices:
             return _LEVEL_NAMES[choices["l"]], True
         return self._policy.levels.default, False
@@ -520,66 +520,66 @@ class Engine:
         )
 
     def _keep_opt_out(self, pseudonym: str) -> None:
-        """Write the person's GPC opt-out to their state, so it holds on requests without the
-        header (11 CCR 7025); without waiting, at most every few minutes per person."""
-        now = self._monotonic()
-        if now - self._opted_out.get(pseudonym, -_OPT_OUT_REWRITE_SECONDS) < (
-            _OPT_OUT_REWRITE_SECONDS
-        ):
-            return
-        if len(self._opted_out) >= _LIMITS_CACHE_SIZE:
-            self._opted_out.clear()
-        self._opted_out[pseudonym] = now
-        self._restrict(pseudonym)
-        try:
-            self.store.note(
-                pseudonym,
-                Choice("opt-out"),
-                now_ms=math.floor(self._clock() * 1000),
-                keep_ms=math.ceil(self._policy.levels.keep * 1000),
-            )
-        except Exception:  # the header itself is honoured; the next request tries again
-            self._opted_out.pop(pseudonym, None)
-            self._logs.warning("opt-out", "throttle: keeping a GPC opt-out failed", exc_info=True)
+        """Write the person's GPC opt-out to their choices, so it holds on requests without
+        the header (11 CCR 7025)."""
+        if self._note(pseudonym, Choice("opt-out"), self._opted_out, _OPT_OUT_REWRITE_SECONDS):
+            self._restrict(pseudonym)
 
     def _touch(self, pseudonym: str) -> None:
         """Renew the person's choices, if they have any, when a decision was refused before the
         store was asked (quiet hours, TCF, too creepy for anyone): the store renews them with
-        each decision it makes; this covers the rest, at most hourly."""
+        each decision it makes; this covers the rest."""
+        self._note(pseudonym, Choice("touch"), self._touched, _TOUCH_SECONDS)
+
+    def _note(
+        self, pseudonym: str, choice: Choice, written: dict[str, float], every: float
+    ) -> bool:
+        """Have the store write `choice` without waiting, at most `every` seconds per person
+        (`written` remembers when); True when it was queued."""
         now = self._monotonic()
-        if now - self._touched.get(pseudonym, -_TOUCH_SECONDS) < _TOUCH_SECONDS:
-            return
-        if len(self._touched) >= _KNOWN_OPEN_SIZE:
-            self._touched.clear()
-        self._touched[pseudonym] = now
+        if now - written.get(pseudonym, -every) < every:
+            return False
+        if len(written) >= _KNOWN_OPEN_SIZE:
+            written.clear()
+        written[pseudonym] = now
         try:
             self.store.note(
                 pseudonym,
-                Choice("touch"),
+                choice,
                 now_ms=math.floor(self._clock() * 1000),
                 keep_ms=math.ceil(self._policy.levels.keep * 1000),
             )
-        except Exception:  # the next visit tries again
-            self._touched.pop(pseudonym, None)
-            self._logs.warning("touch", "throttle: renewing choices failed", exc_info=True)
+        except Exception:  # the request itself is honoured; the next one tries again
+            written.pop(pseudonym, None)
+            self._logs.warning(choice.kind, "throttle: writing a choice failed", exc_info=True)
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Close the store (it writes what it holds back first)."""
         await self.store.aclose()
 
-    def _special_of(self, marker: Marker) -> tuple[str, ...]:
-        """The special categories a message uses (cached per marker)."""
-        known = self._special.get(id(marker))
+    def _facts_of(self, marker: Marker) -> _Facts:
+        """What the policy says of the data a message uses; markers repeat, so per marker."""
+        known = self._facts.get(id(marker))
         if known is not None and known[0] is marker:
             return known[1]
         names = self._special_signals
-        found = tuple(
-            dict.fromkeys(name for s in marker.signals if s in names for name in names[s])
+        facts = _Facts(
+            minimal_ok=not marker.inferred
+            and not marker.third_party
+            and self._given.issuperset(marker.signals),
+            special=tuple(
+                dict.fromkeys(name for s in marker.signals if s in names for name in names[s])
+            ),
+            forbidden_by_gpc=gpc_forbids(
+                marker, self._policy.consent, self._scorer, self._gpc_sensitive
+            ),
         )
-        if len(self._special) >= _LIMITS_CACHE_SIZE:
-            self._special.clear()
-        self._special[id(marker)] = (marker, found)
-        return found
+        if len(self._facts) >= _LIMITS_CACHE_SIZE:
+            self._facts.clear()
+        self._facts[id(marker)] = (marker, facts)
+        return facts
 
     def _outweighs(self, relevance: float, score_milli: int, level: int, *, trust: int) -> bool:
         """The privacy calculus: relevance x (1 + trust) > lambda x creepiness."""
@@ -650,21 +650,6 @@ class Engine:
             )
         return self._personalized(marker, Reason.ALLOWED, content)
 
-    def _minimal_ok(self, marker: Marker) -> bool:
-        """Whether the message uses only data people give themselves (cached per marker)."""
-        known = self._given_only.get(id(marker))
-        if known is not None and known[0] is marker:
-            return known[1]
-        given = (
-            not marker.inferred
-            and not marker.third_party
-            and self._given.issuperset(marker.signals)
-        )
-        if len(self._given_only) >= _LIMITS_CACHE_SIZE:
-            self._given_only.clear()
-        self._given_only[id(marker)] = (marker, given)
-        return given
-
     def _record(self, decision: Decision, marker: Marker | None, pseudonym: str | None) -> None:
         limits = self._audit_limits
         if limits is None:
@@ -721,9 +706,7 @@ class Engine:
         audiences: tuple[str, ...],
         count_segments: tuple[str, ...],
         period_starts: tuple[int, ...],
-        minimal_ok: bool,
-        special: tuple[str, ...],
-        forbidden_by_gpc: bool,
+        facts: _Facts,
     ) -> Delivery:
         key = (marker.channel, marker.campaign, marker.tags if self._tagged else ())
         limits = self._limits.get(key)
@@ -739,10 +722,10 @@ class Engine:
             audiences,
             count_segments,
             period_starts,
-            minimal_ok,
+            facts.minimal_ok,
             marker.transactional,
-            special,
-            forbidden_by_gpc,
+            facts.special,
+            facts.forbidden_by_gpc,
             milli(marker.relevance) if marker.relevance is not None else -1,
         )
 
@@ -894,6 +877,14 @@ class Engine:
 
 
 _LEVEL_NAMES = {code: name for name, code in LEVEL_CODES.items()}
+
+
+class _Facts(NamedTuple):
+    """What a policy says of the data one message uses."""
+
+    minimal_ok: bool  # only data people give themselves: a minimal level allows it
+    special: tuple[str, ...]  # the special categories it reveals, each needing consent
+    forbidden_by_gpc: bool  # a GPC opt-out rules it out
 
 
 def _limit_for(cap: Cap, tags: tuple[str, ...]) -> int:

@@ -483,14 +483,6 @@ class Policy(_Model):
             )
         return self
 
-    def threshold_for(self, level: Level) -> float:
-        """The creepiness threshold of a person at `level` (`off` personalizes nothing)."""
-        if level == "minimal":
-            return self.levels.minimal_threshold
-        if level == "full":
-            return self.levels.full_threshold
-        return self.creepiness.threshold
-
     @property
     def name(self) -> str:
         return self.policy.name

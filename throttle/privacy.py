@@ -116,7 +116,7 @@ async def get_level(
     """Their level, whether they chose it, what each level means, and their GPC opt-out."""
     engine = middleware.engine
     choices = await engine.choices_of(person)
-    level, chosen = await engine.level_of(person)
+    level, chosen = engine.level_in(choices)
     return 200, {
         "level": level,
         "chosen": chosen,
@@ -211,8 +211,8 @@ async def access(
     engine = middleware.engine
     pseudonym = engine.pseudonym(person)
     state = await engine.store.state(pseudonym) or {}
-    level, chosen = await engine.level_of(person)
     choices = state.get("p") or {}
+    level, chosen = engine.level_in(choices)
     given = choices.get("s") or {}
     zone = middleware.zone(request.scope)
     return 200, {
