@@ -385,7 +385,7 @@ class RedisStore:
         if self._closed or not (self._audit_pending or self._notes):
             return
         if not self._pipe.ready:
-            self._background(self._write_pending_quietly())
+            self._background(self._connect_then_flush())
             return
         audit, count = self._audit_commands()
         try:
@@ -414,10 +414,13 @@ class RedisStore:
             self._encoded_audit = {limits: parts}  # one policy at a time
         return parts
 
-    async def _write_pending_quietly(self) -> None:
-        # What cannot be written now waits for the next write: a decision reconnects.
-        with contextlib.suppress(Exception):
-            await self._write_pending_now()
+    async def _connect_then_flush(self) -> None:
+        try:
+            await asyncio.wait_for(self._pipe.connect(), self._stall_limit)
+        except Exception:  # kept for the next write: a decision reconnects and carries them
+            return
+        if self._pipe.ready:
+            self._flush_audit()
 
     def _audit_commands(self) -> tuple[bytes, int]:
         """The waiting choices and audit entries as commands (XADD; LPUSH, LTRIM, PEXPIRE of the
@@ -516,10 +519,11 @@ class RedisStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pipe.ready:
+        if (self._audit_pending or self._notes) and self._pipe.ready:
             # The last decisions' entries go out before the connection does.
+            audit, count = self._audit_commands()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._write_pending_now(), 1.0)
+                _report_audit_errors(await asyncio.wait_for(self._pipe.send(audit, count), 1.0))
         await self._pipe.aclose()
         await self._client.aclose()
 
