@@ -18,7 +18,7 @@ import uvicorn
 from http_sfv.item import Item
 
 from examples.storefront import PASSWORD, create_app
-from throttle import DECISION_HEADER, RedisStore, Store, load_policy
+from throttle import DECISION_HEADER, Reason, RedisStore, Store, load_policy
 
 POLICY = "policies/default.toml"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -50,11 +50,14 @@ Each line is one request. From its Personalization-Decision response header:
   outcome  personalized: the handler's response went out as it was;
            segment: generic content for a group large enough to hide the person replaced it;
            -: the response was not marked as personalized, so throttle left it alone
-  reason   why: allowed, frequency-cap, creepiness, consent, anonymous or transactional
+  reason   why, one of:
+{reasons}
   rule     the policy rule that decided, when one did
   score    how creepy the message is, from 0 to 1: above {threshold} is too creepy, and each
            earlier delivery of the same campaign adds {repetition}
 """
+# Every reason with its words, from the one vocabulary the header and the reports use.
+REASONS = "\n".join(f"             {reason.value:<19} {reason.label}" for reason in Reason)
 
 
 @dataclass(frozen=True)
@@ -179,31 +182,41 @@ async def privacy_visit(base_url: str) -> None:
         print(
             f"   pseudonym {held['pseudonym'][:12]}..., level {held['level']['level']}, "
             f"{len(held['recent_decisions'])} recent decisions, "
-            f"{len(held['audit_trail'])} audit entries; deliveries counted ({counted})"
+            f"{len(held['audit_trail']['entries'])} audit entries; deliveries counted ({counted})"
         )
         print("-- ana erases it: DELETE /privacy/data")
         erased = (await http.delete("/privacy/data")).json()
         deleted = erased["deleted"]
         print(
             f"   deleted: state {deleted['state']}, {deleted['recent_decisions']} recent "
-            f"decisions, {deleted['audit_entries']} audit entries"
+            "decisions, and the token that named her in the audit trail (its entries are "
+            "unlinked)"
         )
         after = (await http.get("/privacy/data")).json()
-        left = len(after["deliveries"]) + len(after["recent_decisions"]) + len(after["audit_trail"])
+        left = (
+            len(after["deliveries"])
+            + len(after["recent_decisions"])
+            + len(after["audit_trail"]["entries"])
+        )
         print(f"   afterwards: {left} items held, level {after['level']['level']} (the default)")
 
 
-async def show_keys(url: str, prefix: str) -> None:
+async def show_keys_and_clean_up(url: str, prefix: str) -> None:
+    """What this run left in Redis, then none of it: the demo cleans up after itself."""
     client = aioredis.Redis.from_url(url, socket_timeout=1)
     try:
-        keys = [key.decode() async for key in client.scan_iter(match=f"{prefix}{{*")]
+        keys = sorted([key.decode() async for key in client.scan_iter(match=f"{prefix}{{*")])
         print(
-            f"Person keys in Redis: {len(keys)} (state, choices, recent decisions), named by a "
-            "keyed hash, never by the user id:"
+            f"Person keys in Redis: {len(keys)} (each person's record, and the choices of those "
+            "who made some), named by a keyed hash, never by the user id:"
         )
         for key in keys:
             hours = await client.pttl(key) / 3_600_000
             print(f"  {key}  expires on its own in {hours:.1f} h")
+        ours = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if ours:
+            await client.delete(*ours)
+        print(f"Removed this run's {len(ours)} keys (prefix {prefix}).")
     finally:
         await client.aclose()
 
@@ -240,11 +253,17 @@ async def main() -> int:
     choice = await choose_store()
     print(f"store: {choice.why}\n")
     creepiness = load_policy(POLICY).creepiness
-    print(LEGEND.format(threshold=creepiness.threshold, repetition=creepiness.repetition.weight))
+    print(
+        LEGEND.format(
+            reasons=REASONS,
+            threshold=creepiness.threshold,
+            repetition=creepiness.repetition.weight,
+        )
+    )
     await serve_and_visit(choice)
     print()
     if choice.redis_url is not None:
-        await show_keys(choice.redis_url, choice.prefix)
+        await show_keys_and_clean_up(choice.redis_url, choice.prefix)
         print()
     print(
         "Explore: .venv/bin/python -m uvicorn --factory examples.storefront:create_app, then"

@@ -95,7 +95,6 @@ ROUTES: list[BaseRoute] = [
     Route("/page", page),
     Route("/no-content", no_content),
     Route("/stream", stream),
-    Mount("/privacy", routes=privacy_routes()),
 ]
 
 
@@ -114,7 +113,8 @@ class ScopeSpy:
 def storefront(**throttle: Any) -> Starlette:
     """The test app with throttle mounted; keyword arguments go to ThrottleMiddleware."""
     return Starlette(
-        routes=ROUTES,
+        # Each app its own privacy routes, and so its own per-person rate limits.
+        routes=[*ROUTES, Mount("/privacy", routes=privacy_routes())],
         middleware=[
             Middleware(AuthenticationMiddleware, backend=HeaderUser()),
             Middleware(ThrottleMiddleware, **throttle),
@@ -124,7 +124,8 @@ def storefront(**throttle: Any) -> Starlette:
 
 def bare() -> Starlette:
     return Starlette(
-        routes=ROUTES, middleware=[Middleware(AuthenticationMiddleware, backend=HeaderUser())]
+        routes=[*ROUTES, Mount("/privacy", routes=privacy_routes())],
+        middleware=[Middleware(AuthenticationMiddleware, backend=HeaderUser())],
     )
 
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from throttle import Engine, Marker, Policy
-from throttle.store import Store
+from throttle.audit import AuditEntry
+from throttle.store import MemoryStore, RedisStore, Store
 
 SECRET = b"test-secret-0123456789abcdef"
 
@@ -26,3 +29,18 @@ def marker(campaign: str = "spring-sale", **fields: object) -> Marker:
 
 
 NO_REPETITION = "[creepiness]\nrepetition = { weight = 0.0, window = '1h' }\n"
+
+
+async def trail(store: Store) -> list[AuditEntry]:
+    """Every entry of the store's audit trail, oldest first (what waits to be written first)."""
+    if isinstance(store, MemoryStore):
+        return [AuditEntry.unpack(entry) for entry in store.trail()]
+    assert isinstance(store, RedisStore)
+    await store._write_pending_now()
+    rows: Any = await store._client.xrange(store.audit_key)
+    return [
+        entry
+        for _, fields in rows
+        for entry in AuditEntry.unpack_all(fields[b"d"])
+        if entry is not None
+    ]

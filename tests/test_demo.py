@@ -35,11 +35,29 @@ async def test_the_demo_runs_on_redis_and_shows_each_reason(
     assert f"store: Redis at {redis_url}" in output
     assert outcomes(output) == EXPECTED
     privacy_shown(output)
-    keys = output.split("Person keys in Redis")[1].split("\n\n")[0]
-    # After ana's erasure: the others' recent decisions, and the state of cleo (her GPC
-    # opt-out sticks) and dev (his consent, given and withdrawn), all under pseudonyms.
-    assert "Person keys in Redis: 5 (state, choices, recent decisions)" in output
-    assert "ana" not in keys and keys.count(":recent") == 3
+    keys = output.split("Person keys in Redis")[1].split("Removed")[0]
+    # After ana's erasure: the records of ben, cleo and dev (their counters and recent
+    # decisions), and cleo's choices (her GPC opt-out sticks), all under pseudonyms.
+    assert "Person keys in Redis: 4 (each person's record" in output
+    assert "ana" not in keys and keys.count(":choices") == 1
+    # The demo leaves nothing behind in the Redis it used.
+    assert re.search(r"Removed this run's \d+ keys", output)
+    assert await leftovers(redis_url) == []
+
+
+async def leftovers(url: str) -> list[bytes]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        return [key async for key in client.scan_iter(match="throttle-demo:*")]
+    finally:
+        await client.aclose()
+
+
+def test_the_legend_has_words_for_every_reason() -> None:
+    for reason in demo.Reason:
+        assert reason.value in demo.REASONS and reason.label in demo.REASONS
 
 
 def privacy_shown(output: str) -> None:
@@ -55,7 +73,7 @@ def privacy_shown(output: str) -> None:
     assert "/offers/recommended: segment (preference, level.off)" in privacy
     assert "/orders/latest: segment (preference, level.off)" in privacy
     assert "level off, 7 recent decisions, 7 audit entries" in privacy
-    assert "deleted: state True, 7 recent decisions, 7 audit entries" in privacy
+    assert "deleted: state True, 7 recent decisions, and the token" in privacy
     assert "afterwards: 0 items held, level standard (the default)" in privacy
 
 

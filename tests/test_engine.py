@@ -7,10 +7,12 @@ import asyncio
 import pytest
 
 from tests.conftest import ManualClock
-from tests.helpers import NO_REPETITION, SECRET, engine, marker, policy
+from tests.helpers import NO_REPETITION, SECRET, engine, marker, policy, trail
 from throttle import Engine, Reason
+from throttle.audit import AuditEntry
 from throttle.store import RedisStore, Store
 
+NO_AUDIT = "[audit]\nenabled = false\n"
 HOURLY_CAP_OF_3 = (
     """
 [[caps]]
@@ -301,8 +303,8 @@ async def test_segment_content_is_k_anonymous(store: Store, clock: ManualClock) 
     assert alone.segment == ""
 
 
-async def test_state_expires_after_the_longest_window(store: Store, clock: ManualClock) -> None:
-    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+async def test_counters_expire_after_the_longest_window(store: Store, clock: ManualClock) -> None:
+    throttle = engine(HOURLY_CAP_OF_3 + NO_AUDIT, store, clock)
     await throttle.decide(marker(), person="ana")
     person = throttle.pseudonym("ana")
     assert await store.state(person) is not None
@@ -316,20 +318,52 @@ async def test_state_expires_after_the_longest_window(store: Store, clock: Manua
         assert await store.state(person) is None
 
 
-async def test_erase_removes_a_persons_state(store: Store, clock: ManualClock) -> None:
+async def test_a_record_with_recent_decisions_lives_as_long_as_the_trail(
+    store: Store, clock: ManualClock
+) -> None:
+    throttle = engine(HOURLY_CAP_OF_3 + '[audit]\nmax_age = "2h"\n', store, clock)
+    await throttle.decide(marker(), person="ana")
+    person = throttle.pseudonym("ana")
+    if isinstance(store, RedisStore):
+        ttl = await store._client.pttl(store.person_key(person))
+        assert 7_199_000 < ttl <= 7_200_000
+    else:
+        clock.advance(3600)
+        await throttle.decide(marker(), person="ben")
+        assert len(await store.recent(person)) == 1
+        clock.advance(3600)
+        await throttle.decide(marker(), person="ben")
+        assert await store.recent(person) == []
+
+
+async def test_erase_deletes_a_persons_record_and_unlinks_their_trail(
+    store: Store, clock: ManualClock
+) -> None:
     throttle = engine(HOURLY_CAP_OF_3, store, clock)
     for _ in range(3):
         await throttle.decide(marker(), person="ana")
     person = throttle.pseudonym("ana")
     state = await store.state(person)
     assert state is not None and len(state["c"]["u"]) == 3
+    tokens = {entry.person for entry in await trail(store)}
+    assert len(tokens) == 1 and "" not in tokens  # one random token, not the pseudonym
+    (token,) = tokens
+    assert token != person
     erased = await store.erase(person)
-    assert (erased.state, erased.decisions, erased.audit_entries) == (True, 3, 3)
+    assert erased == (True, 3)
     assert await store.state(person) is None
     assert await store.recent(person) == []
-    assert await store.audit_entries(person) == []
-    assert await store.erase(person) == (False, 0, 0)
+    assert await store.erase(person) == (False, 0)
+    if isinstance(store, RedisStore):
+        # Nothing left in Redis ties the trail's token to the person: it lived in their record.
+        client = store._client
+        for key in await client.keys("*"):
+            if key != store.audit_key.encode():
+                raw = await client.dump(key)
+                assert token.encode() not in raw and person.encode() not in raw
     assert (await throttle.decide(marker(), person="ana")).outcome == "personalized"
+    # The person comes back as someone new to the trail.
+    assert {entry.person for entry in await trail(store)} - tokens
 
 
 @pytest.mark.parametrize(
@@ -368,15 +402,20 @@ async def test_every_decision_is_in_the_audit_trail_unless_turned_off(
     for _ in range(4):
         await audited.decide(marker(signals=("cart",)), person="ana")
     await audited.decide(marker(), person=None)
-    entries = await store.audit_entries(audited.pseudonym("ana"))
-    assert len(entries) == 4
-    assert len(await store.audit_entries("")) == 1  # the guest, under no pseudonym
-    assert len(await store.recent(audited.pseudonym("ana"))) == 4
+    entries = await trail(store)
+    assert [entry.outcome for entry in entries] == ["personalized"] * 3 + ["segment"] * 2
+    assert len({entry.person for entry in entries[:4]}) == 1
+    assert entries[4].person == ""  # the guest, under no token
+    recent = [AuditEntry.unpack(e) for e in await store.recent(audited.pseudonym("ana"))]
+    assert [(e.outcome, e.reason, e.rule) for e in recent] == [
+        (entry.outcome, entry.reason, entry.rule) for entry in reversed(entries[:4])
+    ]
     silent = Engine(policy(HOURLY_CAP_OF_3), store, secret=SECRET, clock=clock, audit=False)
-    off = engine(HOURLY_CAP_OF_3 + "[audit]\nenabled = false\n", store, clock)
+    off = engine(HOURLY_CAP_OF_3 + NO_AUDIT, store, clock)
     for quiet in (silent, off):
         await quiet.decide(marker(), person="ben")
-    assert await store.audit_entries(audited.pseudonym("ben")) == []
+    assert len(await trail(store)) == 5
+    assert await store.recent(audited.pseudonym("ben")) == []
 
 
 def test_an_audit_entry_packed_from_a_shared_tail_reads_back_whole() -> None:

@@ -9,6 +9,6 @@ def test_all_exports_every_public_name_and_only_those() -> None:
     modules = {
         "consent", "engine", "errors", "fallback", "faults", "message", "middleware", "periods",
         "policy", "simulate", "tcf", "audit", "audit_summary", "explain", "privacy",
-        "reload", "bench", "check", "cli", "locate", "scoring", "store",
+        "reload", "bench", "check", "cli", "locate", "scoring", "store", "decision", "snapshot",
     }  # fmt: skip
     assert set(throttle.__all__) == public - modules

@@ -312,15 +312,18 @@ async def test_choices_do_not_keep_counters_alive(redis_url: str) -> None:
 
     store = RedisStore(redis_url)
     throttle = engine(
-        '[[caps]]\nname = "h"\nper = "user"\nlimit = 3\nwindow = "1h"\n', store, ManualClock()
+        '[[caps]]\nname = "h"\nper = "user"\nlimit = 3\nwindow = "1h"\n[audit]\nmax_age = "2d"\n',
+        store,
+        ManualClock(),
     )
     await throttle.decide(marker(), person="ana")
     await throttle.set_level("ana", "full")
     await throttle.decide(marker(), person="ana")
     pseudonym = throttle.pseudonym("ana")
     client = store._client
-    # The longest window (the default repetition window, 24 h), not the 365 days of choices.
-    assert 0 < await client.pttl(store.person_key(pseudonym)) <= 86_400_000
+    # The trail's age (2 d: recent decisions are kept as long as it keeps them) or the longest
+    # window, whichever is longer; not the 365 days of choices.
+    assert 86_400_000 < await client.pttl(store.person_key(pseudonym)) <= 2 * 86_400_000
     assert await client.pttl(store.choices_key(pseudonym)) > 300 * 86_400_000
     await store.aclose()
 

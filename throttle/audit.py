@@ -8,6 +8,7 @@ outcome, the reason and rule, and each factor of the score.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ _FIELDS = (
 )  # fmt: skip
 
 
-_ARRAY_HEADER = b"\xdc" + len(_FIELDS).to_bytes(2, "big")  # msgpack array 16
+ARRAY_HEADER = b"\xdc" + len(_FIELDS).to_bytes(2, "big")  # msgpack array 16
 
 
 def pack_tail(values: tuple[Any, ...]) -> bytes:
@@ -32,7 +33,7 @@ def pack_tail(values: tuple[Any, ...]) -> bytes:
 
 def pack_entry(time_ms: int, person: str, tail: bytes) -> bytes:
     """An entry's bytes from its time, its person and a packed tail: a msgpack array."""
-    packed: bytes = _ARRAY_HEADER + msgpack.packb(time_ms) + msgpack.packb(person) + tail
+    packed: bytes = ARRAY_HEADER + msgpack.packb(time_ms) + msgpack.packb(person) + tail
     return packed
 
 
@@ -86,6 +87,25 @@ class AuditEntry:
             values: Any = msgpack.unpackb(data, raw=False, use_list=True)
         except Exception as error:  # msgpack raises several types for broken input
             raise ValueError(f"not an audit entry: {error}") from None
+        return cls._from_values(values)
+
+    @classmethod
+    def unpack_all(cls, data: bytes) -> Iterator[AuditEntry | None]:
+        """The entries of one append to the trail (packed entries, one after another). What
+        cannot be read ends the append: one None stands for it (an empty append is one too)."""
+        if not data:
+            yield None
+            return
+        unpacker = msgpack.Unpacker(raw=False, use_list=True)
+        unpacker.feed(data)
+        try:
+            for values in unpacker:
+                yield cls._from_values(values)
+        except Exception:  # msgpack raises several types for broken input; ValueError ours
+            yield None
+
+    @classmethod
+    def _from_values(cls, values: Any) -> AuditEntry:
         if not isinstance(values, list) or len(values) < 10:
             raise ValueError("not an audit entry: expected a list of at least 10 fields")
         fields = dict(zip(_FIELDS, values, strict=False))

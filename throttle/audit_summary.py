@@ -68,6 +68,8 @@ _REASON_WORDS = {
     "invalid-marker": "unreadable marker",
     "internal-error": "internal error",
 }
+# How far the stream IDs read reach past a period (see Reader).
+_APPEND_SLACK_MS = 300_000
 # The highest sequence number of a stream ID, so that `<ms>-<this>` ends millisecond `ms`.
 _MAX_SEQUENCE = 2**64 - 1
 _DURATION_SHAPE = re.compile(r"\s*\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*")
@@ -101,11 +103,14 @@ class Reader:
         self._since_ms = since_ms
         self._until_ms = until_ms
         self._batch = batch
-        # Stream IDs start at 0-1; a period that starts before the epoch starts there.
-        start_ms = 0 if since_ms is None else max(since_ms, 0)
+        # Stream IDs start at 0-1; a period that starts before the epoch starts there. An
+        # append carries entries made a little earlier, by another host's clock: the IDs read
+        # reach `_APPEND_SLACK_MS` past the period on both sides, and entries are then picked
+        # by their own times.
+        start_ms = 0 if since_ms is None else max(since_ms - _APPEND_SLACK_MS, 0)
         self._start = "-" if since_ms is None else f"{start_ms}-0"
-        self._end = "+" if until_ms is None else f"{until_ms}-{_MAX_SEQUENCE}"
-        self._done = until_ms is not None and until_ms < start_ms
+        self._end = "+" if until_ms is None else f"{until_ms + _APPEND_SLACK_MS}-{_MAX_SEQUENCE}"
+        self._done = until_ms is not None and until_ms < max(since_ms or 0, 0)
         self._pending: deque[AuditEntry] = deque()
 
     def __aiter__(self) -> Reader:
@@ -126,15 +131,12 @@ class Reader:
         else:
             self._start = _after(rows[-1][0])
         for _, fields in rows:
-            try:
-                entry = AuditEntry.unpack(fields.get(b"d", b""))
-            except ValueError:
-                self.unreadable += 1
-                continue
-            if not _plausible(entry):
-                self.unreadable += 1
-            elif self._within(entry.time_ms):
-                self._pending.append(entry)
+            # One append carries the entries of many decisions.
+            for entry in AuditEntry.unpack_all(fields.get(b"d", b"")):
+                if entry is None or not _plausible(entry):
+                    self.unreadable += 1
+                elif self._within(entry.time_ms):
+                    self._pending.append(entry)
 
     def _within(self, time_ms: int) -> bool:
         if self._since_ms is not None and time_ms < self._since_ms:

@@ -21,13 +21,21 @@ app = Starlette(routes=[..., Mount("/privacy", routes=privacy_routes())],
 The person is whoever the middleware's `identify` says the request is from, and nobody else:
 no route takes a person, a pseudonym or an id from the request, so no request can reach
 another person's data. Without an identity every route answers 401. The routes must sit
-behind `ThrottleMiddleware` (they use its engine and store), and they send `no-store`.
+behind `ThrottleMiddleware` (they use its engine), and they send `no-store`.
+
+Each route costs what one person's record costs (one key), never the audit trail, and each
+person may call them `calls` times per `window` seconds in each process (429 with
+`Retry-After` beyond; 60 a minute unless `privacy_routes` is told otherwise), so no signed-in
+person can slow everyone else down.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import time
+from collections import deque
 from typing import Any
 
 from starlette.requests import Request
@@ -53,20 +61,52 @@ LEVEL_WORDS = {
 }
 _MAX_BODY = 1024
 _NO_STORE = {"cache-control": "no-store"}
+_PEOPLE_REMEMBERED = 65_536
 
 
-def privacy_routes() -> list[BaseRoute]:
-    """The routes, for a `Mount` (e.g. under `/privacy`) behind `ThrottleMiddleware`."""
+class _PerPerson:
+    """A sliding-window count of each person's calls; bounded in people as in calls."""
+
+    def __init__(self, calls: int, window: float) -> None:
+        self.calls = calls
+        self.window = window
+        self._seen: dict[str, deque[float]] = {}
+
+    def wait(self, person: str, now: float) -> float:
+        """0 when the person may call now (and counts the call), else seconds to wait."""
+        seen = self._seen.get(person)
+        if seen is None:
+            if len(self._seen) >= _PEOPLE_REMEMBERED:
+                self._seen.clear()
+            seen = self._seen[person] = deque(maxlen=self.calls)
+        if len(seen) == self.calls and now - seen[0] < self.window:
+            return self.window - (now - seen[0])
+        seen.append(now)
+        return 0.0
+
+
+def privacy_routes(*, calls: int = 60, window: float = 60.0) -> list[BaseRoute]:
+    """The routes, for a `Mount` (e.g. under `/privacy`) behind `ThrottleMiddleware`.
+
+    - `calls`, `window`: each person may call them `calls` times per `window` seconds, in
+      each process; beyond that they get 429 with `Retry-After`.
+    """
+    if calls < 1 or not window > 0:
+        raise ValueError("privacy_routes: calls must be at least 1 and window above 0")
+    limits = _PerPerson(calls, window)
     return [
-        Route("/level", get_level, methods=["GET"]),
-        Route("/level", set_level, methods=["PUT"]),
-        Route("/why", why, methods=["GET"]),
-        Route("/consents", consents, methods=["GET"]),
-        Route("/consents/{category}", give_consent, methods=["PUT"]),
-        Route("/consents/{category}", withdraw_consent, methods=["DELETE"]),
-        Route("/opt-out", opt_in, methods=["DELETE"]),
-        Route("/data", access, methods=["GET"]),
-        Route("/data", erase, methods=["DELETE"]),
+        Route(path, _guarded(handler, limits), methods=[method])
+        for path, handler, method in (
+            ("/level", get_level, "GET"),
+            ("/level", set_level, "PUT"),
+            ("/why", why, "GET"),
+            ("/consents", consents, "GET"),
+            ("/consents/{category}", give_consent, "PUT"),
+            ("/consents/{category}", withdraw_consent, "DELETE"),
+            ("/opt-out", opt_in, "DELETE"),
+            ("/data", access, "GET"),
+            ("/data", erase, "DELETE"),
+        )
     ]
 
 
@@ -76,10 +116,12 @@ class _Refusal(Exception):
         self.message = message
 
 
-def _answer(status: int, body: dict[str, Any]) -> Response:
+def _answer(status: int, body: dict[str, Any], retry_after: float = 0.0) -> Response:
     headers = dict(_NO_STORE)
     if status == 401:
         headers["www-authenticate"] = "Bearer, Basic"
+    if retry_after:
+        headers["retry-after"] = str(math.ceil(retry_after))
     return JSONResponse(body, status, headers=headers)
 
 
@@ -93,10 +135,13 @@ def _context(request: Request) -> tuple[ThrottleMiddleware, str]:
     return middleware, person
 
 
-def _guarded(handler: Any) -> Any:
+def _guarded(handler: Any, limits: _PerPerson) -> Any:
     async def endpoint(request: Request) -> Response:
         try:
             middleware, person = _context(request)
+            wait = limits.wait(middleware.engine.pseudonym(person), time.monotonic())
+            if wait:
+                return _answer(429, {"error": "too many requests; try again later"}, wait)
             status, body = await handler(request, middleware, person)
         except _Refusal as refusal:
             return _answer(refusal.status, {"error": refusal.message})
@@ -109,7 +154,6 @@ def _guarded(handler: Any) -> Any:
     return endpoint
 
 
-@_guarded
 async def get_level(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
@@ -125,7 +169,6 @@ async def get_level(
     }
 
 
-@_guarded
 async def set_level(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
@@ -148,7 +191,6 @@ async def set_level(
     return 200, {"level": level, "chosen": True, "meaning": LEVEL_WORDS[level]}
 
 
-@_guarded
 async def consents(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
@@ -157,7 +199,6 @@ async def consents(
     return 200, {"categories": _categories(middleware, given)}
 
 
-@_guarded
 async def give_consent(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
@@ -173,7 +214,6 @@ async def give_consent(
     }
 
 
-@_guarded
 async def withdraw_consent(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
@@ -183,7 +223,6 @@ async def withdraw_consent(
     return 200, {"category": category, "consented": False}
 
 
-@_guarded
 async def opt_in(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
@@ -192,25 +231,24 @@ async def opt_in(
     return 200, {"opt_out": _opt_out({}, request)}
 
 
-@_guarded
 async def why(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Their recent decisions, newest first, each in plain words."""
     engine = middleware.engine
     zone = middleware.zone(request.scope)
-    entries = await engine.store.recent(engine.pseudonym(person))
+    entries = await engine.recent(person)
     return 200, {"decisions": [explain(entry, zone=zone) for entry in _readable(entries)]}
 
 
-@_guarded
 async def access(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Everything held about them (GDPR Art. 15)."""
     engine = middleware.engine
     pseudonym = engine.pseudonym(person)
-    state = await engine.store.state(pseudonym) or {}
+    state = await engine.state_of(person) or {}
+    recent = _readable(await engine.recent(person))
     choices = state.get("p") or {}
     level, chosen = engine.level_in(choices)
     given = choices.get("s") or {}
@@ -233,17 +271,19 @@ async def access(
         "creepiness_budget": [
             {"since": _time(t), "score": score / 1000} for t, score in state.get("b") or []
         ],
-        "recent_decisions": [
-            explain(entry, zone=zone) for entry in _readable(await engine.store.recent(pseudonym))
-        ],
-        "audit_trail": [
-            {k: v for k, v in entry.as_dict().items() if k != "person"}
-            for entry in _readable(await engine.store.audit_entries(pseudonym))
-        ],
+        "recent_decisions": [explain(entry, zone=zone) for entry in recent],
+        "audit_trail": {
+            "about": "Each decision is also kept in our audit trail, which shows what we did "
+            "with personal data. There you are named only by a random token kept with your "
+            "data; erasing your data deletes the token, after which nothing links those "
+            "entries to you. Your entries, newest first:",
+            "entries": [
+                {k: v for k, v in entry.as_dict().items() if k != "person"} for entry in recent
+            ],
+        },
     }
 
 
-@_guarded
 async def erase(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
@@ -255,12 +295,11 @@ async def erase(
         "deleted": {
             "state": erased.state,
             "recent_decisions": erased.decisions,
-            "audit_entries": erased.audit_entries,
         },
-        "note": "Your counters, your choice of level, your consents, your opt-out, your recent "
-        "decisions and your entries in the audit trail are deleted. Your level is back to "
-        f"the default, {default}; "
-        "choose it again if you wish.",
+        "note": "Your counters, your choice of level, your consents, your opt-out and your "
+        "recent decisions are deleted, and so is the token that named you in our audit "
+        "trail: nothing links its entries to you any more. Your level is back to the "
+        f"default, {default}; choose it again if you wish.",
     }
 
 

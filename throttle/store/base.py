@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple, Protocol
 
+import msgpack
+
 
 class Verdict(IntEnum):
     DELIVERED = 0
@@ -100,8 +102,10 @@ class Limits:
     budget: BudgetCheck | None = None
     repetition: RepetitionCheck | None = None
     audience_window_ms: int = 0
-    # A store that can be slow answers within this or raises (the memory store never waits).
+    # A store that can be slow answers within this or raises (the memory store never waits),
+    # and after a failed connection tries again no sooner than `retry_after_ms`.
     timeout_ms: int = 50
+    retry_after_ms: int = 1000
     # Whether any counter is a shadow counter.
     shadow_caps: bool = False
     # Thresholds at the minimal and full levels, the level of people who chose none, and how
@@ -115,6 +119,102 @@ class Limits:
     trust_signed_in_milli: int = 200
     trust_declared_milli: int = 300
     lambda_milli: tuple[int, int, int] = (2000, 1000, 600)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RecentTemplate:
+    """How a store writes one message's decision into the person's recent decisions.
+
+    The store makes the decision, so the entry is assembled there, from pieces the engine
+    packed once per message and policy: a packed audit entry is `head`, the time, `before`,
+    `outcomes[key]`, the score, the factors (`factors`, plus the repetition factor when the
+    store counted earlier deliveries), `after`, the shadow flag (`key in shadowed`) and
+    `policy`. `key` names how the decision came out (see `outcome_key`); the engine maps
+    decisions to the same keys, so the person's record and the engine's decision agree.
+    Compares and hashes by identity, so a store may cache what it derives from one.
+    """
+
+    per_person: int
+    keep_ms: int
+    head: bytes
+    before: bytes
+    outcomes: Mapping[str, bytes]
+    shadowed: frozenset[str]
+    factors: bytes
+    factor_count: int
+    after: bytes
+    policy: bytes
+    # Cap indexes in shadow mode: a refusal by one in the category band gets the band.
+    shadow_caps: frozenset[int] = frozenset()
+    # The category band's (low, high] by level 1 (minimal), 2, 3 (full), thousandths; () none.
+    band: tuple[int, ...] = ()
+
+    def entry(self, now_ms: int, key: str, score_milli: int, content_milli: int) -> bytes:
+        """The packed entry, as `lua/deliver.lua` assembles it."""
+        factors, count = self.factors, self.factor_count
+        if score_milli > content_milli:
+            factors += REPETITION_FACTOR + msgpack.packb(score_milli - content_milli)
+            count += 1
+        return b"".join(
+            (
+                self.head,
+                msgpack.packb(now_ms),
+                self.before,
+                self.outcomes[key],
+                msgpack.packb(score_milli),
+                array_header(count),
+                factors,
+                self.after,
+                b"\xc3" if key in self.shadowed else b"\xc2",
+                self.policy,
+            )
+        )
+
+
+# The repetition factor's pair, up to its contribution: a msgpack array of two, and its name.
+REPETITION_FACTOR = b"\x92" + msgpack.packb("repetition")
+
+
+def array_header(count: int) -> bytes:
+    """A msgpack array header (fixarray or array 16) for `count` items."""
+    return bytes((0x90 + count,)) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+
+
+def outcome_key(
+    verdict: Verdict,
+    index: int,
+    level: int,
+    score_milli: int,
+    transactional: bool,
+    band: tuple[int, ...],
+    shadow_caps: frozenset[int],
+) -> str:
+    """How a store's verdict comes out, as a key of `RecentTemplate.outcomes`: `a` allowed,
+    `t` transactional, `g` the category band, `c<i>` cap i, `b` budget, `s` creepiness,
+    `p0`/`p1` level off/minimal, `x<i>` the i-th special category, `o` GPC, `k` calculus.
+
+    `band` is the category band's (low, high] by level 1 to 3, `()` for none; `shadow_caps`
+    the indexes of caps in shadow mode. `lua/deliver.lua` makes the same choice."""
+    if verdict is Verdict.DELIVERED:
+        if transactional:
+            return "t"
+        return "g" if band and band[2 * level - 2] < score_milli <= band[2 * level - 1] else "a"
+    if verdict is Verdict.FREQUENCY_CAP:
+        in_band = bool(band) and band[2 * level - 2] < score_milli <= band[2 * level - 1]
+        return "g" if in_band and index in shadow_caps else f"c{index}"
+    if verdict is Verdict.PREFERENCE:
+        return f"p{index}"
+    if verdict is Verdict.SPECIAL:
+        return f"x{index}"
+    return _VERDICT_KEYS[verdict]
+
+
+_VERDICT_KEYS = {
+    Verdict.BUDGET: "b",
+    Verdict.CREEPINESS: "s",
+    Verdict.GPC: "o",
+    Verdict.CALCULUS: "k",
+}
 
 
 class Delivery(NamedTuple):
@@ -141,13 +241,17 @@ class Delivery(NamedTuple):
     gpc_forbids: bool = False
     # The message's relevance, thousandths; -1 when it states none (no calculus).
     relevance_milli: int = -1
+    # The request carries a GPC opt-out now: record it in the person's choices (kept from its
+    # first time), before the answer, so every worker honours it at once.
+    gpc_now: bool = False
+    # How to write this decision into the person's recent decisions; None: keep none.
+    recent: RecentTemplate | None = None
 
 
 class Choice(NamedTuple):
     """A change to what a person allows: `kind` is `level` (`value` a level code), `consent` or
     `withdraw` (`value` a special category), `opt-out` (a GPC signal was seen; kept from its
-    first time), `opt-in` (the person clears that themselves) or `touch` (the person came
-    back: choices they have are kept longer)."""
+    first time) or `opt-in` (the person clears that themselves)."""
 
     kind: str
     value: int | str = 0
@@ -165,11 +269,15 @@ class AuditLimits:
 
 
 class Erasure(NamedTuple):
-    """What erasing a person deleted: their state, their recent decisions, their audit entries."""
+    """What erasing a person deleted: their state and choices, and their recent decisions.
+
+    Their entries in the audit trail are unlinked rather than searched for: entries name a
+    person by a random token kept in the person's state, so deleting it leaves nothing that
+    ties them to the person.
+    """
 
     state: bool
     decisions: int
-    audit_entries: int
 
 
 class Outcome(NamedTuple):
@@ -183,16 +291,24 @@ class Outcome(NamedTuple):
     restricted: bool = False
     # The person's level (a `LEVEL_CODES` value), theirs or the policy's default.
     level: int = 2
+    # The random token that names the person in the audit trail ("" when none is kept).
+    token: str = ""
 
 
 class Store(Protocol):
-    """Where per-person state lives. `memory://` for one process, `redis://` to share it."""
+    """Where per-person state lives. `memory://` for one process, `redis://` to share it.
+
+    Everything about one person is one record (one Redis key): counters, budget, choices,
+    their audit token and recent decisions. It expires by itself when the longest of them
+    lapses, and erasing the person deletes it whole.
+    """
 
     # Whether other processes see the state: then pseudonyms need a configured secret.
     shared: bool
 
     async def deliver(self, delivery: Delivery) -> Outcome:
-        """Check every counter and the budget for one message, and record it if all pass."""
+        """Check every counter and the budget for one message, and record it if all pass;
+        write the decision into the person's recent decisions when `delivery.recent` says so."""
         ...
 
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
@@ -200,33 +316,38 @@ class Store(Protocol):
         ...
 
     async def state(self, person: str) -> dict[str, Any] | None:
-        """One person's decoded state (counters `c`, budget `b`, their choices `p`, which are
-        kept apart and live longer), or None."""
+        """One person's decoded state (counters `c`, budget `b`, their choices `p`), or None."""
         ...
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         """Record a person's choice in their state, kept at least `keep_ms`."""
         ...
 
-    def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
-        """Record a choice without waiting (a store may write it with its next write)."""
+    def remember(
+        self,
+        person: str,
+        time_ms: int,
+        tail: bytes | None,
+        audit: AuditLimits | None,
+        *,
+        keep_ms: int,
+    ) -> None:
+        """A decision made without the store, for a person: append it (a packed entry tail) to
+        their recent decisions and, under their token, to the trail; choices they have are
+        kept `keep_ms` longer. Never waits; a store may write it with its next write."""
         ...
 
-    def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
-        """Append a packed `AuditEntry` to the trail, and to the person's recent decisions
-        (`person` is a pseudonym, `""` for nobody). Never waits; a store may write later."""
+    def record(self, time_ms: int, token: str, tail: bytes, audit: AuditLimits) -> None:
+        """Append a decision to the audit trail, naming its person by `token` ("": nobody).
+        Never waits; a store may write later, many entries at once."""
         ...
 
     async def recent(self, person: str) -> list[bytes]:
         """One person's recent decisions, newest first, as packed audit entries."""
         ...
 
-    async def audit_entries(self, person: str) -> list[bytes]:
-        """Every audit entry of one person still in the trail, oldest first."""
-        ...
-
     async def erase(self, person: str) -> Erasure:
-        """Delete everything held about one person: state, recent decisions, audit entries."""
+        """Delete everything held about one person, in one write."""
         ...
 
     async def aclose(self) -> None: ...

@@ -6,10 +6,12 @@ the behaviour suite runs against each. State expires by the same rule, and is sw
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from throttle.audit import pack_entry
 from throttle.store.base import (
     AuditLimits,
     CapCheck,
@@ -19,16 +21,22 @@ from throttle.store.base import (
     Erasure,
     Outcome,
     Verdict,
+    outcome_key,
 )
 
 _SWEEP_EVERY = 1024
 _MAX_AUDIENCE = 100_000
+_TOKEN_BYTES = 8
 
 
 @dataclass(slots=True)
-class _Person:
+class _Record:
+    """One person's record, as `lua/record.lua` lays it out in Redis (choices kept apart)."""
+
     counters: dict[str, list[int]] = field(default_factory=dict)
     budget: list[list[int]] = field(default_factory=list)
+    token: str = ""
+    recent: list[bytes] = field(default_factory=list)  # oldest first
     expires_ms: int = 0
 
 
@@ -39,132 +47,65 @@ class MemoryStore:
     shared = False
 
     def __init__(self) -> None:
-        self._people: dict[str, _Person] = {}
-        self._audiences: dict[str, dict[str, int]] = {}
-        # The audit trail, oldest first: (time ms, pseudonym, packed entry).
-        self._trail: deque[tuple[int, str, bytes]] = deque()
-        self._recent: dict[str, tuple[int, deque[bytes]]] = {}  # pseudonym -> (expiry, entries)
-        # Each person's own choices, kept apart from counters as in Redis: (expiry, choices)
-        # with `l` their level and `u` when they chose it, `g` when they first sent a GPC
-        # opt-out, `s` the special categories they consented to, with when.
+        self._people: dict[str, _Record] = {}
+        # Each person's own choices, kept apart from their record as in Redis: (expiry,
+        # choices) with `l` their level and `u` when they chose it, `g` when they first sent
+        # a GPC opt-out, `s` the special categories they consented to, with when.
         self._choices: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._audiences: dict[str, dict[str, int]] = {}
+        # The audit trail, oldest first: (time ms, packed entry).
+        self._trail: deque[tuple[int, bytes]] = deque()
         self._now_ms = 0
         self._until_sweep = _SWEEP_EVERY
 
     def __len__(self) -> int:
-        """How many people's state is held (expired state may linger until the next sweep)."""
+        """How many people's records are held (expired ones may linger until the next sweep)."""
         return len(self._people)
+
+    def trail(self) -> list[bytes]:
+        """The audit trail's entries, oldest first."""
+        return [entry for _, entry in self._trail]
+
+    def _record(self, person: str, now_ms: int) -> _Record | None:
+        held = self._people.get(person)
+        return held if held is not None and held.expires_ms > now_ms else None
+
+    def _choices_of(self, person: str, now_ms: int) -> dict[str, Any] | None:
+        held = self._choices.get(person)
+        return held[1] if held is not None and held[0] > now_ms else None
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         self._now_ms = max(self._now_ms, delivery.now_ms)
         self._count_in(delivery)
         window_ms = delivery.limits.audience_window_ms
         sizes = {s: self._audience_size(s, window_ms) for s in delivery.count_segments}
-        choices = self._choices_of(delivery.person, delivery.now_ms)
+        now, person = delivery.now_ms, delivery.person
+        choices = self._choices_of(person, now)
+        if delivery.gpc_now and not (choices and "g" in choices):
+            # Kept from its first time, before the answer leaves.
+            choices = {**(choices or {}), "g": now}
         if choices is not None:
-            # A choice is kept for as long after the person's last decision, whatever it decides.
-            self._choices[delivery.person] = (
-                delivery.now_ms + delivery.limits.keep_choice_ms,
-                choices,
-            )
-        verdict, cap_index, score, repetitions = self._decide(delivery, choices)
+            # A choice is kept for its time after the person's last decision, whatever it decides.
+            self._choices[person] = (now + delivery.limits.keep_choice_ms, choices)
+        outcome = _Decision(delivery, self._record(person, now), choices).run()
+        record = outcome.record
+        if record is None:
+            self._people.pop(delivery.person, None)
+        else:
+            self._people[delivery.person] = record
         self._until_sweep -= 1
         if self._until_sweep <= 0:
             self._sweep()
-        default = delivery.limits.default_level
-        level = choices.get("l", default) if choices else default
-        restricted = choices is not None and (level < 2 or "g" in choices)
-        return Outcome(verdict, cap_index, score, repetitions, sizes, restricted, level)
-
-    def _choices_of(self, person: str, now_ms: int) -> dict[str, Any] | None:
-        held = self._choices.get(person)
-        return held[1] if held is not None and held[0] > now_ms else None
-
-    def _decide(
-        self, delivery: Delivery, choices: dict[str, Any] | None
-    ) -> tuple[Verdict, int, int, int]:
-        now, limits = delivery.now_ms, delivery.limits
-        person = self._people.get(delivery.person)
-        if person is not None and person.expires_ms <= now:
-            person = None
-        level = choices.get("l", limits.default_level) if choices else limits.default_level
-        if level == 0 or (level == 1 and not delivery.minimal_ok):
-            return Verdict.PREFERENCE, level, delivery.score_milli, 0
-        if delivery.gpc_forbids and choices and "g" in choices:
-            return Verdict.GPC, -1, delivery.score_milli, 0
-        consented = (choices or {}).get("s") or {}
-        for index, category in enumerate(delivery.special):
-            if category not in consented:
-                return Verdict.SPECIAL, index, delivery.score_milli, 0
-        threshold = (
-            limits.minimal_threshold_milli
-            if level == 1
-            else limits.full_threshold_milli
-            if level == 3
-            else limits.threshold_milli
+        return Outcome(
+            outcome.verdict,
+            outcome.cap_index,
+            outcome.score,
+            outcome.repetitions,
+            sizes,
+            outcome.restricted,
+            outcome.level,
+            record.token if record is not None else "",
         )
-        if delivery.transactional:
-            # The person's level and threshold apply; caps and budget do not.
-            verdict = Verdict.CREEPINESS if delivery.score_milli > threshold else Verdict.DELIVERED
-            return verdict, -1, delivery.score_milli, 0
-        logs = dict(person.counters) if person else {}
-        for counter in limits.counters:
-            logs[counter.name] = _pruned(
-                logs.get(counter.name, []), now, counter.window_ms, counter.keep
-            )
-
-        repetitions = 0
-        if limits.repetition is not None:
-            rep = limits.repetition
-            repetitions = min(
-                _younger_than(logs.get(rep.counter, []), now, rep.window_ms), rep.saturation
-            )
-            weight = rep.weight_milli
-        else:
-            weight = 0
-        score = min(1000, delivery.score_milli + weight * repetitions)
-        if score > threshold:
-            return Verdict.CREEPINESS, -1, score, repetitions
-        if delivery.relevance_milli >= 0:
-            trust = limits.trust_signed_in_milli + (
-                limits.trust_declared_milli if choices and "l" in choices else 0
-            )
-            weighed = limits.lambda_milli[level - 1] * score
-            if delivery.relevance_milli * (1000 + trust) <= weighed:
-                return Verdict.CALCULUS, -1, score, repetitions
-
-        refused_by = _refused_by(limits.counters, logs, delivery, shadow=False)
-        if refused_by >= 0:
-            return Verdict.FREQUENCY_CAP, refused_by, score, repetitions
-
-        budget_log: list[list[int]] = []
-        if limits.budget is not None:
-            budget = limits.budget
-            oldest = now - budget.window_ms
-            budget_log = [entry for entry in (person.budget if person else []) if entry[0] > oldest]
-            if sum(entry[1] for entry in budget_log) + score > budget.limit_milli:
-                return Verdict.BUDGET, -1, score, repetitions
-            if score > 0:
-                budget_log.append([now, score])
-                if len(budget_log) > budget.entries:
-                    budget_log.sort(key=lambda entry: (entry[0], entry[1]))
-                    first, second = budget_log[0], budget_log[1]
-                    budget_log[:2] = [[second[0], first[1] + second[1]]]
-
-        shadow_refusal = (
-            _refused_by(limits.counters, logs, delivery, shadow=True) if limits.shadow_caps else -1
-        )
-        verdict = Verdict.FREQUENCY_CAP if shadow_refusal >= 0 else Verdict.DELIVERED
-        if limits.ttl_ms <= 0:
-            return verdict, shadow_refusal, score, repetitions
-        for counter in limits.counters:
-            if not (counter.shadow and shadow_refusal >= 0):
-                logs[counter.name].append(now)
-        kept = {name: _pruned(log, now, limits.ttl_ms, len(log)) for name, log in logs.items()}
-        kept = {name: log for name, log in kept.items() if log}
-        if kept or budget_log:
-            self._people[delivery.person] = _Person(kept, budget_log, now + limits.ttl_ms)
-        return verdict, shadow_refusal, score, repetitions
 
     def _count_in(self, delivery: Delivery) -> None:
         person, seen = delivery.person, self._now_ms
@@ -196,14 +137,10 @@ class MemoryStore:
 
     def _sweep(self) -> None:
         # As many decisions between sweeps as people held: a sweep costs O(1) per decision.
-        self._until_sweep = max(
-            _SWEEP_EVERY, len(self._people) + len(self._choices) + len(self._recent)
-        )
+        self._until_sweep = max(_SWEEP_EVERY, len(self._people) + len(self._choices))
         now = self._now_ms
-        for key in [k for k, person in self._people.items() if person.expires_ms <= now]:
+        for key in [k for k, record in self._people.items() if record.expires_ms <= now]:
             del self._people[key]
-        for key in [k for k, (expiry, _) in self._recent.items() if expiry <= now]:
-            del self._recent[key]
         for key in [k for k, (expiry, _) in self._choices.items() if expiry <= now]:
             del self._choices[key]
 
@@ -211,14 +148,13 @@ class MemoryStore:
         return {s: self._audience_size(s, window_ms) for s in segments}
 
     async def state(self, person: str) -> dict[str, Any] | None:
-        held = self._people.get(person)
+        record = self._record(person, self._now_ms)
         choices = self._choices_of(person, self._now_ms)
         state: dict[str, Any] = {}
-        if held is not None and held.expires_ms > self._now_ms:
-            if held.counters:
-                state["c"] = {name: list(log) for name, log in held.counters.items()}
-            if held.budget:
-                state["b"] = [list(entry) for entry in held.budget]
+        if record is not None and record.counters:
+            state["c"] = {name: list(log) for name, log in record.counters.items()}
+        if record is not None and record.budget:
+            state["b"] = [list(entry) for entry in record.budget]
         if choices:
             state["p"] = {
                 key: dict(value) if isinstance(value, dict) else value
@@ -227,15 +163,7 @@ class MemoryStore:
         return state or None
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
-        self._choose(person, choice, now_ms=now_ms, keep_ms=keep_ms)
-
-    def _choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         self._now_ms = max(self._now_ms, now_ms)
-        if choice.kind == "touch":
-            held = self._choices_of(person, now_ms)
-            if held is not None:
-                self._choices[person] = (now_ms + keep_ms, held)
-            return
         choices = dict(self._choices_of(person, now_ms) or {})
         consented = dict(choices.get("s") or {})
         if choice.kind == "level":
@@ -259,51 +187,213 @@ class MemoryStore:
         else:
             self._choices.pop(person, None)
 
-    def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
-        # Nothing here waits, so the choice is recorded at once.
-        self._choose(person, choice, now_ms=now_ms, keep_ms=keep_ms)
+    def remember(
+        self,
+        person: str,
+        time_ms: int,
+        tail: bytes | None,
+        audit: AuditLimits | None,
+        *,
+        keep_ms: int,
+    ) -> None:
+        self._now_ms = max(self._now_ms, time_ms)
+        choices = self._choices_of(person, time_ms)
+        if choices is not None:
+            self._choices[person] = (time_ms + keep_ms, choices)
+        record = self._record(person, time_ms)
+        if tail is None or audit is None:
+            return
+        if audit.per_person <= 0:
+            self.record(time_ms, record.token if record else "", tail, audit)
+            return
+        record = record or _Record()
+        record.token = record.token or secrets.token_hex(_TOKEN_BYTES)
+        record.recent = _remembered(record.recent, pack_entry(time_ms, "", tail), audit.per_person)
+        record.expires_ms = max(record.expires_ms, time_ms + audit.keep_ms)
+        self._people[person] = record
+        self.record(time_ms, record.token, tail, audit)
 
-    def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
-        now = self._now_ms
+    def record(self, time_ms: int, token: str, tail: bytes, audit: AuditLimits) -> None:
         trail = self._trail
-        trail.append((now, person, entry))
-        oldest = now - limits.max_age_ms
-        while trail and (len(trail) > limits.max_entries or trail[0][0] <= oldest):
+        trail.append((time_ms, pack_entry(time_ms, token, tail)))
+        oldest = self._now_ms - audit.max_age_ms
+        while trail and (len(trail) > audit.max_entries or trail[0][0] <= oldest):
             trail.popleft()
-        if person and limits.per_person:
-            known = self._recent.get(person)
-            recent = known[1] if known else deque(maxlen=limits.per_person)
-            recent.appendleft(entry)
-            self._recent[person] = (now + limits.keep_ms, recent)
 
     async def recent(self, person: str) -> list[bytes]:
-        known = self._recent.get(person)
-        if known is None or known[0] <= self._now_ms:
-            return []
-        return list(known[1])
-
-    async def audit_entries(self, person: str) -> list[bytes]:
-        return [entry for _, who, entry in self._trail if who == person]
+        record = self._record(person, self._now_ms)
+        return record.recent[::-1] if record is not None else []
 
     async def erase(self, person: str) -> Erasure:
-        held = self._people.pop(person, None)
+        record = self._people.pop(person, None)
         choices = self._choices.pop(person, None)
-        known = self._recent.pop(person, None)
-        before = len(self._trail)
-        self._trail = deque(item for item in self._trail if item[1] != person)
+        held = record is not None and record.expires_ms > self._now_ms
         return Erasure(
-            state=(held is not None and held.expires_ms > self._now_ms)
-            or (choices is not None and choices[0] > self._now_ms),
-            decisions=len(known[1]) if known and known[0] > self._now_ms else 0,
-            audit_entries=before - len(self._trail),
+            state=held or (choices is not None and choices[0] > self._now_ms),
+            decisions=len(record.recent) if record is not None and held else 0,
         )
 
     async def aclose(self) -> None:
         self._people.clear()
+        self._choices.clear()
         self._audiences.clear()
         self._trail.clear()
-        self._recent.clear()
-        self._choices.clear()
+
+
+class _Decided(NamedTuple):
+    verdict: Verdict
+    cap_index: int
+    score: int
+    repetitions: int
+    restricted: bool
+    level: int
+    record: _Record | None
+
+
+class _Decision:
+    """One delivery against one person's record: the arithmetic of `lua/deliver.lua`, step by
+    step in the same order, so that both stores leave the same record behind."""
+
+    def __init__(
+        self, delivery: Delivery, held: _Record | None, choices: dict[str, Any] | None
+    ) -> None:
+        self.delivery = delivery
+        self.now = delivery.now_ms
+        self.limits = delivery.limits
+        self.template = delivery.recent
+        self.held = held
+        self.logs = dict(held.counters) if held else {}
+        self.budget = [list(entry) for entry in held.budget] if held else []
+        self.choices = choices
+        self.token = held.token if held else ""
+        self.recent = list(held.recent) if held else []
+        self.dirty = False
+        self.level = (self.choices or {}).get("l", self.limits.default_level)
+        self.restricted = self.choices is not None and (self.level < 2 or "g" in self.choices)
+        if self.template is not None and not self.token:
+            self.token = secrets.token_hex(_TOKEN_BYTES)
+            self.dirty = True
+
+    def run(self) -> _Decided:
+        delivery, limits, level, choices = self.delivery, self.limits, self.level, self.choices
+        content = delivery.score_milli
+        if level == 0 or (level == 1 and not delivery.minimal_ok):
+            return self.finish(Verdict.PREFERENCE, level, content, 0, f"p{level}", False)
+        if delivery.gpc_forbids and choices and "g" in choices:
+            return self.finish(Verdict.GPC, -1, content, 0, "o", False)
+        consented = (choices or {}).get("s") or {}
+        for index, category in enumerate(delivery.special):
+            if category not in consented:
+                return self.finish(Verdict.SPECIAL, index, content, 0, f"x{index}", False)
+        threshold = (
+            limits.minimal_threshold_milli
+            if level == 1
+            else limits.full_threshold_milli
+            if level == 3
+            else limits.threshold_milli
+        )
+        if delivery.transactional:
+            # The person's level and threshold apply; caps and budget do not.
+            if content > threshold:
+                return self.finish(Verdict.CREEPINESS, -1, content, 0, "s", False)
+            return self.finish(Verdict.DELIVERED, -1, content, 0, "t", False)
+        now, logs = self.now, self.logs
+        for counter in limits.counters:
+            logs[counter.name] = _pruned(
+                logs.get(counter.name, []), now, counter.window_ms, counter.keep
+            )
+        repetitions = 0
+        weight = 0
+        if limits.repetition is not None:
+            rep = limits.repetition
+            repetitions = min(
+                _younger_than(logs.get(rep.counter, []), now, rep.window_ms), rep.saturation
+            )
+            weight = rep.weight_milli
+        score = min(1000, content + weight * repetitions)
+        if score > threshold:
+            return self.finish(Verdict.CREEPINESS, -1, score, repetitions, "s", False)
+        if delivery.relevance_milli >= 0:
+            trust = limits.trust_signed_in_milli + (
+                limits.trust_declared_milli if choices and "l" in choices else 0
+            )
+            if delivery.relevance_milli * (1000 + trust) <= limits.lambda_milli[level - 1] * score:
+                return self.finish(Verdict.CALCULUS, -1, score, repetitions, "k", False)
+        refused = _refused_by(limits.counters, logs, delivery, shadow=False)
+        if refused >= 0:
+            return self.finish(
+                Verdict.FREQUENCY_CAP, refused, score, repetitions, f"c{refused}", False
+            )
+        if limits.budget is not None:
+            budget = limits.budget
+            oldest = now - budget.window_ms
+            kept = [entry for entry in self.budget if entry[0] > oldest]
+            if sum(entry[1] for entry in kept) + score > budget.limit_milli:
+                return self.finish(Verdict.BUDGET, -1, score, repetitions, "b", False)
+            self.budget = kept
+            if score > 0:
+                kept.append([now, score])
+                if len(kept) > budget.entries:
+                    kept.sort(key=lambda entry: (entry[0], entry[1]))
+                    first, second = kept[0], kept[1]
+                    kept[:2] = [[second[0], first[1] + second[1]]]
+        else:
+            self.budget = []
+        shadow_refused = (
+            _refused_by(limits.counters, logs, delivery, shadow=True) if limits.shadow_caps else -1
+        )
+        verdict = Verdict.FREQUENCY_CAP if shadow_refused >= 0 else Verdict.DELIVERED
+        key = "a"
+        template = self.template
+        if template is not None:
+            key = outcome_key(
+                verdict, shadow_refused, level, score, False, template.band, template.shadow_caps
+            )
+        if limits.ttl_ms <= 0:
+            self.logs, self.budget = {}, []
+            return self.finish(verdict, shadow_refused, score, repetitions, key, True)
+        touched = {counter.name: counter.shadow for counter in limits.counters}
+        for name, log in list(logs.items()):
+            shadow = touched.get(name)
+            if shadow is None:
+                logs[name] = _pruned(log, now, limits.ttl_ms, len(log))
+            elif not shadow or shadow_refused < 0:
+                logs[name] = [*log, now]
+        return self.finish(verdict, shadow_refused, score, repetitions, key, True)
+
+    def finish(
+        self, verdict: Verdict, index: int, score: int, repetitions: int, key: str, changed: bool
+    ) -> _Decided:
+        template, now = self.template, self.now
+        if template is not None and template.per_person > 0:
+            entry = template.entry(now, key, score, self.delivery.score_milli)
+            self.recent = _remembered(self.recent, entry, template.per_person)
+            changed = True
+        record = self.held
+        if changed or self.dirty:
+            record = _Record(
+                {name: log for name, log in self.logs.items() if log},
+                self.budget,
+                self.token,
+                self.recent,
+            )
+            lifetime = self.lifetime(record)
+            record.expires_ms = now + lifetime
+            if lifetime <= 0:
+                record = None
+        return _Decided(verdict, index, score, repetitions, self.restricted, self.level, record)
+
+    def lifetime(self, record: _Record) -> int:
+        """How long the record must live: the longer of what it holds (as deliver.lua)."""
+        keep = self.limits.ttl_ms if record.counters or record.budget else 0
+        if record.recent and self.template is not None:
+            keep = max(keep, self.template.keep_ms)
+        return keep
+
+
+def _remembered(recent: list[bytes], entry: bytes, keep: int) -> list[bytes]:
+    """The recent decisions with `entry` appended, the newest `keep` of them."""
+    return [*recent, entry][-keep:]
 
 
 def _refused_by(

@@ -48,6 +48,8 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[_Batch] = collections.deque()
         self.transport: asyncio.WriteTransport | None = None
         self.lost: Exception | None = None
+        # When the last bytes arrived (loop time): a slow Redis is still a working one.
+        self.answered_at = 0.0
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -55,6 +57,7 @@ class _Protocol(asyncio.Protocol):
         self.transport = cast(asyncio.WriteTransport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.answered_at = asyncio.get_running_loop().time()
         self.reader.feed(data)
         waiting = self.waiting
         while (reply := self.reader.gets()) is not False:
@@ -84,11 +87,18 @@ class _Protocol(asyncio.Protocol):
 
 
 class Pipe:
-    """One connection to the Redis at `url`, opened on first use and again after a loss."""
+    """One connection to the Redis at `url`, opened on first use and again after a loss.
 
-    def __init__(self, url: str, *, connect_timeout: float) -> None:
+    `handshake`: commands (each in RESP) sent first on every new connection, e.g. SCRIPT
+    LOADs, whose error replies fail the connection.
+    """
+
+    def __init__(
+        self, url: str, *, connect_timeout: float, handshake: tuple[bytes, ...] = ()
+    ) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))
         self._connect_timeout = connect_timeout
+        self._extra_handshake = handshake
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         # Every connection opened, so that closing waits until each socket is really shut.
@@ -114,6 +124,10 @@ class Pipe:
         if self._protocol is None or not self._protocol.waiting:
             return 0.0
         return asyncio.get_running_loop().time() - self._protocol.waiting[0].sent_at
+
+    def answered_since(self, moment: float) -> bool:
+        """Whether Redis sent anything on this connection since `moment` (loop time)."""
+        return self._protocol is not None and self._protocol.answered_at >= moment
 
     def abort(self, error: Exception) -> None:
         """Drop the connection, failing what waits on it; the next send reconnects."""
@@ -165,6 +179,7 @@ class Pipe:
             handshake.append(command(b"AUTH", *(c.encode() for c in credentials)))
         if options.get("db"):
             handshake.append(command(b"SELECT", str(options["db"]).encode()))
+        handshake += self._extra_handshake
         if not handshake or protocol.transport is None:
             return
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()

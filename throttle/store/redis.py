@@ -1,10 +1,17 @@
-"""The production store: per-person state in Redis, one round trip per decision or less.
+"""The production store: one record per person in Redis, one command per decision.
 
-Each decision runs `lua/deliver.lua` by its SHA on the person's key, which is hash-tagged
-(`prefix{pseudonym}`) so everything about one person sits in one cluster slot and erasure is
-one DEL. Decisions made in the same event-loop tick are coalesced: one write carries every
-EVALSHA and the segment-audience HyperLogLog commands, and one read brings the replies back.
-Each script still runs atomically, so caps stay exact.
+Each decision runs `lua/deliver.lua` by its SHA on the person's record, whose key is
+hash-tagged (`prefix{pseudonym}`) so everything about one person sits in one cluster slot and
+erasure is one DEL. The script also writes the decision into the person's recent decisions, so
+the audit trail costs the decision path no command of its own. Decisions made in the same
+event-loop tick are coalesced: one write carries every EVALSHA, the segment-audience HyperLogLog
+commands and one XADD holding the audit entries that waited, and one read brings the replies
+back. Each script still runs atomically, so caps stay exact.
+
+Faults: an error reply about the server rather than one person's record (OOM, READONLY,
+LOADING, ...) fails the batch as a store fault, like a lost connection. A batch is given up on
+when Redis makes no progress for the policy's timeout, not when the event loop was merely busy.
+After a failed connection, nothing here connects again for `retry_after`.
 """
 
 from __future__ import annotations
@@ -12,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
+import math
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +31,7 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from throttle.audit import pack_entry
 from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.store.base import (
     AuditLimits,
@@ -32,31 +40,43 @@ from throttle.store.base import (
     Erasure,
     Limits,
     Outcome,
+    RecentTemplate,
     Verdict,
 )
+from throttle.store.layout import DeliverArg, Limit, Recent, script, sha1
 from throttle.store.pipe import Pipe, bulk, command, reply_error
 
-logger = logging.getLogger("throttle")
+logger = logging.getLogger("throttle.store")
 
-_SCRIPT = resources.files("throttle.store").joinpath("lua/deliver.lua").read_text("utf-8")
-_CHOOSE = resources.files("throttle.store").joinpath("lua/choose.lua").read_text("utf-8")
-_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
-# `EVALSHA <sha> 2 <state> <choices> <now> <score> <limits> <periods> <flags> <special>
-# <relevance>`: twelve arguments, three fixed.
-_EVALSHA = b"*12\r\n" + bulk(b"EVALSHA") + bulk(_SCRIPT_SHA) + bulk(b"2")
-_SCRIPT_LOAD = command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
-_LIMITS_CACHE_SIZE = 4096
+_DELIVER = script("deliver")
+_CHOOSE = script("choose")
+_REMEMBER = script("remember")
+_DELIVER_SHA, _REMEMBER_SHA = sha1(_DELIVER), sha1(_REMEMBER)
+# `EVALSHA <sha> 2 <record> <choices> <ARGV...>`
+_EVALSHA = b"*%d\r\n" % (5 + len(DeliverArg)) + bulk(b"EVALSHA") + bulk(_DELIVER_SHA) + bulk(b"2")
+_LOAD_SCRIPTS = tuple(command(b"SCRIPT", b"LOAD", text.encode()) for text in (_DELIVER, _REMEMBER))
+_CACHE_SIZE = 4096
 _VERDICTS = tuple(Verdict)
-_FLAGS = tuple(bulk(b"%d" % flags) for flags in range(8))
-_NO_SPECIAL_NO_RELEVANCE = bulk(b"") + bulk(b"-1")
+_FLAGS = tuple(bulk(b"%d" % flags) for flags in range(16))
+_EMPTY = bulk(b"")
+_NO_RELEVANCE = bulk(b"-1")
 _NO_SIZES: Mapping[str, int] = MappingProxyType({})
-# Audit entries waiting for a connection; beyond this many the oldest are dropped (and counted).
-_MAX_PENDING_AUDIT = 10_000
-# The stream is trimmed by age at most this often (by length at every append).
+# Audit entries and side writes waiting for a connection; beyond this many the oldest go.
+_MAX_PENDING = 10_000
+# The trail is trimmed by age, and its key's expiry renewed, at most this often.
 _TRIM_EVERY_SECONDS = 60.0
-_SCAN_BATCH = 1000
-# How long an audit entry waits for a decision's write to carry it before it goes alone.
-_AUDIT_LINGER_SECONDS = 0.05
+# How long side writes (audit entries, decisions made without the store) wait for a decision's
+# write to carry them before they go alone.
+_SIDE_LINGER_SECONDS = 0.05
+# A batch whose replies are still coming (Redis answers, only slowly) is given this many times
+# the policy's timeout before it fails: a busy machine must not look like a dead Redis.
+_PROGRESS_GRACE = 4
+# Error replies about the server, not about one person's record: store faults.
+_SERVER_ERRORS = (
+    "OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOPERM", "MOVED", "ASK", "CROSSSLOT",
+    "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF", "NOAUTH", "WRONGPASS",
+)  # fmt: skip
+_TOKEN_BYTES = 8
 
 
 class RedisStore:
@@ -76,8 +96,8 @@ class RedisStore:
         connect_timeout: float = 1.0,
         stall_limit: float = 5.0,
     ) -> None:
-        self._pipe = Pipe(url, connect_timeout=connect_timeout)
-        # redis-py serves everything off the decision path (access, erasure, script loading).
+        self._pipe = Pipe(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
+        # redis-py serves everything off the decision path (access, erasure, choices).
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
         )
@@ -85,31 +105,38 @@ class RedisStore:
         self._key_prefix = f"{prefix}{{".encode()
         self._stall_limit = stall_limit
         self._encoded_limits: dict[Limits, bytes] = {}
+        self._encoded_recent: dict[RecentTemplate, bytes] = {}
         self._pending: list[_Call] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._choose = self._client.register_script(_CHOOSE)
         self._audit_key = f"{prefix}audit".encode()
-        self._audit_pending: list[tuple[str, bytes, AuditLimits]] = []
-        # Choices recorded without waiting, as ready commands (rare: a first GPC opt-out).
-        self._notes: list[tuple[str, bytes]] = []  # (pseudonym, command)
-        self._encoded_audit: dict[AuditLimits, tuple[bytes, bytes, bytes]] = {}
-        self._audit_scheduled = False
-        self._audit_dropped = 0
-        self._trimmed_at = 0.0
+        # Audit entries waiting for the next write, packed, and the trail's bounds.
+        self._trail: list[bytes] = []
+        self._trail_limits: AuditLimits | None = None
+        # Decisions made without the store, as ready EVALSHAs of remember.lua, with what the
+        # trail gets once the script names the person's token: (pseudonym, command, time, tail).
+        self._remembered: list[tuple[str, bytes, int, bytes | None]] = []
+        self._side_scheduled = False
+        self._dropped = 0
+        self._trimmed_at = -_TRIM_EVERY_SECONDS
+        # Entries per append, for bounding the trail by entries while appends carry many.
+        self._appended = 0
+        self._appends = 0
+        self._tokens = b""
+        # After a failed connection nothing connects again before this (monotonic) time.
+        self._retry_at = 0.0
+        self.retry_after = 1.0
 
     def person_key(self, person: str) -> str:
+        """The person's record: counters, budget, audit token, recent decisions."""
         return f"{self.prefix}{{{person}}}"
 
     def choices_key(self, person: str) -> str:
-        """The person's choices (level, consents, GPC opt-out): beside their state, same slot,
+        """The person's choices (level, consents, GPC opt-out): beside their record, same slot,
         kept as long as they come back rather than as long as a window."""
         return f"{self.prefix}{{{person}}}:choices"
-
-    def recent_key(self, person: str) -> str:
-        """The person's recent decisions: a list beside their state, in the same slot."""
-        return f"{self.prefix}{{{person}}}:recent"
 
     @property
     def audit_key(self) -> str:
@@ -134,85 +161,96 @@ class RedisStore:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        limits = batch[0].delivery.limits
+        self.retry_after = limits.retry_after_ms / 1000
         # Each decision gets its answer, or an error, within the policy's timeout from the
-        # moment it was queued: connecting, reloading the script and all.
-        timeout = batch[0].delivery.limits.timeout_ms / 1000
-        deadline = asyncio.get_running_loop().call_later(timeout, _expire, batch, timeout)
+        # moment it was queued (connecting, reloading the script and all), unless Redis is
+        # visibly answering, only slowly.
+        deadline = _Deadline(self._pipe, batch, limits.timeout_ms / 1000)
         if self._pipe.ready and self._pipe.oldest_wait() < self._stall_limit:
             self._send(batch, deadline)
+        elif time.monotonic() < self._retry_at:
+            deadline.fail(StoreUnavailable("Redis failed lately; retrying after retry_after"))
         else:
             self._background(self._prepare_then_send(batch, deadline, self._reconnect))
 
     async def _reconnect(self) -> None:
         if self._pipe.ready:  # ready but stalled: Redis stopped answering this connection
             self._pipe.abort(TimeoutError(f"no answer for {self._stall_limit:.0f} s"))
-        await self._pipe.connect()
+        try:
+            await self._pipe.connect()
+        except BaseException:
+            self._retry_at = time.monotonic() + self.retry_after
+            raise
 
-    async def _reload_script(self) -> None:
+    async def _reload_scripts(self) -> None:
         await self._pipe.connect()
-        (loaded,) = await self._pipe.send(_SCRIPT_LOAD, 1)
-        if (error := reply_error(loaded)) is not None:
-            raise error
+        for loaded in await self._pipe.send(b"".join(_LOAD_SCRIPTS), len(_LOAD_SCRIPTS)):
+            if (error := reply_error(loaded)) is not None:
+                raise error
 
     async def _prepare_then_send(
         self,
         calls: list[_Call],
-        deadline: asyncio.TimerHandle,
+        deadline: _Deadline,
         preparation: Callable[[], Awaitable[None]],
     ) -> None:
-        """Connect, or reload the script, then send; a failure fails the calls at once."""
+        """Connect, or reload the scripts, then send; a failure fails the calls at once."""
         try:
             await preparation()
         except BaseException as error:
-            _fail(calls, _store_error(error))
-            deadline.cancel()
+            deadline.fail(_store_error(error))
             if not isinstance(error, Exception):
                 raise
             return
         self._send(calls, deadline)
 
-    def _send(self, batch: list[_Call], deadline: asyncio.TimerHandle) -> None:
+    def _send(self, batch: list[_Call], deadline: _Deadline) -> None:
         batch = [call for call in batch if not call.future.done()]
         if not batch:
             deadline.cancel()
             return
         audiences, audience_replies, counted = self._audience_commands(batch)
-        # The audit entries of earlier decisions ride along: no round trip of their own.
-        audit, audit_replies = self._audit_commands()
-        payload = audit + b"".join(self._evalsha(call.delivery) for call in batch) + audiences
+        # What waits on the side (audit entries, decisions made without the store) rides along.
+        side, handlers = self._side_commands()
+        payload = side + b"".join(self._evalsha(call.delivery) for call in batch) + audiences
         try:
             replies = self._pipe.send(
-                payload, audit_replies + len(batch) + audience_replies + len(counted)
+                payload, len(handlers) + len(batch) + audience_replies + len(counted)
             )
         except ConnectionError as error:  # lost since it was found ready
-            _fail(batch, error)
-            deadline.cancel()
+            self._requeue(handlers)
+            deadline.fail(error)
             return
+        deadline.batch = batch
         replies.add_done_callback(
-            functools.partial(self._settle, batch, counted, audit_replies, deadline)
+            functools.partial(self._settle, batch, counted, handlers, deadline)
         )
 
     def _settle(
         self,
         batch: list[_Call],
         counted: list[str],
-        audit_replies: int,
-        deadline: asyncio.TimerHandle,
+        handlers: list[_SideReply],
+        deadline: _Deadline,
         replies: asyncio.Future[list[Any]],
     ) -> None:
         try:
-            if audit_replies and replies.exception() is None:
-                values = replies.result()
-                _report_audit_errors(values[:audit_replies])
-                del values[:audit_replies]
+            if handlers:
+                if replies.exception() is None:
+                    values = replies.result()
+                    self._side_written(handlers, values[: len(handlers)])
+                    del values[: len(handlers)]
+                else:
+                    self._requeue(handlers)
             forgotten = self._answer(batch, counted, replies)
         except Exception as error:  # an answer of a shape we never sent for: fail, never hang
             forgotten = []
             _fail(batch, error)
         if forgotten:
-            # Redis restarted or was flushed: load the script again, resend what it refused.
+            # Redis restarted or was flushed: load the scripts again, resend what it refused.
             # The deadline stays armed for them.
-            self._background(self._prepare_then_send(forgotten, deadline, self._reload_script))
+            self._background(self._prepare_then_send(forgotten, deadline, self._reload_scripts))
         else:
             deadline.cancel()
 
@@ -232,12 +270,15 @@ class RedisStore:
             if future.done():
                 continue
             if type(answer) is not list:  # an error reply
-                if str(answer).startswith("NOSCRIPT"):
+                message = str(answer)
+                if message.startswith("NOSCRIPT"):
                     forgotten.append(call)
+                elif message.startswith(_SERVER_ERRORS):
+                    future.set_exception(StoreUnavailable(f"Redis: {message}"))
                 else:
-                    future.set_exception(DecisionRefused(str(answer)))
+                    future.set_exception(DecisionRefused(message))
                 continue
-            verdict, cap_index, score, repetitions, restricted, level = answer
+            verdict, cap_index, score, repetitions, restricted, level, token = answer
             asked = call.delivery.count_segments
             future.set_result(
                 Outcome(
@@ -248,6 +289,7 @@ class RedisStore:
                     {s: sizes[s] for s in asked if s in sizes} if asked else _NO_SIZES,
                     restricted == 1,
                     level,
+                    token.decode() if token else "",
                 )
             )
         return forgotten
@@ -281,33 +323,61 @@ class RedisStore:
     def _evalsha(self, delivery: Delivery) -> bytes:
         limits = self._encoded_limits.get(delivery.limits)
         if limits is None:
-            if len(self._encoded_limits) >= _LIMITS_CACHE_SIZE:
+            if len(self._encoded_limits) >= _CACHE_SIZE:
                 self._encoded_limits.clear()
             limits = self._encoded_limits[delivery.limits] = bulk(_packed(delivery.limits))
-        key = self._key_prefix + delivery.person.encode() + b"}"
-        keys = bulk(key) + bulk(key + b":choices")
+        template = delivery.recent
+        if template is None:
+            recent = token = _EMPTY
+        else:
+            recent = self._encoded_recent.get(template)  # type: ignore[assignment]
+            if recent is None:
+                if len(self._encoded_recent) >= _CACHE_SIZE:
+                    self._encoded_recent.clear()
+                recent = self._encoded_recent[template] = bulk(_packed_recent(template))
+            token = bulk(self._token())
         now = b"%d" % delivery.now_ms
         score = b"%d" % delivery.score_milli
         periods = b"%d %d %d" % delivery.period_starts if delivery.period_starts else b""
-        flags = _FLAGS[delivery.minimal_ok + 2 * delivery.transactional + 4 * delivery.gpc_forbids]
-        rest = (
-            bulk(" ".join(delivery.special).encode()) + bulk(b"%d" % delivery.relevance_milli)
-            if delivery.special or delivery.relevance_milli >= 0
-            else _NO_SPECIAL_NO_RELEVANCE
+        flags = _FLAGS[
+            delivery.minimal_ok
+            + 2 * delivery.transactional
+            + 4 * delivery.gpc_forbids
+            + 8 * delivery.gpc_now
+        ]
+        special = bulk(" ".join(delivery.special).encode()) if delivery.special else _EMPTY
+        relevance = (
+            bulk(b"%d" % delivery.relevance_milli)
+            if delivery.relevance_milli >= 0
+            else _NO_RELEVANCE
         )
-        return b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s%s" % (
-            _EVALSHA,
-            keys,
-            len(now),
-            now,
-            len(score),
-            score,
-            limits,
-            len(periods),
-            periods,
-            flags,
-            rest,
+        key = self._key_prefix + delivery.person.encode() + b"}"
+        return b"".join(
+            (
+                _EVALSHA,
+                bulk(key),
+                bulk(key + b":choices"),
+                bulk(now),
+                bulk(score),
+                limits,
+                bulk(periods),
+                flags,
+                special,
+                relevance,
+                recent,
+                token,
+            )
         )
+
+    def _token(self) -> bytes:
+        """A fresh random audit token, from a pool drawn from the OS now and then."""
+        if not self._tokens:
+            self._tokens = os.urandom(_TOKEN_BYTES * 512).hex().encode()
+        token, self._tokens = (
+            self._tokens[: 2 * _TOKEN_BYTES],
+            self._tokens[2 * _TOKEN_BYTES :],
+        )
+        return token
 
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
         pipe = self._client.pipeline(transaction=False)
@@ -319,20 +389,26 @@ class RedisStore:
     async def state(self, person: str) -> dict[str, Any] | None:
         async with _unavailable_on_error():
             await self._write_pending_now()
+            raw: Any
             raw, raw_choices = await self._client.mget(
                 self.person_key(person), self.choices_key(person)
             )
+        core, _ = decode_record(raw)
         state: dict[str, Any] = {}
-        if raw is not None:
-            stored: dict[str, Any] = msgpack.unpackb(raw, raw=False)
-            base = stored.pop("t", 0)
-            if "c" in stored:
-                state["c"] = {name: [base + t for t in log] for name, log in stored["c"].items()}
-            if "b" in stored:
-                state["b"] = [[base + t, score] for t, score in stored["b"]]
+        base = core.get("t", 0)
+        if core.get("c"):
+            state["c"] = {name: [base + t for t in log] for name, log in core["c"].items()}
+        if core.get("b"):
+            state["b"] = [[base + t, score] for t, score in core["b"]]
         if raw_choices is not None:
             state["p"] = dict(msgpack.unpackb(raw_choices, raw=False))
         return state or None
+
+    async def recent(self, person: str) -> list[bytes]:
+        async with _unavailable_on_error():
+            await self._write_pending_now()
+            raw: Any = await self._client.get(self.person_key(person))
+        return decode_record(raw)[1][::-1]
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         async with _unavailable_on_error():
@@ -341,176 +417,180 @@ class RedisStore:
                 args=[choice.kind, choice.value, now_ms, keep_ms],
             )
 
-    def note(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
+    def remember(
+        self,
+        person: str,
+        time_ms: int,
+        tail: bytes | None,
+        audit: AuditLimits | None,
+        *,
+        keep_ms: int,
+    ) -> None:
         if self._closed:
             return
-        if choice.kind == "touch":
-            # Renewing needs no script: PEXPIRE leaves a key that does not exist alone.
-            written = command(b"PEXPIRE", self.choices_key(person).encode(), b"%d" % keep_ms)
-            self._notes.append((person, written))
-            self._schedule_side_writes()
-            return
-        # EVAL rather than EVALSHA: written with the next write, it cannot meet NOSCRIPT.
+        per_person = audit.per_person if audit is not None and tail is not None else 0
+        entry = pack_entry(time_ms, "", tail) if per_person and tail is not None else b""
+        key = self._key_prefix + person.encode() + b"}"
         written = command(
-            b"EVAL",
-            _CHOOSE.encode(),
-            b"1",
-            self.choices_key(person).encode(),
-            choice.kind.encode(),
-            str(choice.value).encode(),
-            b"%d" % now_ms,
+            b"EVALSHA",
+            _REMEMBER_SHA,
+            b"2",
+            key,
+            key + b":choices",
+            entry,
+            b"%d" % per_person,
+            b"%d" % (audit.keep_ms if audit is not None else 0),
             b"%d" % keep_ms,
+            self._token() if audit is not None else b"",
         )
-        self._notes.append((person, written))
+        if audit is not None:
+            self._trail_limits = audit
+        self._remembered.append((person, written, time_ms, tail if audit is not None else None))
+        if len(self._remembered) > _MAX_PENDING:
+            del self._remembered[0]
+            self._dropped += 1
         self._schedule_side_writes()
 
-    def record(self, person: str, entry: bytes, limits: AuditLimits) -> None:
+    def record(self, time_ms: int, token: str, tail: bytes, audit: AuditLimits) -> None:
         if self._closed:
             return
-        pending = self._audit_pending
-        pending.append((person, entry, limits))
-        if len(pending) > _MAX_PENDING_AUDIT:
-            del pending[0]
-            self._audit_dropped += 1
+        self._trail_limits = audit
+        trail = self._trail
+        trail.append(pack_entry(time_ms, token, tail))
+        if len(trail) > _MAX_PENDING:
+            del trail[0]
+            self._dropped += 1
         self._schedule_side_writes()
 
     def _schedule_side_writes(self) -> None:
-        if not self._audit_scheduled:
-            # The next decision's write usually carries the entry; when none comes, this does.
-            self._audit_scheduled = True
-            asyncio.get_running_loop().call_later(_AUDIT_LINGER_SECONDS, self._flush_audit)
+        if not self._side_scheduled:
+            # The next decision's write usually carries them; when none comes, this does.
+            self._side_scheduled = True
+            asyncio.get_running_loop().call_later(_SIDE_LINGER_SECONDS, self._flush_side)
 
-    def _flush_audit(self) -> None:
-        self._audit_scheduled = False
-        if self._closed or not (self._audit_pending or self._notes):
+    def _flush_side(self) -> None:
+        self._side_scheduled = False
+        if self._closed or not (self._trail or self._remembered):
             return
         if not self._pipe.ready:
-            self._background(self._connect_then_flush())
+            if time.monotonic() >= self._retry_at:
+                self._background(self._connect_then_flush())
+            else:  # kept until the store may be tried again
+                self._schedule_side_writes()
             return
-        audit, count = self._audit_commands()
+        side, handlers = self._side_commands()
         try:
-            replies = self._pipe.send(audit, count)
+            replies = self._pipe.send(side, len(handlers))
         except ConnectionError:
+            self._requeue(handlers)
             return
-        replies.add_done_callback(_audit_written)
+        replies.add_done_callback(functools.partial(self._side_settled, handlers))
 
-    def _audit_parts(self, limits: AuditLimits) -> tuple[bytes, bytes, bytes]:
-        """What every entry's commands share under these limits, encoded once: the XADD up to
-        the person, and the ends of LTRIM and PEXPIRE after the person's key."""
-        parts = self._encoded_audit.get(limits)
-        if parts is None:
-            xadd = b"*10\r\n" + b"".join(
-                bulk(argument)
-                for argument in (
-                    b"XADD", self._audit_key, b"MAXLEN", b"~", b"%d" % limits.max_entries,
-                    b"*", b"p",
-                )
-            )  # fmt: skip
-            parts = (
-                xadd,
-                bulk(b"0") + bulk(b"%d" % (limits.per_person - 1)),
-                bulk(b"%d" % limits.keep_ms),
-            )
-            self._encoded_audit = {limits: parts}  # one policy at a time
-        return parts
+    def _side_settled(self, handlers: list[_SideReply], replies: asyncio.Future[list[Any]]) -> None:
+        if replies.cancelled():
+            return
+        if replies.exception() is not None:
+            self._requeue(handlers)
+            return
+        self._side_written(handlers, replies.result())
 
     async def _connect_then_flush(self) -> None:
         try:
-            await asyncio.wait_for(self._pipe.connect(), self._stall_limit)
-        except Exception:  # kept for the next write: a decision reconnects and carries them
+            await self._reconnect()
+        except Exception:  # kept for the next write, after retry_after
+            self._schedule_side_writes()
             return
         if self._pipe.ready:
-            self._flush_audit()
+            self._flush_side()
 
-    def _audit_commands(self) -> tuple[bytes, int]:
-        """The waiting choices and audit entries as commands (XADD; LPUSH, LTRIM, PEXPIRE of the
-        person's recent decisions), and how many replies they make."""
-        commands = [note for _, note in self._notes]
-        self._notes = []
-        if not self._audit_pending:
-            return b"".join(commands), len(commands)
-        pending, self._audit_pending = self._audit_pending, []
-        for person, entry, limits in pending:
-            xadd, ltrim_tail, pexpire_tail = self._audit_parts(limits)
-            who = person.encode()
-            commands.append(xadd + bulk(who) + b"$1\r\nd\r\n" + bulk(entry))
-            if person and limits.per_person:
-                recent = bulk(self._key_prefix + who + b"}:recent")
-                commands.append(b"*3\r\n$5\r\nLPUSH\r\n" + recent + bulk(entry))
-                commands.append(b"*4\r\n$5\r\nLTRIM\r\n" + recent + ltrim_tail)
-                commands.append(b"*3\r\n$7\r\nPEXPIRE\r\n" + recent + pexpire_tail)
-        now = time.time()
-        if now - self._trimmed_at >= _TRIM_EVERY_SECONDS:
-            self._trimmed_at = now
-            oldest = int(now * 1000) - pending[-1][2].max_age_ms
-            commands.append(command(b"XTRIM", self._audit_key, b"MINID", b"~", b"%d" % oldest))
-        if self._audit_dropped:
+    def _side_commands(self) -> tuple[bytes, list[_SideReply]]:
+        """What waits on the side as commands: one EVALSHA of remember.lua per decision made
+        without the store, one XADD carrying every waiting audit entry (and, now and then, the
+        trail's trim by age and its expiry); with what to do with each reply."""
+        commands: list[bytes] = []
+        handlers: list[_SideReply] = []
+        for remembered in self._remembered:
+            commands.append(remembered[1])
+            handlers.append(_SideReply(remembered))
+        self._remembered = []
+        limits = self._trail_limits
+        if self._trail and limits is not None:
+            entries, self._trail = self._trail, []
+            self._appended += len(entries)
+            self._appends += 1
+            # The trail holds about `max_entries` decisions: appends carry many each.
+            appends = max(1, math.ceil(limits.max_entries * self._appends / self._appended))
+            commands.append(
+                command(
+                    b"XADD", self._audit_key, b"MAXLEN", b"~", b"%d" % appends, b"*",
+                    b"n", b"%d" % len(entries), b"d", b"".join(entries),
+                )
+            )  # fmt: skip
+            handlers.append(_SideReply(None))
+            now = time.monotonic()
+            if now - self._trimmed_at >= _TRIM_EVERY_SECONDS:
+                self._trimmed_at = now
+                oldest = int(time.time() * 1000) - limits.max_age_ms
+                commands.append(command(b"XTRIM", self._audit_key, b"MINID", b"~", b"%d" % oldest))
+                # The trail goes by itself when decisions stop.
+                commands.append(command(b"PEXPIRE", self._audit_key, b"%d" % limits.max_age_ms))
+                handlers += (_SideReply(None), _SideReply(None))
+        if self._dropped:
             logger.warning(
                 "throttle: %d audit entries were dropped while the store was unavailable",
-                self._audit_dropped,
+                self._dropped,
+                extra={"dropped": self._dropped},
             )
-            self._audit_dropped = 0
-        return b"".join(commands), len(commands)
+            self._dropped = 0
+        return b"".join(commands), handlers
 
-    async def recent(self, person: str) -> list[bytes]:
-        async with _unavailable_on_error():
-            await self._write_pending_now()
-            entries: Any = await self._client.lrange(self.recent_key(person), 0, -1)
-        return list(entries)
+    def _side_written(self, handlers: list[_SideReply], replies: list[Any]) -> None:
+        failed: str | None = None
+        for handler, reply in zip(handlers, replies, strict=True):
+            if (error := reply_error(reply)) is not None:
+                if str(error).startswith("NOSCRIPT") and handler.remembered is not None:
+                    self._remembered.append(handler.remembered)
+                    self._background(self._reload_scripts_quietly())
+                else:
+                    failed = failed or str(error)
+                continue
+            remembered = handler.remembered
+            if remembered is not None and remembered[3] is not None:
+                token = reply.decode() if isinstance(reply, bytes) else ""
+                self.record(remembered[2], token, remembered[3], self._trail_limits)  # type: ignore[arg-type]
+        if failed is not None:
+            logger.warning("throttle: writing the audit trail failed: %s", failed)
 
-    async def audit_entries(self, person: str) -> list[bytes]:
-        async with _unavailable_on_error():
-            await self._write_pending_now()
-            return [entry for _, entry in await self._scan_audit(person)]
+    async def _reload_scripts_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._reload_scripts()
+
+    def _requeue(self, handlers: list[_SideReply]) -> None:
+        """Side writes that did not reach Redis wait for the next write (decisions made without
+        the store are kept; the trail entries of a lost append are not resent)."""
+        self._remembered[:0] = [h.remembered for h in handlers if h.remembered is not None]
 
     async def _write_pending_now(self) -> None:
-        """Write what waits (audit entries, noted choices) before reading: a person asking why,
-        or what is held about them, sees the last of it."""
-        if not (self._audit_pending or self._notes):
+        """Write what waits before reading: a person asking why, or what is held about them,
+        sees the last of it."""
+        if not (self._trail or self._remembered):
             return
         if not self._pipe.ready:
-            await asyncio.wait_for(self._pipe.connect(), self._stall_limit)
-        audit, count = self._audit_commands()
-        _report_audit_errors(
-            await asyncio.wait_for(self._pipe.send(audit, count), self._stall_limit)
-        )
-
-    async def _scan_audit(self, person: str) -> list[tuple[bytes, bytes]]:
-        """(id, entry) of the person's entries in the trail, read in batches, oldest first."""
-        wanted = person.encode()
-        found: list[tuple[bytes, bytes]] = []
-        start = b"-"
-        while True:
-            batch: Any = await self._client.xrange(
-                self._audit_key, min=start, max=b"+", count=_SCAN_BATCH
-            )
-            for entry_id, fields in batch:
-                if fields.get(b"p") == wanted:
-                    found.append((entry_id, fields.get(b"d", b"")))
-            if len(batch) < _SCAN_BATCH:
-                return found
-            start = b"(" + batch[-1][0]
+            await asyncio.wait_for(self._reconnect(), self._stall_limit)
+        side, handlers = self._side_commands()
+        replies = await asyncio.wait_for(self._pipe.send(side, len(handlers)), self._stall_limit)
+        self._side_written(handlers, replies)
 
     async def erase(self, person: str) -> Erasure:
         # What is still waiting to be written of theirs is dropped, not written after erasure.
-        kept = [item for item in self._audit_pending if item[0] != person]
-        waiting = len(self._audit_pending) - len(kept)
-        self._audit_pending = kept
-        self._notes = [note for note in self._notes if note[0] != person]
+        self._remembered = [item for item in self._remembered if item[0] != person]
         async with _unavailable_on_error():
             pipe = self._client.pipeline(transaction=True)
-            pipe.llen(self.recent_key(person))
+            pipe.get(self.person_key(person))
             pipe.delete(self.person_key(person), self.choices_key(person))
-            pipe.delete(self.recent_key(person))
-            recent, state, _ = await pipe.execute()
-            ids = [entry_id for entry_id, _ in await self._scan_audit(person)]
-            removed = 0
-            for start in range(0, len(ids), _SCAN_BATCH):
-                chunk = ids[start : start + _SCAN_BATCH]
-                removed += await self._client.xdel(self._audit_key, *chunk)
-        return Erasure(
-            state=bool(state), decisions=int(recent) + waiting, audit_entries=removed + waiting
-        )
+            raw, deleted = await pipe.execute()
+        _, recent = decode_record(raw)
+        return Erasure(state=bool(deleted), decisions=len(recent))
 
     async def aclose(self) -> None:
         self._closed = True
@@ -519,13 +599,28 @@ class RedisStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if (self._audit_pending or self._notes) and self._pipe.ready:
+        if (self._trail or self._remembered) and self._pipe.ready:
             # The last decisions' entries go out before the connection does.
-            audit, count = self._audit_commands()
+            side, handlers = self._side_commands()
             with contextlib.suppress(Exception):
-                _report_audit_errors(await asyncio.wait_for(self._pipe.send(audit, count), 1.0))
+                await asyncio.wait_for(self._pipe.send(side, len(handlers)), 1.0)
         await self._pipe.aclose()
         await self._client.aclose()
+
+
+def decode_record(raw: bytes | None) -> tuple[dict[str, Any], list[bytes]]:
+    """A person's record: its map (see lua/record.lua) and recent decisions, oldest first."""
+    if not raw:
+        return {}, []
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(raw)
+    core = unpacker.unpack()
+    recent: list[bytes] = []
+    if unpacker.tell() < len(raw):
+        entries = msgpack.Unpacker(raw=True)
+        entries.feed(raw[unpacker.tell() :])
+        recent = [entry for entry in entries if isinstance(entry, bytes)]
+    return (core if isinstance(core, dict) else {}), recent
 
 
 class _Call:
@@ -536,6 +631,55 @@ class _Call:
         self.future = future
 
 
+class _SideReply:
+    """What a side write's reply is for: a decision made without the store, or nothing."""
+
+    __slots__ = ("remembered",)
+
+    def __init__(self, remembered: tuple[str, bytes, int, bytes | None] | None) -> None:
+        self.remembered = remembered
+
+
+class _Deadline:
+    """Fails a batch that gets no answer in time; while Redis is still answering (replies
+    keep arriving), it waits longer, up to `_PROGRESS_GRACE` timeouts in all."""
+
+    __slots__ = ("batch", "handle", "pipe", "started", "timeout")
+
+    def __init__(self, pipe: Pipe, batch: list[_Call], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.pipe = pipe
+        self.batch = batch
+        self.timeout = timeout
+        self.started = loop.time()
+        self.handle: asyncio.TimerHandle | None = loop.call_later(timeout, self._expire)
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        waited = loop.time() - self.started
+        if self.pipe.answered_since(loop.time() - self.timeout) and (
+            waited < _PROGRESS_GRACE * self.timeout
+        ):
+            self.handle = loop.call_later(self.timeout, self._expire)
+            return
+        # One more turn of the loop first: with uvloop, timers run before the loop reads the
+        # sockets, and the answer may already be waiting in one.
+        self.handle = loop.call_later(0, self.fail, TimeoutError(_late(self.timeout)))
+
+    def fail(self, error: BaseException) -> None:
+        _fail(self.batch, error)
+        self.cancel()
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+def _late(timeout: float) -> str:
+    return f"no answer within {timeout * 1000:.0f} ms"
+
+
 @contextlib.asynccontextmanager
 async def _unavailable_on_error() -> AsyncIterator[None]:
     """Redis failures off the decision path, as the one error callers handle."""
@@ -543,27 +687,6 @@ async def _unavailable_on_error() -> AsyncIterator[None]:
         yield
     except (RedisError, OSError) as error:
         raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
-
-
-def _audit_written(replies: asyncio.Future[list[Any]]) -> None:
-    if replies.cancelled():
-        return
-    error = replies.exception()
-    if error is not None:
-        logger.warning("throttle: writing the audit trail failed: %s", error)
-    else:
-        _report_audit_errors(replies.result())
-
-
-def _report_audit_errors(replies: list[Any]) -> None:
-    for reply in replies:
-        if (error := reply_error(reply)) is not None:
-            logger.warning("throttle: writing the audit trail failed: %s", error)
-            return
-
-
-def _expire(batch: list[_Call], timeout: float) -> None:
-    _fail(batch, TimeoutError(f"no answer within {timeout * 1000:.0f} ms"))
 
 
 def _store_error(error: BaseException) -> Exception:
@@ -577,37 +700,56 @@ def _fail(batch: list[_Call], error: BaseException) -> None:
 
 
 def _packed(limits: Limits) -> bytes:
-    """ARGV[3] of deliver.lua: what is the same for every message under these limits."""
+    """ARGV[ARG_LIMITS] of deliver.lua: what is the same for every message under these limits."""
     repetition, budget = limits.repetition, limits.budget
-    packed: bytes = msgpack.packb(
-        [
-            limits.ttl_ms,
-            limits.threshold_milli,
-            repetition.counter if repetition else "",
-            repetition.weight_milli if repetition else 0,
-            repetition.window_ms if repetition else 0,
-            repetition.saturation if repetition else 0,
-            budget.limit_milli if budget else -1,
-            budget.window_ms if budget else 0,
-            budget.entries if budget else 0,
+    fields: dict[Limit, Any] = {
+        Limit.TTL: limits.ttl_ms,
+        Limit.THRESHOLD: limits.threshold_milli,
+        Limit.REPETITION_COUNTER: repetition.counter if repetition else "",
+        Limit.REPETITION_WEIGHT: repetition.weight_milli if repetition else 0,
+        Limit.REPETITION_WINDOW: repetition.window_ms if repetition else 0,
+        Limit.REPETITION_SATURATION: repetition.saturation if repetition else 0,
+        Limit.BUDGET_LIMIT: budget.limit_milli if budget else -1,
+        Limit.BUDGET_WINDOW: budget.window_ms if budget else 0,
+        Limit.BUDGET_ENTRIES: budget.entries if budget else 0,
+        Limit.COUNTERS: [
             [
-                [
-                    c.name,
-                    c.keep,
-                    c.window_ms,
-                    [[k.index, k.limit, k.window_ms, k.period] for k in c.caps],
-                    int(c.shadow),
-                ]
-                for c in limits.counters
-            ],
-            int(limits.shadow_caps),
-            limits.minimal_threshold_milli,
-            limits.full_threshold_milli,
-            limits.default_level,
-            limits.keep_choice_ms,
-            limits.trust_signed_in_milli,
-            limits.trust_declared_milli,
-            list(limits.lambda_milli),
-        ]
-    )
+                c.name,
+                c.keep,
+                c.window_ms,
+                [[k.index, k.limit, k.window_ms, k.period] for k in c.caps],
+                int(c.shadow),
+            ]
+            for c in limits.counters
+        ],
+        Limit.SHADOW_CAPS: int(limits.shadow_caps),
+        Limit.MINIMAL_THRESHOLD: limits.minimal_threshold_milli,
+        Limit.FULL_THRESHOLD: limits.full_threshold_milli,
+        Limit.DEFAULT_LEVEL: limits.default_level,
+        Limit.KEEP_CHOICE: limits.keep_choice_ms,
+        Limit.TRUST_SIGNED_IN: limits.trust_signed_in_milli,
+        Limit.TRUST_DECLARED: limits.trust_declared_milli,
+        Limit.LAMBDA: list(limits.lambda_milli),
+    }
+    packed: bytes = msgpack.packb([fields[field] for field in Limit])
+    return packed
+
+
+def _packed_recent(template: RecentTemplate) -> bytes:
+    """ARGV[ARG_RECENT] of deliver.lua: how it writes a decision into the person's record."""
+    fields: dict[Recent, Any] = {
+        Recent.PER_PERSON: template.per_person,
+        Recent.KEEP: template.keep_ms,
+        Recent.HEAD: template.head,
+        Recent.BEFORE: template.before,
+        Recent.OUTCOMES: dict(template.outcomes),
+        Recent.SHADOWED: dict.fromkeys(template.shadowed, True),
+        Recent.FACTORS: template.factors,
+        Recent.FACTOR_COUNT: template.factor_count,
+        Recent.AFTER: template.after,
+        Recent.POLICY: template.policy,
+        Recent.SHADOW_CAPS: dict.fromkeys(template.shadow_caps, True),
+        Recent.BAND: list(template.band),
+    }
+    packed: bytes = msgpack.packb([fields[field] for field in Recent], use_bin_type=False)
     return packed

@@ -1,101 +1,151 @@
 -- Check every frequency cap and the creepiness budget of one person, and record the message
 -- if all pass. Atomic: concurrent decisions for one person never both take the last slot.
+-- The decision also goes into the person's recent decisions, so the audit trail costs the
+-- decision path no command of its own.
 --
--- KEYS[1]  the person's state: "<prefix>{<pseudonym>}", a msgpack map
---            t = base time (ms since the Unix epoch); the times below are offsets from it
---            c = { [counter] = { delivery time, ... } }   e.g. c["c:email"]
---            b = { { delivery time, score (thousandths) }, ... }
--- KEYS[2]  the person's choices: "<prefix>{<pseudonym>}:choices", a msgpack map, in the same
---          slot: l = personalization level (0 off, 1 minimal, 2 standard, 3 full; absent: the
---          policy's default) and u = when they chose it, g = when they first sent a GPC
---          opt-out, s = { [special category] = when they consented }. Kept apart so that
---          counters expire by their windows while choices last as long as the person returns.
--- ARGV[1]  now, ms since the Unix epoch
--- ARGV[2]  the message's score before repetition, thousandths (0..1000)
--- ARGV[3]  the limits, a msgpack array (the same for every message of a channel and campaign):
---            1 ttl of the state, ms: the policy's longest window (0: keep nothing)
---            2 threshold, thousandths: a total above it is refused (verdict 3)
---            3 repetition counter, e.g. "k:spring-sale", or "" when repetition is off
---            4 repetition weight, thousandths per earlier delivery
---            5 repetition window, ms
---            6 repetition saturation: earlier deliveries counted at most
---            7 budget limit, thousandths, or -1 for no budget
---            8 budget window, ms
---            9 budget entries kept; beyond it the two oldest merge (over-counting, never under)
---           10 counters: { { name, entries kept, longest window (ms),
---                            { { cap index, limit, window (ms), period }, ... }, shadow }, ... }
---              period: 0 rolling window; 1, 2, 3 the calendar day, week, month (see ARGV[4])
---              shadow: 1 for a counter of caps in shadow mode, 0 otherwise. Shadow caps are
---              checked after every enforced limit; when one refuses, the message is delivered
---              and recorded all the same, except in the shadow counters (verdict 1, its index)
---           11 1 when any counter is a shadow counter, else 0
---           12 threshold at the minimal level, thousandths (2 is the standard level's)
---           13 threshold at the full level, thousandths
---           14 the level of people who chose none
---           15 how long a person's choice is kept after their last decision, ms
---           16 calculus: trust for a signed-in person, thousandths
---           17 calculus: more trust for a person who chose their level, thousandths
---           18 calculus: { lambda at minimal, standard, full }, thousandths
--- ARGV[4]  starts of the person's calendar day, week and month, ms, separated by spaces
---          ("" when no cap is a calendar cap)
--- ARGV[5]  flags: 1 the message uses only data people give themselves (a minimal level allows
---          it), 2 it is transactional (only the person's level applies; nothing is recorded),
---          4 a GPC opt-out rules the message out (refused when the choices hold g)
--- ARGV[6]  the special categories the message uses, separated by spaces: each needs consent
--- ARGV[7]  the message's relevance, thousandths, or -1 (no privacy calculus)
--- Returns  { verdict, cap index or -1, total score (thousandths), earlier deliveries counted,
+-- KEYS[1]  the person's record, KEYS[2] their choices (see record.lua)
+-- ARGV     see DeliverArg in throttle/store/layout.py; the limits (ARGV[ARG_LIMITS]) and the
+--          recent-decision template (ARGV[ARG_RECENT]) are msgpack arrays laid out by Limit and
+--          Recent there. Times in ms, scores in thousandths.
+-- Returns  { verdict, cap index or -1, total score, earlier deliveries counted,
 --            1 when the person's choices restrict them (level off or minimal, GPC opt-out),
---            the person's level }
+--            the person's level, their audit token or "" }
 --          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness, 4 the person's level
 --          (with the level, 0 or 1, in place of the cap index), 5 a special category without
---          consent (with its index in ARGV[6]), 6 the GPC opt-out, 7 the privacy calculus
+--          consent (with its index in ARGV[ARG_SPECIAL]), 6 the GPC opt-out, 7 the calculus
 
-local now = tonumber(ARGV[1])
-local limits = cmsgpack.unpack(ARGV[3])
-local ttl, counters = limits[1], limits[10]
+local now = tonumber(ARGV[ARG_NOW])
+local limits = cmsgpack.unpack(ARGV[ARG_LIMITS])
+local ttl, counters = limits[LIMIT_TTL], limits[LIMIT_COUNTERS]
+local flags = tonumber(ARGV[ARG_FLAGS])
+local content_score = tonumber(ARGV[ARG_SCORE])
 
-local state = {}
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  state = cmsgpack.unpack(raw)
-  local base = state.t or 0
-  for _, log in pairs(state.c or {}) do
-    for i = 1, #log do log[i] = log[i] + base end
-  end
-  for _, entry in ipairs(state.b or {}) do entry[1] = entry[1] + base end
+-- One read for both keys (one slot): the record and the choices.
+local values = redis.call('MGET', KEYS[1], KEYS[2])
+local core, tail = decode_record(values[1])
+local base = core.t or 0
+local logs = core.c or {}
+for _, log in pairs(logs) do
+  for i = 1, #log do log[i] = log[i] + base end
 end
-local logs = state.c or {}
+local budget_entries = core.b or {}
+for _, entry in ipairs(budget_entries) do entry[1] = entry[1] + base end
 
-local flags = tonumber(ARGV[5])
-local content_score = tonumber(ARGV[2])
+local dirty = false
 local prefs = nil
-local raw_choices = redis.call('GET', KEYS[2])
-if raw_choices then
-  prefs = cmsgpack.unpack(raw_choices)
-  -- A choice is kept for limits[15] after the person's last decision, whatever it decides.
-  redis.call('PEXPIRE', KEYS[2], limits[15])
+if values[2] then prefs = cmsgpack.unpack(values[2]) end
+if bit.band(flags, FLAG_GPC_NOW) ~= 0 and not (prefs and prefs.g) then
+  -- Kept from its first time, before the answer leaves, so every worker honours it at once.
+  prefs = prefs or {}
+  prefs.g = now
+  redis.call('SET', KEYS[2], cmsgpack.pack(prefs), 'PX', limits[LIMIT_KEEP_CHOICE])
+elseif prefs then
+  -- A choice is kept for its time after the person's last decision, whatever it decides.
+  redis.call('PEXPIRE', KEYS[2], limits[LIMIT_KEEP_CHOICE])
 end
-local level = (prefs and prefs.l) or limits[14]
+local level = (prefs and prefs.l) or limits[LIMIT_DEFAULT_LEVEL]
 -- Whether the person's choices restrict what they may get (level off or minimal, a GPC
 -- opt-out): the engine must not fail open for them when it cannot ask.
 local restricted = (prefs and (level < 2 or prefs.g)) and 1 or 0
-if level == 0 or (level == 1 and flags % 2 == 0) then
-  return { 4, level, content_score, 0, restricted, level }
+
+local template = nil
+if ARGV[ARG_RECENT] ~= '' then template = cmsgpack.unpack(ARGV[ARG_RECENT]) end
+if template and not core.k and ARGV[ARG_TOKEN] ~= '' then
+  core.k = ARGV[ARG_TOKEN]
+  dirty = true
 end
-if math.floor(flags / 4) % 2 == 1 and prefs and prefs.g then
-  return { 6, -1, content_score, 0, restricted, level }
+
+local function in_band(score)
+  local band = template[RECENT_BAND]
+  return #band > 0 and band[2 * level - 1] < score and score <= band[2 * level]
+end
+
+local REPETITION_PAIR = '\146' .. cmsgpack.pack('repetition')
+local function array_header(count)
+  if count < 16 then return string.char(0x90 + count) end
+  return '\220' .. string.char(math.floor(count / 256), count % 256)
+end
+
+-- The decision as a packed audit entry, assembled as RecentTemplate.entry does.
+local function entry_for(key, score)
+  local factors, count = template[RECENT_FACTORS], template[RECENT_FACTOR_COUNT]
+  if score > content_score then
+    factors = factors .. REPETITION_PAIR .. cmsgpack.pack(score - content_score)
+    count = count + 1
+  end
+  return template[RECENT_HEAD] .. cmsgpack.pack(now) .. template[RECENT_BEFORE]
+    .. template[RECENT_OUTCOMES][key] .. cmsgpack.pack(score) .. array_header(count) .. factors
+    .. template[RECENT_AFTER] .. (template[RECENT_SHADOWED][key] and '\195' or '\194')
+    .. template[RECENT_POLICY]
+end
+
+-- How long the record must live: the longer of what it holds.
+local function lifetime()
+  local keep = 0
+  if core.c or core.b then keep = ttl end
+  if (core.n or 0) > 0 and template and template[RECENT_KEEP] > keep then
+    keep = template[RECENT_KEEP]
+  end
+  return keep
+end
+
+-- Stores the times as offsets from a base, the oldest instant still counted, so that most
+-- take 5 bytes of msgpack instead of 9: a person's record stays small.
+local function store_times()
+  local stored_base = now - ttl
+  local stored_logs, any_log = {}, false
+  for name, log in pairs(logs) do
+    if #log > 0 then
+      local stored = {}
+      for i = 1, #log do stored[i] = log[i] - stored_base end
+      stored_logs[name] = stored
+      any_log = true
+    end
+  end
+  local stored_budget = {}
+  for i, entry in ipairs(budget_entries) do stored_budget[i] = { entry[1] - stored_base, entry[2] } end
+  core.t = stored_base
+  core.c = any_log and stored_logs or nil
+  core.b = #stored_budget > 0 and stored_budget or nil
+end
+
+-- Ends the script: records what changed and answers.
+local function finish(verdict, index, score, repetitions, key, changed)
+  if template and template[RECENT_PER_PERSON] > 0 then
+    tail = remembered(core, tail, entry_for(key, score), template[RECENT_PER_PERSON])
+    changed = true
+  end
+  if changed or dirty then
+    store_times()
+    write_record(KEYS[1], core, tail, lifetime())
+  end
+  return { verdict, index, score, repetitions, restricted, level, core.k or '' }
+end
+
+if level == 0 or (level == 1 and bit.band(flags, FLAG_MINIMAL_OK) == 0) then
+  return finish(4, level, content_score, 0, 'p' .. level, false)
+end
+if bit.band(flags, FLAG_GPC_FORBIDS) ~= 0 and prefs and prefs.g then
+  return finish(6, -1, content_score, 0, 'o', false)
 end
 local consented = (prefs and prefs.s) or {}
 local special_index = 0
-for category in string.gmatch(ARGV[6], '%S+') do
-  if not consented[category] then return { 5, special_index, content_score, 0, restricted, level } end
+for category in string.gmatch(ARGV[ARG_SPECIAL], '%S+') do
+  if not consented[category] then
+    return finish(5, special_index, content_score, 0, 'x' .. special_index, false)
+  end
   special_index = special_index + 1
 end
-local threshold = limits[2]
-if level == 1 then threshold = limits[12] elseif level == 3 then threshold = limits[13] end
-if math.floor(flags / 2) % 2 == 1 then
+local threshold = limits[LIMIT_THRESHOLD]
+if level == 1 then
+  threshold = limits[LIMIT_MINIMAL_THRESHOLD]
+elseif level == 3 then
+  threshold = limits[LIMIT_FULL_THRESHOLD]
+end
+if bit.band(flags, FLAG_TRANSACTIONAL) ~= 0 then
   -- Transactional: the person's level and threshold apply; caps and budget do not.
-  return { content_score > threshold and 3 or 0, -1, content_score, 0, restricted, level }
+  if content_score > threshold then return finish(3, -1, content_score, 0, 's', false) end
+  return finish(0, -1, content_score, 0, 't', false)
 end
 
 local function younger_than(log, window)
@@ -129,24 +179,26 @@ for i = 1, #counters do
 end
 
 local repetitions = 0
-if limits[3] ~= '' then
-  repetitions = math.min(younger_than(logs[limits[3]] or {}, limits[5]), limits[6])
+if limits[LIMIT_REPETITION_COUNTER] ~= '' then
+  repetitions = math.min(
+    younger_than(logs[limits[LIMIT_REPETITION_COUNTER]] or {}, limits[LIMIT_REPETITION_WINDOW]),
+    limits[LIMIT_REPETITION_SATURATION])
 end
-local score = math.min(1000, content_score + limits[4] * repetitions)
+local score = math.min(1000, content_score + limits[LIMIT_REPETITION_WEIGHT] * repetitions)
 if score > threshold then
-  return { 3, -1, score, repetitions, restricted, level }
+  return finish(3, -1, score, repetitions, 's', false)
 end
-local relevance = tonumber(ARGV[7])
+local relevance = tonumber(ARGV[ARG_RELEVANCE])
 if relevance >= 0 then
   -- relevance x (1 + trust) > lambda x creepiness, all in thousandths
-  local trust = limits[16] + ((prefs and prefs.l) and limits[17] or 0)
-  if relevance * (1000 + trust) <= limits[18][level] * score then
-    return { 7, -1, score, repetitions, restricted, level }
+  local trust = limits[LIMIT_TRUST_SIGNED_IN] + ((prefs and prefs.l) and limits[LIMIT_TRUST_DECLARED] or 0)
+  if relevance * (1000 + trust) <= limits[LIMIT_LAMBDA][level] * score then
+    return finish(7, -1, score, repetitions, 'k', false)
   end
 end
 
 local period_starts = {}
-for start in string.gmatch(ARGV[4], '%d+') do period_starts[#period_starts + 1] = tonumber(start) end
+for start in string.gmatch(ARGV[ARG_PERIODS], '%d+') do period_starts[#period_starts + 1] = tonumber(start) end
 
 -- The first full cap, in policy order, among the enforced (shadow = 0) or shadow (1) ones.
 local function refused_by(shadow)
@@ -168,66 +220,55 @@ end
 
 local refused = refused_by(0)
 if refused >= 0 then
-  return { 1, refused, score, repetitions, restricted, level }
+  return finish(1, refused, score, repetitions, 'c' .. refused, false)
 end
 
-local budget_log = {}
-if limits[7] >= 0 then
-  local spent, oldest = 0, now - limits[8]
-  for _, entry in ipairs(state.b or {}) do
+if limits[LIMIT_BUDGET_LIMIT] >= 0 then
+  local kept, spent, oldest = {}, 0, now - limits[LIMIT_BUDGET_WINDOW]
+  for _, entry in ipairs(budget_entries) do
     if entry[1] > oldest then
-      budget_log[#budget_log + 1] = entry
+      kept[#kept + 1] = entry
       spent = spent + entry[2]
     end
   end
-  if spent + score > limits[7] then
-    return { 2, -1, score, repetitions, restricted, level }
+  if spent + score > limits[LIMIT_BUDGET_LIMIT] then
+    return finish(2, -1, score, repetitions, 'b', false)
   end
+  budget_entries = kept
   if score > 0 then
-    budget_log[#budget_log + 1] = { now, score }
-    if #budget_log > limits[9] then
+    budget_entries[#budget_entries + 1] = { now, score }
+    if #budget_entries > limits[LIMIT_BUDGET_ENTRIES] then
       -- Oldest first; equal times by score, so every store merges the same two entries.
-      table.sort(budget_log, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
-      budget_log[2] = { budget_log[2][1], budget_log[1][2] + budget_log[2][2] }
-      table.remove(budget_log, 1)
+      table.sort(budget_entries, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+      budget_entries[2] = { budget_entries[2][1], budget_entries[1][2] + budget_entries[2][2] }
+      table.remove(budget_entries, 1)
     end
   end
 end
 
-local shadow_refused = -1
-if limits[11] == 1 then shadow_refused = refused_by(1) end
-local verdict = shadow_refused >= 0 and 1 or 0
+if limits[LIMIT_BUDGET_LIMIT] < 0 then budget_entries = {} end
 
-if ttl <= 0 then
-  return { verdict, shadow_refused, score, repetitions, restricted, level }
+local shadow_refused = -1
+if limits[LIMIT_SHADOW_CAPS] == 1 then shadow_refused = refused_by(1) end
+local verdict, key = 0, 'a'
+if shadow_refused >= 0 then
+  verdict, key = 1, 'c' .. shadow_refused
+  if template and in_band(score) and template[RECENT_SHADOW_CAPS][shadow_refused] then key = 'g' end
+elseif template and in_band(score) then
+  key = 'g'
 end
 
+if ttl <= 0 then
+  logs, budget_entries = {}, {}
+  return finish(verdict, shadow_refused, score, repetitions, key, true)
+end
 -- Counters this message did not touch are pruned by the longest window, so nothing outlives it.
-local kept_logs, any_log = {}, false
 for name, log in pairs(logs) do
   local shadow = touched[name]
   if shadow == nil then
-    log = pruned(log, ttl, #log)
+    logs[name] = pruned(log, ttl, #log)
   elseif shadow == 0 or shadow_refused < 0 then
     log[#log + 1] = now
   end
-  if #log > 0 then
-    kept_logs[name] = log
-    any_log = true
-  end
 end
--- Times are stored from a base, the oldest instant still counted, so that most take 5 bytes
--- of msgpack instead of 9: a person's state stays small.
-local base = now - ttl
-for _, log in pairs(kept_logs) do
-  for i = 1, #log do log[i] = log[i] - base end
-end
-local stored_budget = {}
-for i, entry in ipairs(budget_log) do stored_budget[i] = { entry[1] - base, entry[2] } end
-local packed = { t = base }
-if any_log then packed.c = kept_logs end
-if #budget_log > 0 then packed.b = stored_budget end
-if any_log or #budget_log > 0 then
-  redis.call('SET', KEYS[1], cmsgpack.pack(packed), 'PX', ttl)
-end
-return { verdict, shadow_refused, score, repetitions, restricted, level }
+return finish(verdict, shadow_refused, score, repetitions, key, true)
