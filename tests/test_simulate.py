@@ -121,16 +121,72 @@ def test_an_unknown_key_is_refused_even_when_the_marker_is_known() -> None:
     assert reader.problems[0].message.startswith("unknown key 'colour'")
 
 
-def test_a_report_names_at_most_20_bad_lines_and_counts_the_rest(tmp_path: Path) -> None:
+def test_a_report_names_at_most_20_bad_lines_counts_the_rest_and_exits_1(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(["oops"] * 25 + lines(message(0))) + "\n")
     out, errors = io.StringIO(), io.StringIO()
-    assert simulate([HOURLY_2], str(path), out, errors=errors) == 0
+    assert simulate([HOURLY_2], str(path), out, errors=errors) == 1
     reported = errors.getvalue().splitlines()
     assert reported[0] == f"{path}:1: not JSON: Expecting value (column 1)"
-    assert len(reported) == 21
-    assert reported[-1] == f"{path}: 5 more lines skipped"
-    assert "1 messages to 1 people" in out.getvalue()
+    assert len(reported) == 22
+    assert reported[20] == f"{path}: 5 more lines cannot be used"
+    assert reported[21] == (
+        f"{path}: the report leaves out 25 lines that cannot be used; "
+        "fix them, or pass --skip-bad-lines to accept that"
+    )
+    # The replay was made all the same, and says what it left out.
+    assert out.getvalue().startswith(
+        f"{path}: 1 messages to 1 people, 2026-11-02 00:00 to 2026-11-02 00:00 UTC; "
+        "25 lines of the trace could not be used and are left out\n"
+    )
+
+
+def test_skip_bad_lines_lists_them_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "t.jsonl", [message(10), message(5), message(20)])
+    assert main(["simulate", "policies/default.toml", str(path), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == (
+        f"{path}:2: t {T0 + 5} is earlier than the line before ({T0 + 10}); sort the trace by t"
+    )
+    assert json.loads(captured.out)["skipped_lines"] == 1
+    assert main(["simulate", "policies/default.toml", str(path), "--json", "--skip-bad-lines"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"{path}:2: t {T0 + 5} is earlier than the line before ({T0 + 10}); sort the trace by t\n"
+    )
+    assert json.loads(captured.out)["skipped_lines"] == 1
+
+
+def test_an_html_path_that_cannot_be_written_is_refused_before_the_replay(
+    tmp_path: Path,
+) -> None:
+    trace = write(tmp_path / "t.jsonl", [message(0)])
+    for page, why in (
+        (tmp_path / "no-such-folder" / "report.html", "No such file or directory"),
+        (tmp_path, "Is a directory"),
+    ):
+        out, errors = io.StringIO(), io.StringIO()
+        assert simulate([HOURLY_2], str(trace), out, html_path=page, errors=errors) == 1
+        assert errors.getvalue() == f"{page}: cannot be written: {why}\n"
+        assert out.getvalue() == ""  # nothing was replayed
+
+
+def test_a_replay_that_fails_leaves_no_page_and_an_old_page_as_it_was(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("oops\n")
+    new_page, old_page = tmp_path / "new.html", tmp_path / "old.html"
+    old_page.write_text("last week's report")
+    for page in (new_page, old_page):
+        assert (
+            simulate([HOURLY_2], str(empty), io.StringIO(), html_path=page, errors=io.StringIO())
+            == 1
+        )
+    assert not new_page.exists()
+    assert old_page.read_text() == "last week's report"
 
 
 def test_a_trace_without_a_usable_line_exits_1(tmp_path: Path) -> None:
@@ -230,12 +286,12 @@ def test_simulate_on_the_command_line_with_an_override_and_a_comparison(
     assert f"{lines_in_trace:,} messages" in report
 
 
-def test_simulate_with_a_broken_policy_exits_2(
+def test_simulate_with_a_broken_policy_exits_1_as_check_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text('[policy]\nname = "x"\nmode = "loud"\n')
-    assert main(["simulate", str(broken), "-"]) == 2
+    assert main(["simulate", str(broken), "-"]) == 1
     assert "policy.mode: is 'loud'" in capsys.readouterr().err
 
 

@@ -1,9 +1,10 @@
-"""The `throttle` command. One subcommand per job: `check` validates policy files, `simulate`
-replays traffic through them, `audit` summarizes what was decided, `bench` measures the
-middleware.
+"""The `throttle` command. One subcommand per job: `init` writes the default policy, `check`
+validates policy files, `simulate` replays traffic through them, `audit` summarizes what was
+decided, `bench` measures the middleware.
 
 Each subcommand is a function that adds its parser and one that runs it, so check, simulate
-and audit can join `bench` without touching the others.
+and audit can join `bench` without touching the others. Every command exits with the same
+statuses, named below; none ends in a traceback.
 """
 
 from __future__ import annotations
@@ -14,36 +15,162 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import TextIO
 
 from throttle.errors import ThrottleError
 
 Command = Callable[[argparse.Namespace], int]
 
+# PyPI's `throttle` is another project; this one is published as throttle-asgi.
+DISTRIBUTION = "throttle-asgi"
+
+OK = 0
+# What the command was given cannot be used: a policy or trace with problems, a file that
+# cannot be read or written, a Redis that does not answer, a missing redis-server.
+BAD_INPUT = 1
+# The command line itself is wrong (argparse's own status for an unknown option or value).
+USAGE = 2
+# throttle stopped on an error it did not expect: one line says what, for a bug report.
+FAILED = 3
+INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
+# The reader of the output went away (`| head`): what a shell reports for a tool that
+# SIGPIPE ended, as `yes | head` does.
+OUTPUT_CLOSED = 141
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `throttle <command> ...`; returns the exit status (also when called as a script)."""
     given = list(sys.argv[1:] if argv is None else argv)
-    arguments = _parser().parse_args(given)
-    arguments.given = given
-    command: Command = arguments.command
+    name = "throttle"
     try:
-        return command(arguments)
+        try:
+            arguments = _parser().parse_args(given)  # exits for --help, --version, usage
+            arguments.given = given
+            name = f"throttle {arguments.name}"
+            command: Command = arguments.command
+            status = command(arguments)
+        finally:
+            # A reader that went away shows here, not in the flush Python makes at exit.
+            sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The sockets the commands use raise their clients' own errors (redis, httpx), so a
+        # broken pipe that reaches here is standard output's: stop quietly, like other tools.
+        _close(sys.stdout)
+        return OUTPUT_CLOSED
+    except KeyboardInterrupt:
+        return INTERRUPTED
     except ThrottleError as error:
-        print(f"throttle {arguments.name}: {error}", file=sys.stderr)
-        return 2
+        _say(f"{name}: {error}")
+        return BAD_INPUT
+    except Exception as error:
+        _say(f"{name}: stopped by an unexpected error (please report it): {_one_line(error)}")
+        return FAILED
+
+
+def _say(line: str) -> None:
+    """One line on standard error, which may itself be a closed pipe (`2>&1 | head`)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _close(sys.stderr)
+
+
+def _close(stream: TextIO) -> None:
+    """Point a closed pipe's descriptor at /dev/null, so that Python's flush at exit, which
+    still holds unwritten output, does not print a complaint of its own."""
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError):  # not a file: a test's captured stream
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def _one_line(error: BaseException) -> str:
+    words = " ".join(str(error).split())
+    if len(words) > 300:
+        words = words[:299] + "…"
+    return f"{type(error).__name__}: {words}" if words else type(error).__name__
+
+
+def _version() -> str:
+    try:
+        return f"throttle {metadata.version(DISTRIBUTION)} ({DISTRIBUTION})"
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return f"throttle (version unknown: {DISTRIBUTION} is not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="throttle", description="ASGI middleware that stops over-personalization."
+        prog="throttle",
+        description="ASGI middleware that stops over-personalization.",
+        epilog="exit status: 0 ok; 1 what it was given cannot be used (a policy, a trace, a "
+        "file, a Redis); 2 a usage error; 3 an unexpected error; 141 the reader of its "
+        "output went away",
     )
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_init(commands)
     _add_check(commands)
     _add_simulate(commands)
     _add_audit(commands)
     _add_bench(commands)
     return parser
+
+
+def default_policy() -> Path:
+    """The default policy this installation ships: `throttle/policies/` in the wheel (built
+    from the checkout's `policies/`), or the checkout's own `policies/` in development."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "policies", package.parent / "policies"):
+        if (folder / "default.toml").is_file():
+            return folder / "default.toml"
+    raise FileNotFoundError(f"no policies/default.toml in or beside {package}")
+
+
+def _add_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = commands.add_parser(
+        "init",
+        help="write the default policy to a file, to edit and use",
+        description=(
+            "Write the policy throttle ships (every key set, with a comment on each and the "
+            "research behind its value) to PATH, for the middleware's policy=PATH. A file "
+            "already at PATH is kept unless --force."
+        ),
+    )
+    init.add_argument(
+        "path",
+        nargs="?",
+        default="policies/default.toml",
+        metavar="PATH",
+        help='where to write it (default: policies/default.toml); "-" for standard output',
+    )
+    init.add_argument("--force", action="store_true", help="replace a file already at PATH")
+    init.set_defaults(command=_init, name="init")
+
+
+def _init(arguments: argparse.Namespace) -> int:
+    text = default_policy().read_text(encoding="utf-8")
+    if arguments.path == "-":
+        sys.stdout.write(text)
+        return OK
+    path = Path(arguments.path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w" if arguments.force else "x", encoding="utf-8") as out:
+            out.write(text)
+    except FileExistsError:
+        _say(f"throttle init: {path} already exists; --force replaces it")
+        return BAD_INPUT
+    except OSError as error:
+        _say(f"throttle init: {path}: cannot be written: {error.strerror or error}")
+        return BAD_INPUT
+    print(f"wrote the default policy to {path}; after an edit: throttle check {path}")
+    return OK
 
 
 def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,7 +209,10 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             "Replay TRACE (JSON lines of timestamped messages; see examples/trace.py) through "
             "POLICY with the real engine, the memory store and the trace's own clock. Reports "
             "per rule and per campaign: messages personalized, segment content by reason, "
-            "creepiness scores, people who hit each cap."
+            "creepiness scores, people who hit each cap. A trace line that cannot be used (not "
+            "JSON, a bad key, earlier than the line before) is listed as TRACE:LINE: what is "
+            "wrong and left out; the report is still made, and the exit status is 1 unless "
+            "--skip-bad-lines."
         ),
     )
     simulate.add_argument("policy", metavar="POLICY", help="the policy file (TOML)")
@@ -104,6 +234,12 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--html", type=Path, metavar="FILE", help="also write the report as a page with charts"
     )
     simulate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    simulate.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="exit 0 even when some trace lines cannot be used (they are still listed, and "
+        "the report says how many it leaves out)",
+    )
     simulate.set_defaults(command=_simulate, name="simulate")
 
 
@@ -120,6 +256,7 @@ def _simulate(arguments: argparse.Namespace) -> int:
         sys.stdout,
         html_path=arguments.html,
         as_json=arguments.json,
+        skip_bad_lines=arguments.skip_bad_lines,
     )
 
 
@@ -166,8 +303,8 @@ def _audit(arguments: argparse.Namespace) -> int:
         since = parse_since(arguments.since, now) if arguments.since else None
         until = parse_since(arguments.until, now) if arguments.until else None
     except ValueError as error:
-        print(f"throttle audit: {error}", file=sys.stderr)
-        return 2
+        _say(f"throttle audit: {error}")
+        return USAGE
     return asyncio.run(
         audit(
             arguments.redis_url,
@@ -231,7 +368,9 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the load generator: wrk, or a Python client when wrk is missing",
     )
     bench.add_argument(
-        "--policy", type=Path, help="the policy file (default policies/default.toml)"
+        "--policy",
+        type=Path,
+        help="the policy file (default: the one throttle ships, as `throttle init` writes it)",
     )
     bench.set_defaults(command=_bench, name="bench")
 
@@ -245,7 +384,8 @@ def _bench(arguments: argparse.Namespace) -> int:
         "concurrency": arguments.concurrency,
         "people": arguments.people,
         "memory_people": arguments.people,
-        "policy": arguments.policy,
+        # The shipped policy, wherever the package is installed.
+        "policy": arguments.policy or default_policy(),
     }
     options = dataclasses.replace(
         runner.SMOKE if arguments.smoke else runner.Options(),
@@ -256,7 +396,7 @@ def _bench(arguments: argparse.Namespace) -> int:
     )
     results = runner.run(options, progress=sys.stderr)
     print(report.as_json(results) if arguments.json else report.table(results))
-    return 0
+    return OK
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:

@@ -9,6 +9,7 @@ html.py     the same as a self-contained page with charts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -38,13 +39,18 @@ def simulate(
     *,
     html_path: Path | None = None,
     as_json: bool = False,
-    errors: TextIO = sys.stderr,
+    skip_bad_lines: bool = False,
+    errors: TextIO | None = None,
 ) -> int:
     """Replay `trace` (a path, or "-" for standard input) and report; returns the exit status.
 
-    Lines that cannot be used are reported on `errors` as TRACE:LINE: what is wrong, and
-    skipped; a trace without a single usable line exits 1.
+    Lines that cannot be used are reported on `errors` as TRACE:LINE: what is wrong, and left
+    out of the replay; the report says how many. Exits 1 when there were any, unless
+    `skip_bad_lines`, and when no line was usable at all. `html_path` is opened before the
+    replay, so a place that cannot be written is refused before any work. `errors` is
+    standard error unless given.
     """
+    errors = sys.stderr if errors is None else errors  # as it is now, not at import
     name = "standard input" if trace == "-" else trace
     try:
         source: TextIO = (
@@ -53,25 +59,58 @@ def simulate(
     except OSError as error:
         print(f"{name}: cannot be read: {error.strerror or error}", file=errors)
         return 1
-    with source:
+    with source, contextlib.ExitStack() as cleanup:
+        page = None
+        if html_path is not None:
+            page = _open_page(html_path, cleanup, errors)
+            if page is None:
+                return 1
         reader = TraceReader(source)
         try:
             result = asyncio.run(replay(policies, reader))
         except UnicodeDecodeError as error:
             print(f"{name}: is not UTF-8 text: {error.reason}", file=errors)
             return 1
-    for problem in reader.problems:
-        print(f"{name}:{problem.line}: {problem.message}", file=errors)
-    if reader.skipped > len(reader.problems):
-        print(f"{name}: {reader.skipped - len(reader.problems):,} more lines skipped", file=errors)
-    if not result.tallies[0].messages:
-        print(f"{name}: no message to replay", file=errors)
+        result.skipped_lines = reader.skipped
+        for problem in reader.problems:
+            print(f"{name}:{problem.line}: {problem.message}", file=errors)
+        if reader.skipped > len(reader.problems):
+            more = reader.skipped - len(reader.problems)
+            print(f"{name}: {more:,} more lines cannot be used", file=errors)
+        if not result.tallies[0].messages:
+            print(f"{name}: no message to replay", file=errors)
+            return 1
+        if as_json:
+            print(json.dumps(report.as_dict(result, name), indent=2), file=out)
+        else:
+            print(report.text(result, name), file=out)
+        if page is not None and html_path is not None:
+            page.truncate(0)
+            page.write(html.page(result, name))
+            page.close()
+            cleanup.pop_all()
+            print(f"report written to {html_path}", file=errors)
+    if reader.skipped and not skip_bad_lines:
+        print(
+            f"{name}: the report leaves out {reader.skipped:,} lines that cannot be used; "
+            "fix them, or pass --skip-bad-lines to accept that",
+            file=errors,
+        )
         return 1
-    if as_json:
-        print(json.dumps(report.as_dict(result, name), indent=2), file=out)
-    else:
-        print(report.text(result, name), file=out)
-    if html_path is not None:
-        html_path.write_text(html.page(result, name), encoding="utf-8")
-        print(f"report written to {html_path}", file=errors)
     return 0
+
+
+def _open_page(path: Path, cleanup: contextlib.ExitStack, errors: TextIO) -> TextIO | None:
+    """Open the HTML report's file before the replay; if the replay then stops, leave what
+    was there (or nothing, if the file is new) rather than an empty page."""
+    existed = path.exists()
+    try:
+        # Appending opens the same places writing does, and leaves an old page as it was.
+        page = open(path, "a", encoding="utf-8")  # noqa: SIM115
+    except OSError as error:
+        print(f"{path}: cannot be written: {error.strerror or error}", file=errors)
+        return None
+    if not existed:
+        cleanup.callback(path.unlink, missing_ok=True)
+    cleanup.callback(page.close)
+    return page

@@ -11,6 +11,7 @@ from throttle.simulate.report import (
     REASON_WORDS,
     campaigns_seen,
     label,
+    left_out,
     period,
     reasons_seen,
     rules_seen,
@@ -60,7 +61,8 @@ def page(replay: Replay, trace: str) -> str:
         f"<title>throttle simulate: {names}</title><style>{_STYLE}</style></head><body>",
         f"<h1>What {names} does to {escape(trace)}</h1>",
         f'<p class="meta">{tallies[0].messages:,} messages to {len(tallies[0].people):,} people, '
-        f"{escape(period(replay))}. Shadow decisions count as what enforcing would do.</p>",
+        f"{escape(period(replay) + left_out(replay))}. "
+        "Shadow decisions count as what enforcing would do.</p>",
         _cards(tallies),
         "<h2>What each message got</h2>",
         _outcomes(tallies),

@@ -86,6 +86,8 @@ class Replay:
     first_t: float | None = None
     last_t: float | None = None
     seconds: float = 0.0
+    # Trace lines that could not be used, left out of every tally.
+    skipped_lines: int = 0
 
 
 async def replay(policies: Sequence[Policy], messages: Iterable[TraceMessage]) -> Replay:

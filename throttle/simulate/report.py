@@ -73,13 +73,21 @@ def period(replay: Replay) -> str:
     return f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC"
 
 
+def left_out(replay: Replay) -> str:
+    """What a report says when trace lines could not be used; nothing when all could."""
+    if not replay.skipped_lines:
+        return ""
+    return f"; {replay.skipped_lines:,} lines of the trace could not be used and are left out"
+
+
 def text(replay: Replay, trace: str) -> str:
     """The report as a terminal shows it."""
     tallies = replay.tallies
     first = tallies[0]
     rate = first.messages / replay.seconds if replay.seconds else 0.0
     lines = [
-        f"{trace}: {first.messages:,} messages to {len(first.people):,} people, {period(replay)}",
+        f"{trace}: {first.messages:,} messages to {len(first.people):,} people, {period(replay)}"
+        + left_out(replay),
         f"replayed in {replay.seconds:.1f} s ({rate:,.0f} messages a second"
         + (f", each decided by {len(tallies)} policies)" if len(tallies) > 1 else ")"),
         "",
@@ -158,6 +166,7 @@ def as_dict(replay: Replay, trace: str) -> dict[str, Any]:
         "first_t": replay.first_t,
         "last_t": replay.last_t,
         "seconds": replay.seconds,
+        "skipped_lines": replay.skipped_lines,
         "policies": [
             {
                 "name": tally.policy.name,
