@@ -230,8 +230,6 @@ class Snapshot:
             return None
         pack = msgpack.packb
         return RecentTemplate(
-            per_person=audit.per_person,
-            keep_ms=audit.keep_ms,
             head=ARRAY_HEADER,
             # person (none: the entry sits in the person's own record), campaign, channel,
             # segment, and the fallback segment, which only the engine resolves
@@ -257,8 +255,7 @@ class Snapshot:
                 )
             ),
             policy=self._policy_label,
-            shadow_caps=self.shadow_caps,
-            band=self.band_by_level,
+            content_milli=content.milli,
         )
 
     def _build_limits(self, channel: str, campaign: str, tags: tuple[str, ...]) -> Limits:
@@ -316,6 +313,9 @@ class Snapshot:
             timeout_ms=math.ceil(policy.store.timeout * 1000),
             retry_after_ms=math.ceil(policy.store.retry_after * 1000),
             shadow_caps=any(cap.shadow for cap in policy.caps),
+            band=self.band_by_level,
+            recent_per_person=self.audit.per_person if self.audit is not None else 0,
+            recent_keep_ms=self.audit.keep_ms if self.audit is not None else 0,
             minimal_threshold_milli=self.level_thresholds[1],
             full_threshold_milli=self.level_thresholds[3],
             default_level=self.default_level,

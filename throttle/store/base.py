@@ -8,6 +8,7 @@ runs against both.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -108,6 +109,11 @@ class Limits:
     retry_after_ms: int = 1000
     # Whether any counter is a shadow counter.
     shadow_caps: bool = False
+    # The category band's (low, high] by level 1 (minimal), 2, 3 (full), thousandths; () none.
+    band: tuple[int, ...] = ()
+    # Recent decisions kept with each person (0: none) and for how long.
+    recent_per_person: int = 0
+    recent_keep_ms: int = 0
     # Thresholds at the minimal and full levels, the level of people who chose none, and how
     # long a person's choice is kept after their last decision.
     minimal_threshold_milli: int = 400
@@ -123,19 +129,18 @@ class Limits:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class RecentTemplate:
-    """How a store writes one message's decision into the person's recent decisions.
+    """How one message's decisions read in a person's recent decisions.
 
-    The store makes the decision, so the entry is assembled there, from pieces the engine
-    packed once per message and policy: a packed audit entry is `head`, the time, `before`,
+    The store makes the decision, so the person's record keeps only what differs from one
+    decision of the message to the next: the time, how it came out (`key`, see
+    `outcome_key`) and the score, with the template's `fingerprint`. The template itself, the
+    same for everyone who gets the message, is kept once (a Redis store keeps it beside the
+    records, under the fingerprint). A packed audit entry is `head`, the time, `before`,
     `outcomes[key]`, the score, the factors (`factors`, plus the repetition factor when the
     store counted earlier deliveries), `after`, the shadow flag (`key in shadowed`) and
-    `policy`. `key` names how the decision came out (see `outcome_key`); the engine maps
-    decisions to the same keys, so the person's record and the engine's decision agree.
-    Compares and hashes by identity, so a store may cache what it derives from one.
+    `policy`. Compares and hashes by identity, so a store may cache what it derives from one.
     """
 
-    per_person: int
-    keep_ms: int
     head: bytes
     before: bytes
     outcomes: Mapping[str, bytes]
@@ -144,16 +149,42 @@ class RecentTemplate:
     factor_count: int
     after: bytes
     policy: bytes
-    # Cap indexes in shadow mode: a refusal by one in the category band gets the band.
-    shadow_caps: frozenset[int] = frozenset()
-    # The category band's (low, high] by level 1 (minimal), 2, 3 (full), thousandths; () none.
-    band: tuple[int, ...] = ()
+    # The message's score before repetition, thousandths: a higher score counted repetitions.
+    content_milli: int
 
-    def entry(self, now_ms: int, key: str, score_milli: int, content_milli: int) -> bytes:
-        """The packed entry, as `lua/deliver.lua` assembles it."""
+    def packed(self) -> bytes:
+        """The template as bytes, for a store to keep once."""
+        packed: bytes = msgpack.packb(
+            [
+                self.head, self.before, dict(self.outcomes), sorted(self.shadowed), self.factors,
+                self.factor_count, self.after, self.policy, self.content_milli,
+            ],
+            use_bin_type=True,
+        )  # fmt: skip
+        return packed
+
+    @classmethod
+    def unpacked(cls, data: bytes) -> RecentTemplate:
+        """The template `packed()` made; raises ValueError for bytes that are not one."""
+        try:
+            fields = msgpack.unpackb(data, raw=False)
+            head, before, outcomes, shadowed, factors, count, after, policy, content = fields
+            return cls(
+                head, before, outcomes, frozenset(shadowed), factors, count, after, policy, content
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"not a recent-decision template: {error}") from None
+
+    @property
+    def fingerprint(self) -> bytes:
+        """8 bytes that name the template (of its packed bytes), as a person's record does."""
+        return fingerprint_of(self.packed())
+
+    def entry(self, now_ms: int, key: str, score_milli: int) -> bytes:
+        """The decision as a packed audit entry (no person: it sits in theirs)."""
         factors, count = self.factors, self.factor_count
-        if score_milli > content_milli:
-            factors += REPETITION_FACTOR + msgpack.packb(score_milli - content_milli)
+        if score_milli > self.content_milli:
+            factors += REPETITION_FACTOR + msgpack.packb(score_milli - self.content_milli)
             count += 1
         return b"".join(
             (
@@ -169,6 +200,11 @@ class RecentTemplate:
                 self.policy,
             )
         )
+
+
+def fingerprint_of(data: bytes) -> bytes:
+    """8 bytes of SHA-256: what names a piece of a recent decision that many share."""
+    return hashlib.sha256(data).digest()[:8]
 
 
 # The repetition factor's pair, up to its contribution: a msgpack array of two, and its name.

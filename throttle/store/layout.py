@@ -23,7 +23,7 @@ class DeliverArg(IntEnum):
     FLAGS = 5  # `Flag` bits
     SPECIAL = 6  # the special categories the message uses, space-separated
     RELEVANCE = 7  # thousandths, or -1 (no privacy calculus)
-    RECENT = 8  # the `Recent` array, msgpack, or "" to keep no recent decision
+    RECENT = 8  # the message's recent-decision template's fingerprint (8 bytes), or "": none
     TOKEN = 9  # a fresh random audit token, taken when the person has none ("": none)
 
 
@@ -55,30 +55,21 @@ class Limit(IntEnum):
     TRUST_SIGNED_IN = 16  # calculus, thousandths
     TRUST_DECLARED = 17  # calculus, thousandths, for a person who chose their level
     LAMBDA = 18  # calculus: { at minimal, standard, full }, thousandths
+    BAND = 19  # the category band's { low, high } at levels 1 to 3, flattened; {} for none
+    RECENT_PER_PERSON = 20  # recent decisions kept with each person (0: none)
+    RECENT_KEEP = 21  # how long recent decisions are kept, ms
 
 
-class Recent(IntEnum):
-    """The recent-decision array: a `RecentTemplate`'s fields (see store/base.py)."""
-
-    PER_PERSON = 1
-    KEEP = 2
-    HEAD = 3
-    BEFORE = 4
-    OUTCOMES = 5  # { [key] = packed outcome, reason, rule }
-    SHADOWED = 6  # { [key] = true } for keys whose entry has the shadow flag
-    FACTORS = 7
-    FACTOR_COUNT = 8
-    AFTER = 9
-    POLICY = 10
-    SHADOW_CAPS = 11  # { [cap index] = true }
-    BAND = 12  # { low, high } by level 1..3, flattened; {} for none
+# A recent decision in a person's record (lua/record.lua): when, ms, in 6 bytes; the message's
+# template's fingerprint, 8 bytes; how it came out, an outcome key padded with spaces to 6
+# bytes; its score, thousandths, in 2 bytes. Integers big-endian.
+RECENT_SIZE = 6 + 8 + 6 + 2
 
 
 _ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
     "ARG": DeliverArg,
     "FLAG": Flag,
     "LIMIT": Limit,
-    "RECENT": Recent,
 }
 
 
@@ -87,6 +78,7 @@ def _prelude() -> str:
     for prefix, enum in _ENUMS.items():
         for member in enum:
             lines.append(f"local {prefix}_{member.name} = {int(member)}")
+    lines.append(f"local RECENT_SIZE = {RECENT_SIZE}")
     return "\n".join(lines) + "\n"
 
 

@@ -270,7 +270,7 @@ class _Decision:
         self.dirty = False
         self.level = (self.choices or {}).get("l", self.limits.default_level)
         self.restricted = self.choices is not None and (self.level < 2 or "g" in self.choices)
-        if self.template is not None and not self.token:
+        if self.template is not None and self.limits.recent_per_person > 0 and not self.token:
             self.token = secrets.token_hex(_TOKEN_BYTES)
             self.dirty = True
 
@@ -347,7 +347,13 @@ class _Decision:
         template = self.template
         if template is not None:
             key = outcome_key(
-                verdict, shadow_refused, level, score, False, template.band, template.shadow_caps
+                verdict,
+                shadow_refused,
+                level,
+                score,
+                False,
+                limits.band,
+                frozenset((shadow_refused,)),
             )
         if limits.ttl_ms <= 0:
             self.logs, self.budget = {}, []
@@ -364,10 +370,10 @@ class _Decision:
     def finish(
         self, verdict: Verdict, index: int, score: int, repetitions: int, key: str, changed: bool
     ) -> _Decided:
-        template, now = self.template, self.now
-        if template is not None and template.per_person > 0:
-            entry = template.entry(now, key, score, self.delivery.score_milli)
-            self.recent = _remembered(self.recent, entry, template.per_person)
+        template, now, per_person = self.template, self.now, self.limits.recent_per_person
+        if template is not None and per_person > 0:
+            entry = template.entry(now, key, score)
+            self.recent = _remembered(self.recent, entry, per_person)
             changed = True
         record = self.held
         if changed or self.dirty:
@@ -386,8 +392,8 @@ class _Decision:
     def lifetime(self, record: _Record) -> int:
         """How long the record must live: the longer of what it holds (as deliver.lua)."""
         keep = self.limits.ttl_ms if record.counters or record.budget else 0
-        if record.recent and self.template is not None:
-            keep = max(keep, self.template.keep_ms)
+        if record.recent:
+            keep = max(keep, self.limits.recent_keep_ms)
         return keep
 
 

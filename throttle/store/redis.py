@@ -42,8 +42,9 @@ from throttle.store.base import (
     Outcome,
     RecentTemplate,
     Verdict,
+    fingerprint_of,
 )
-from throttle.store.layout import DeliverArg, Limit, Recent, script, sha1
+from throttle.store.layout import RECENT_SIZE, DeliverArg, Limit, script, sha1
 from throttle.store.pipe import Pipe, bulk, command, reply_error
 
 logger = logging.getLogger("throttle.store")
@@ -77,6 +78,11 @@ _SERVER_ERRORS = (
     "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF", "NOAUTH", "WRONGPASS",
 )  # fmt: skip
 _TOKEN_BYTES = 8
+# What many recent decisions share is written beside the records again this often per process,
+# so that it outlives every record that names it.
+_RECENT_PIECE_REFRESH_SECONDS = 3600.0
+# Pieces of recent decisions: a message's template, or one decision made without the store.
+_TEMPLATE, _ENTRY = 1, 2
 
 
 class RedisStore:
@@ -105,13 +111,18 @@ class RedisStore:
         self._key_prefix = f"{prefix}{{".encode()
         self._stall_limit = stall_limit
         self._encoded_limits: dict[Limits, bytes] = {}
-        self._encoded_recent: dict[RecentTemplate, bytes] = {}
+        # A template's fingerprint, as an argument and as bytes.
+        self._encoded_recent: dict[RecentTemplate, tuple[bytes, bytes]] = {}
+        # Fingerprint -> when this process last wrote the piece it names (monotonic).
+        self._pieces_written: dict[bytes, float] = {}
+        self._pieces: list[bytes] = []  # SETs of pieces, waiting for the next write
         self._pending: list[_Call] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._choose = self._client.register_script(_CHOOSE)
         self._audit_key = f"{prefix}audit".encode()
+        self._piece_prefix = f"{prefix}recent:".encode()
         # Audit entries waiting for the next write, packed, and the trail's bounds.
         self._trail: list[bytes] = []
         self._trail_limits: AuditLimits | None = None
@@ -144,6 +155,27 @@ class RedisStore:
 
     def audience_key(self, segment: str) -> str:
         return f"{self.prefix}audience:{segment}"
+
+    def piece_key(self, fingerprint: bytes) -> bytes:
+        """Where what many recent decisions share is kept once, by its fingerprint."""
+        return self._piece_prefix + fingerprint.hex().encode()
+
+    def _keep_piece(
+        self, fingerprint: bytes, kind: int, data: bytes | RecentTemplate, keep_ms: int
+    ) -> None:
+        """Write a piece of recent decisions beside the records with the next write, unless
+        this process did so lately."""
+        now = time.monotonic()
+        if now - self._pieces_written.get(fingerprint, -math.inf) < _RECENT_PIECE_REFRESH_SECONDS:
+            return
+        if len(self._pieces_written) >= _CACHE_SIZE:
+            self._pieces_written.clear()
+        self._pieces_written[fingerprint] = now
+        packed = data.packed() if isinstance(data, RecentTemplate) else data
+        piece = msgpack.packb([kind, packed], use_bin_type=True)
+        self._pieces.append(
+            command(b"SET", self.piece_key(fingerprint), piece, b"PX", b"%d" % keep_ms)
+        )
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         if self._closed:
@@ -211,9 +243,11 @@ class RedisStore:
             deadline.cancel()
             return
         audiences, audience_replies, counted = self._audience_commands(batch)
-        # What waits on the side (audit entries, decisions made without the store) rides along.
+        decisions = b"".join([self._evalsha(call.delivery) for call in batch])
+        # What waits on the side (audit entries, decisions made without the store, pieces of
+        # recent decisions the scripts are about to name) rides along, ahead of the scripts.
         side, handlers = self._side_commands()
-        payload = side + b"".join(self._evalsha(call.delivery) for call in batch) + audiences
+        payload = side + decisions + audiences
         try:
             replies = self._pipe.send(
                 payload, len(handlers) + len(batch) + audience_replies + len(counted)
@@ -327,14 +361,17 @@ class RedisStore:
                 self._encoded_limits.clear()
             limits = self._encoded_limits[delivery.limits] = bulk(_packed(delivery.limits))
         template = delivery.recent
-        if template is None:
+        if template is None or not delivery.limits.recent_per_person:
             recent = token = _EMPTY
         else:
-            recent = self._encoded_recent.get(template)  # type: ignore[assignment]
-            if recent is None:
+            known = self._encoded_recent.get(template)
+            if known is None:
                 if len(self._encoded_recent) >= _CACHE_SIZE:
                     self._encoded_recent.clear()
-                recent = self._encoded_recent[template] = bulk(_packed_recent(template))
+                fingerprint = template.fingerprint
+                known = self._encoded_recent[template] = (bulk(fingerprint), fingerprint)
+            recent, fingerprint = known
+            self._keep_piece(fingerprint, _TEMPLATE, template, delivery.limits.recent_keep_ms)
             token = bulk(self._token())
         now = b"%d" % delivery.now_ms
         score = b"%d" % delivery.score_milli
@@ -393,7 +430,7 @@ class RedisStore:
             raw, raw_choices = await self._client.mget(
                 self.person_key(person), self.choices_key(person)
             )
-        core, _ = decode_record(raw)
+        core = decode_record(raw)
         state: dict[str, Any] = {}
         base = core.get("t", 0)
         if core.get("c"):
@@ -408,7 +445,20 @@ class RedisStore:
         async with _unavailable_on_error():
             await self._write_pending_now()
             raw: Any = await self._client.get(self.person_key(person))
-        return decode_record(raw)[1][::-1]
+            decisions = _recent_of(decode_record(raw))
+            fingerprints = list(dict.fromkeys(fingerprint for _, fingerprint, _, _ in decisions))
+            pieces: Any = (
+                await self._client.mget([self.piece_key(f) for f in fingerprints])
+                if fingerprints
+                else []
+            )
+        known = dict(zip(fingerprints, pieces, strict=True))
+        entries = []
+        for when, fingerprint, key, score in reversed(decisions):
+            entry = _entry_of(known.get(fingerprint), when, key, score)
+            if entry is not None:  # a piece gone (expired, flushed) takes its decision along
+                entries.append(entry)
+        return entries
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         async with _unavailable_on_error():
@@ -429,7 +479,10 @@ class RedisStore:
         if self._closed:
             return
         per_person = audit.per_person if audit is not None and tail is not None else 0
-        entry = pack_entry(time_ms, "", tail) if per_person and tail is not None else b""
+        piece = b""
+        if per_person and tail is not None and audit is not None:
+            piece = fingerprint_of(tail)
+            self._keep_piece(piece, _ENTRY, tail, audit.keep_ms)
         key = self._key_prefix + person.encode() + b"}"
         written = command(
             b"EVALSHA",
@@ -437,7 +490,8 @@ class RedisStore:
             b"2",
             key,
             key + b":choices",
-            entry,
+            piece,
+            b"%d" % time_ms,
             b"%d" % per_person,
             b"%d" % (audit.keep_ms if audit is not None else 0),
             b"%d" % keep_ms,
@@ -470,7 +524,7 @@ class RedisStore:
 
     def _flush_side(self) -> None:
         self._side_scheduled = False
-        if self._closed or not (self._trail or self._remembered):
+        if self._closed or not (self._trail or self._remembered or self._pieces):
             return
         if not self._pipe.ready:
             if time.monotonic() >= self._retry_at:
@@ -507,8 +561,10 @@ class RedisStore:
         """What waits on the side as commands: one EVALSHA of remember.lua per decision made
         without the store, one XADD carrying every waiting audit entry (and, now and then, the
         trail's trim by age and its expiry); with what to do with each reply."""
-        commands: list[bytes] = []
-        handlers: list[_SideReply] = []
+        # Pieces first: a record never names one that is not there.
+        commands: list[bytes] = self._pieces
+        handlers: list[_SideReply] = [_SideReply(None) for _ in commands]
+        self._pieces = []
         for remembered in self._remembered:
             commands.append(remembered[1])
             handlers.append(_SideReply(remembered))
@@ -573,7 +629,7 @@ class RedisStore:
     async def _write_pending_now(self) -> None:
         """Write what waits before reading: a person asking why, or what is held about them,
         sees the last of it."""
-        if not (self._trail or self._remembered):
+        if not (self._trail or self._remembered or self._pieces):
             return
         if not self._pipe.ready:
             await asyncio.wait_for(self._reconnect(), self._stall_limit)
@@ -589,8 +645,7 @@ class RedisStore:
             pipe.get(self.person_key(person))
             pipe.delete(self.person_key(person), self.choices_key(person))
             raw, deleted = await pipe.execute()
-        _, recent = decode_record(raw)
-        return Erasure(state=bool(deleted), decisions=len(recent))
+        return Erasure(state=bool(deleted), decisions=len(_recent_of(decode_record(raw))))
 
     async def aclose(self) -> None:
         self._closed = True
@@ -599,7 +654,7 @@ class RedisStore:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if (self._trail or self._remembered) and self._pipe.ready:
+        if (self._trail or self._remembered or self._pieces) and self._pipe.ready:
             # The last decisions' entries go out before the connection does.
             side, handlers = self._side_commands()
             with contextlib.suppress(Exception):
@@ -608,19 +663,56 @@ class RedisStore:
         await self._client.aclose()
 
 
-def decode_record(raw: bytes | None) -> tuple[dict[str, Any], list[bytes]]:
-    """A person's record: its map (see lua/record.lua) and recent decisions, oldest first."""
+def decode_record(raw: bytes | None) -> dict[str, Any]:
+    """A person's record (see lua/record.lua) as a map; its recent decisions stay bytes."""
     if not raw:
-        return {}, []
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(raw)
-    core = unpacker.unpack()
-    recent: list[bytes] = []
-    if unpacker.tell() < len(raw):
-        entries = msgpack.Unpacker(raw=True)
-        entries.feed(raw[unpacker.tell() :])
-        recent = [entry for entry in entries if isinstance(entry, bytes)]
-    return (core if isinstance(core, dict) else {}), recent
+        return {}
+    core = msgpack.unpackb(raw, raw=True)
+    if not isinstance(core, dict):
+        return {}
+    decoded: dict[str, Any] = {}
+    for name, value in core.items():
+        field = name.decode()
+        if field == "c" and isinstance(value, dict):
+            value = {counter.decode(): log for counter, log in value.items()}
+        elif field == "k" and isinstance(value, bytes):
+            value = value.decode()
+        decoded[field] = value
+    return decoded
+
+
+def _recent_of(core: dict[str, Any]) -> list[tuple[int, bytes, str, int]]:
+    """(when, fingerprint, outcome key, score) of the record's recent decisions, oldest first."""
+    recent = core.get("r")
+    if not isinstance(recent, bytes):
+        return []
+    decisions = []
+    for at in range(0, len(recent) - RECENT_SIZE + 1, RECENT_SIZE):
+        record = recent[at : at + RECENT_SIZE]
+        decisions.append(
+            (
+                int.from_bytes(record[0:6], "big"),
+                record[6:14],
+                record[14:20].decode("ascii", "replace").rstrip(),
+                int.from_bytes(record[20:22], "big"),
+            )
+        )
+    return decisions
+
+
+def _entry_of(piece: bytes | None, when: int, key: str, score: int) -> bytes | None:
+    """A recent decision as a packed audit entry, from the piece it shares with others."""
+    if piece is None:
+        return None
+    try:
+        kind, data = msgpack.unpackb(piece, raw=False)
+        if kind == _TEMPLATE:
+            return RecentTemplate.unpacked(data).entry(when, key, score)
+        if kind == _ENTRY:
+            return pack_entry(when, "", data)
+    except (ValueError, TypeError, KeyError):
+        pass
+    return None
 
 
 class _Call:
@@ -730,26 +822,9 @@ def _packed(limits: Limits) -> bytes:
         Limit.TRUST_SIGNED_IN: limits.trust_signed_in_milli,
         Limit.TRUST_DECLARED: limits.trust_declared_milli,
         Limit.LAMBDA: list(limits.lambda_milli),
+        Limit.BAND: list(limits.band),
+        Limit.RECENT_PER_PERSON: limits.recent_per_person,
+        Limit.RECENT_KEEP: limits.recent_keep_ms,
     }
     packed: bytes = msgpack.packb([fields[field] for field in Limit])
-    return packed
-
-
-def _packed_recent(template: RecentTemplate) -> bytes:
-    """ARGV[ARG_RECENT] of deliver.lua: how it writes a decision into the person's record."""
-    fields: dict[Recent, Any] = {
-        Recent.PER_PERSON: template.per_person,
-        Recent.KEEP: template.keep_ms,
-        Recent.HEAD: template.head,
-        Recent.BEFORE: template.before,
-        Recent.OUTCOMES: dict(template.outcomes),
-        Recent.SHADOWED: dict.fromkeys(template.shadowed, True),
-        Recent.FACTORS: template.factors,
-        Recent.FACTOR_COUNT: template.factor_count,
-        Recent.AFTER: template.after,
-        Recent.POLICY: template.policy,
-        Recent.SHADOW_CAPS: dict.fromkeys(template.shadow_caps, True),
-        Recent.BAND: list(template.band),
-    }
-    packed: bytes = msgpack.packb([fields[field] for field in Recent], use_bin_type=False)
     return packed

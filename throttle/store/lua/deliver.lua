@@ -4,9 +4,8 @@
 -- decision path no command of its own.
 --
 -- KEYS[1]  the person's record, KEYS[2] their choices (see record.lua)
--- ARGV     see DeliverArg in throttle/store/layout.py; the limits (ARGV[ARG_LIMITS]) and the
---          recent-decision template (ARGV[ARG_RECENT]) are msgpack arrays laid out by Limit and
---          Recent there. Times in ms, scores in thousandths.
+-- ARGV     see DeliverArg in throttle/store/layout.py; the limits (ARGV[ARG_LIMITS]) are a
+--          msgpack array laid out by Limit there. Times in ms, scores in thousandths.
 -- Returns  { verdict, cap index or -1, total score, earlier deliveries counted,
 --            1 when the person's choices restrict them (level off or minimal, GPC opt-out),
 --            the person's level, their audit token or "" }
@@ -22,7 +21,7 @@ local content_score = tonumber(ARGV[ARG_SCORE])
 
 -- One read for both keys (one slot): the record and the choices.
 local values = redis.call('MGET', KEYS[1], KEYS[2])
-local core, tail = decode_record(values[1])
+local core = decode_record(values[1])
 local base = core.t or 0
 local logs = core.c or {}
 for _, log in pairs(logs) do
@@ -48,44 +47,24 @@ local level = (prefs and prefs.l) or limits[LIMIT_DEFAULT_LEVEL]
 -- opt-out): the engine must not fail open for them when it cannot ask.
 local restricted = (prefs and (level < 2 or prefs.g)) and 1 or 0
 
-local template = nil
-if ARGV[ARG_RECENT] ~= '' then template = cmsgpack.unpack(ARGV[ARG_RECENT]) end
-if template and not core.k and ARGV[ARG_TOKEN] ~= '' then
+local fingerprint = ARGV[ARG_RECENT]
+local per_person = limits[LIMIT_RECENT_PER_PERSON]
+local remembering = fingerprint ~= '' and per_person > 0
+if remembering and not core.k and ARGV[ARG_TOKEN] ~= '' then
   core.k = ARGV[ARG_TOKEN]
   dirty = true
 end
 
 local function in_band(score)
-  local band = template[RECENT_BAND]
+  local band = limits[LIMIT_BAND]
   return #band > 0 and band[2 * level - 1] < score and score <= band[2 * level]
-end
-
-local REPETITION_PAIR = '\146' .. cmsgpack.pack('repetition')
-local function array_header(count)
-  if count < 16 then return string.char(0x90 + count) end
-  return '\220' .. string.char(math.floor(count / 256), count % 256)
-end
-
--- The decision as a packed audit entry, assembled as RecentTemplate.entry does.
-local function entry_for(key, score)
-  local factors, count = template[RECENT_FACTORS], template[RECENT_FACTOR_COUNT]
-  if score > content_score then
-    factors = factors .. REPETITION_PAIR .. cmsgpack.pack(score - content_score)
-    count = count + 1
-  end
-  return template[RECENT_HEAD] .. cmsgpack.pack(now) .. template[RECENT_BEFORE]
-    .. template[RECENT_OUTCOMES][key] .. cmsgpack.pack(score) .. array_header(count) .. factors
-    .. template[RECENT_AFTER] .. (template[RECENT_SHADOWED][key] and '\195' or '\194')
-    .. template[RECENT_POLICY]
 end
 
 -- How long the record must live: the longer of what it holds.
 local function lifetime()
   local keep = 0
   if core.c or core.b then keep = ttl end
-  if (core.n or 0) > 0 and template and template[RECENT_KEEP] > keep then
-    keep = template[RECENT_KEEP]
-  end
+  if core.r and limits[LIMIT_RECENT_KEEP] > keep then keep = limits[LIMIT_RECENT_KEEP] end
   return keep
 end
 
@@ -111,13 +90,13 @@ end
 
 -- Ends the script: records what changed and answers.
 local function finish(verdict, index, score, repetitions, key, changed)
-  if template and template[RECENT_PER_PERSON] > 0 then
-    tail = remembered(core, tail, entry_for(key, score), template[RECENT_PER_PERSON])
+  if remembering then
+    core.r = remembered(core.r, now, fingerprint, key, score, per_person)
     changed = true
   end
   if changed or dirty then
     store_times()
-    write_record(KEYS[1], core, tail, lifetime())
+    write_record(KEYS[1], core, lifetime())
   end
   return { verdict, index, score, repetitions, restricted, level, core.k or '' }
 end
@@ -253,8 +232,8 @@ if limits[LIMIT_SHADOW_CAPS] == 1 then shadow_refused = refused_by(1) end
 local verdict, key = 0, 'a'
 if shadow_refused >= 0 then
   verdict, key = 1, 'c' .. shadow_refused
-  if template and in_band(score) and template[RECENT_SHADOW_CAPS][shadow_refused] then key = 'g' end
-elseif template and in_band(score) then
+  if in_band(score) then key = 'g' end
+elseif in_band(score) then
   key = 'g'
 end
 

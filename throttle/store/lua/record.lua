@@ -1,10 +1,11 @@
--- A person's record, "<prefix>{<pseudonym>}": a msgpack map, then the person's recent
--- decisions, oldest first, each a msgpack string holding a packed audit entry.
+-- A person's record, "<prefix>{<pseudonym>}": a msgpack map
 --   t  base time, ms since the Unix epoch; the times in c and b are offsets from it
 --   c  counters: { [name] = { delivery time, ... } }, e.g. c["c:email"]
 --   b  budget: { { delivery time, score (thousandths) }, ... }
 --   k  the random token that names the person in the audit trail
---   n  how many recent decisions follow the map
+--   r  their recent decisions, oldest first, RECENT_SIZE bytes each (see layout.py): when,
+--      the fingerprint of what the message's decisions share (kept once, under
+--      "<prefix>recent:<fingerprint>"), how it came out, its score
 -- It lives as long as the longer of its parts needs: counters their longest window, recent
 -- decisions the trail's age.
 -- The person's choices, "<prefix>{<pseudonym>}:choices" in the same slot: a msgpack map,
@@ -13,36 +14,26 @@
 -- Kept apart, `keep` after the person's last decision: choices outlive counters on purpose,
 -- and counters and decisions must not live as long as choices do.
 
--- The record's map and its recent decisions (raw), from the key's value.
 local function decode_record(raw)
-  if not raw then return {}, '' end
-  local offset, core = cmsgpack.unpack_one(raw)
-  if offset < 0 then return core, '' end
-  return core, string.sub(raw, offset + 1)
+  if not raw then return {} end
+  return cmsgpack.unpack(raw)
 end
 
-local function read_record(key)
-  return decode_record(redis.call('GET', key))
-end
-
--- The recent decisions with `entry` appended, the newest `keep` of them.
-local function remembered(core, tail, entry, keep)
-  local count = (core.n or 0) + 1
-  tail = tail .. cmsgpack.pack(entry)
-  local offset = 0
-  while count > keep do
-    offset = cmsgpack.unpack_one(tail, offset)
-    count = count - 1
+-- The recent decisions with one more, the newest `keep` of them.
+local function remembered(recent, now, fingerprint, key, score, keep)
+  local record = struct.pack('>I6', now) .. fingerprint
+    .. key .. string.rep(' ', 6 - #key) .. struct.pack('>I2', score)
+  recent = (recent or '') .. record
+  if #recent > keep * RECENT_SIZE then
+    recent = string.sub(recent, -keep * RECENT_SIZE)
   end
-  core.n = count
-  if offset > 0 then return string.sub(tail, offset + 1) end
-  return tail
+  return recent
 end
 
-local function write_record(key, core, tail, ttl)
+local function write_record(key, core, ttl)
   if ttl <= 0 then
     redis.call('DEL', key)
   else
-    redis.call('SET', key, cmsgpack.pack(core) .. tail, 'PX', ttl)
+    redis.call('SET', key, cmsgpack.pack(core), 'PX', ttl)
   end
 end
