@@ -240,11 +240,6 @@ class _ParsedMarkers:
             entries[value] = (marker, cost)
             self.size += cost
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.size = 0
-
 
 _parsed = _ParsedMarkers(MARKER_CACHE_BYTES)
 
