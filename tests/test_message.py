@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import string
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 from http_sfv.dictionary import Dictionary
@@ -13,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from throttle import Marker, MarkerError, parse_marker, personalization
-from throttle.message import PERSONALIZATION_HEADER
+from throttle.message import MARKER_CACHE_BYTES, PERSONALIZATION_HEADER
 
 EVERY_MEMBER = Marker(
     campaign="spring-sale",
@@ -115,8 +118,10 @@ def test_the_header_is_a_structured_field_dictionary() -> None:
 _PRINTABLE = st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=128
 ).filter(str.strip)  # all-blank text is refused, as tested below
-_PART = st.text(string.ascii_letters + string.digits + "._-", min_size=1, max_size=10)
-_SEGMENTS = st.one_of(st.just(""), st.lists(_PART, min_size=1, max_size=5).map("/".join))
+_PART = st.text(string.ascii_letters + string.digits + "._-", min_size=1, max_size=10).filter(
+    lambda part: part not in (".", "..")  # refused, as tested below
+)
+_SEGMENTS = st.one_of(st.just(""), st.lists(_PART, min_size=1, max_size=8).map("/".join))
 _CHANNELS = st.from_regex(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]{0,20}", fullmatch=True)
 _MARKERS = st.builds(
     Marker,
@@ -380,3 +385,76 @@ def test_a_misspelt_gate_member_is_refused_not_ignored(member: str, meant: str) 
 def test_an_empty_decides_is_refused() -> None:
     with pytest.raises(MarkerError, match="decides must be one of price, credit, eligibility"):
         parse_marker(b'campaign="a", decides=""')
+
+
+@pytest.mark.parametrize(
+    ("segment", "problem"),
+    [
+        pytest.param("../../etc/passwd", "must not have '.' or '..' levels", id="dot-dot"),
+        pytest.param("eu/./de", "must not have '.' or '..' levels", id="dot"),
+        pytest.param("..", "must not have '.' or '..' levels", id="only-dot-dot"),
+        pytest.param("eu/..", "must not have '.' or '..' levels", id="trailing-dot-dot"),
+        pytest.param("eu//de", "must be a path", id="empty-level"),
+        pytest.param("/eu", "must be a path", id="leading-slash"),
+        pytest.param("eu/", "must be a path", id="trailing-slash"),
+        pytest.param("/".join("abcdefghi"), "has 9 levels; at most 8", id="9-levels"),
+        pytest.param("/".join(["a"] * 64), "has 64 levels; at most 8", id="64-levels"),
+        pytest.param("a" * 129, "at most 128 characters", id="129-characters"),
+    ],
+)
+def test_a_segment_must_be_a_short_path_of_named_levels(segment: str, problem: str) -> None:
+    # Segments reach the app's fallback provider and cost a store lookup per level.
+    with pytest.raises(MarkerError, match=re.escape(problem)):
+        parse_marker(f'campaign="x", segment="{segment}"'.encode())
+    with pytest.raises(MarkerError, match=re.escape(problem)):
+        personalization("x", segment=segment)
+
+
+@pytest.mark.parametrize(
+    "segment", ["/".join("abcdefgh"), "eu/de/berlin", "...", "eu/.hidden/de.v2", "a" * 128]
+)
+def test_segments_within_the_limits_are_accepted(segment: str) -> None:
+    assert parse_marker(f'campaign="x", segment="{segment}"'.encode()).segment == segment
+    assert personalization("x", segment=segment) == {
+        "Personalization": f'campaign="x", segment="{segment}"'
+    }
+
+
+def test_the_helper_refuses_a_segment_that_is_not_a_string() -> None:
+    with pytest.raises(MarkerError, match="segment must be a string, got 42"):
+        personalization("x", segment=42)  # type: ignore[arg-type]
+
+
+def _retained_by(parse: Callable[[], object]) -> int:
+    """Bytes still allocated after `parse` returns and its garbage is collected."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        parse()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_marker_cache_is_bounded_in_bytes_not_entries() -> None:
+    # Unknown members are skipped, so a valid marker may be as large as the app makes it.
+    padding = b"y" * 40_000
+
+    def parse_large() -> None:
+        for number in range(60):
+            parse_marker(b'campaign="big-%d", later="%s"' % (number, padding))
+
+    assert _retained_by(parse_large) < 1024 * 1024
+
+
+def test_many_distinct_markers_fill_the_cache_to_its_budget_only() -> None:
+    # Markers differ per request (event-age counts seconds): the cache must stop at its budget.
+    signals = b" ".join(b'"signal-%02d"' % number for number in range(4))
+
+    def parse_many() -> None:
+        for number in range(8_000):
+            parse_marker(b'campaign="c%d", segment="a/b/c/d", signals=(%s)' % (number, signals))
+
+    assert _retained_by(parse_many) < MARKER_CACHE_BYTES * 1.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -13,11 +14,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from http_sfv.item import Item
 from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.apps import PERSONAL_HEADERS, ScopeSpy, bare, storefront
 from tests.helpers import SECRET, policy
 from throttle import (
     DECISION_SCOPE_KEY,
+    ConfigurationError,
     Decision,
     FallbackRequest,
     Reason,
@@ -560,3 +563,140 @@ async def test_a_shadow_cap_delivers_and_names_itself_in_the_decision_header() -
     assert decision_of(fourth)[1]["rule"] == "hourly"
     assert "shadow" not in decision_of(fourth)[1]
     assert "ana" not in fourth.text
+
+
+class UnencodableId(str):
+    """A str subclass whose methods fail: the engine must never call them."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        raise UnicodeError("not today")
+
+    def __hash__(self) -> int:
+        raise TypeError("unhashable id")
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no string for you")
+
+    __repr__ = __str__
+
+
+async def _late_id(scope: Any) -> str:
+    return "ana"
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        pytest.param(10**5000, id="int-of-5001-digits"),
+        pytest.param(-(10**1024), id="int-of-1025-digits"),
+        pytest.param(True, id="bool"),
+        pytest.param(b"ana", id="bytes"),
+        pytest.param(Unprintable(), id="str-raises"),
+        pytest.param("a" * 1025, id="str-of-1025-characters"),
+        pytest.param("", id="empty"),
+        pytest.param(3.5, id="float"),
+    ],
+)
+@pytest.mark.parametrize(
+    "marker", ['campaign="spring-sale"', "campaign="], ids=["valid", "invalid"]
+)
+async def test_an_id_of_any_type_or_size_counts_as_nobody_never_a_500(
+    identity: object, marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = storefront(policy=CAP_OF_2, identify=lambda scope: identity)
+    with caplog.at_level(logging.WARNING, logger="throttle"):
+        async with client(app) as shop:
+            response = await shop.get("/offer", params={"marker": marker})
+    assert response.status_code == 200
+    assert b"ana" not in response.content
+    expected = "anonymous" if marker == 'campaign="spring-sale"' else "invalid-marker"
+    assert decision_of(response)[1]["reason"] == expected
+    assert "counted as nobody" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        pytest.param(UnencodableId("ana"), id="str-subclass"),
+        pytest.param("a" * 1024, id="str-of-1024-characters"),
+        pytest.param(10**1023, id="int-of-1024-digits"),
+    ],
+)
+async def test_an_id_within_the_limits_is_someone_whatever_its_class(identity: object) -> None:
+    # A str subclass is used for its characters; its own methods are never called.
+    app = storefront(policy=CAP_OF_2, identify=lambda scope: identity)
+    async with client(app) as shop:
+        for expected in ("personalized", "personalized", "segment"):  # a cap of 2 counts them
+            response = await shop.get("/offer", params={"marker": 'campaign="spring-sale"'})
+            assert decision_of(response)[0] == expected
+
+
+def test_an_async_identify_stops_start_up() -> None:
+    class AsyncIdentify:
+        async def __call__(self, scope: Any) -> str:
+            return "ana"
+
+    for identify in (_late_id, functools.partial(_late_id), AsyncIdentify()):
+        with pytest.raises(ConfigurationError, match="identify must be a plain function"):
+            ThrottleMiddleware(bare(), policy=CAP_OF_2, identify=identify)
+
+
+async def test_an_identify_returning_an_awaitable_counts_as_nobody_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Not detectable at start-up; the coroutine is closed, so nothing warns it was never awaited.
+    app = storefront(policy=CAP_OF_2, identify=lambda scope: _late_id(scope))
+    with caplog.at_level(logging.WARNING, logger="throttle"):
+        async with client(app) as shop:
+            response = await shop.get("/offer")
+    assert decision_of(response)[1]["reason"] == "anonymous"
+    assert "returned an awaitable: identify must be a plain function" in caplog.text
+
+
+def bodiless(status: int) -> ASGIApp:
+    """An app answering `status` with a marked response and, as it must, no body."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"personalization", b'campaign="spring-sale"'),
+            (b"etag", b'"personal-etag"'),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+@pytest.mark.parametrize("status", [204, 205, 304])
+@pytest.mark.parametrize("who", ["ana", None])
+async def test_204_205_and_304_carry_no_body_whatever_the_decision(
+    status: int, who: str | None
+) -> None:
+    content = SegmentContent(b'{"for": "everyone"}', "application/json")
+
+    async def provider(request: FallbackRequest) -> SegmentContent:
+        return content
+
+    app = ThrottleMiddleware(
+        bodiless(status),
+        policy=CAP_OF_2,
+        identify=lambda scope: who,
+        fallback=provider,
+        reload_interval=None,
+    )
+    async with client(app) as shop:
+        response = await shop.get("/")
+    outcome = decision_of(response)[0]
+    assert outcome == ("personalized" if who else "segment")
+    if status == 304 and outcome == "segment":
+        # A browser would show the personalized copy it holds: the segment content goes out.
+        assert (response.status_code, response.content) == (200, content.body)
+        return
+    assert response.status_code == status
+    assert response.content == b""
+    assert "content-type" not in response.headers
+    if outcome == "segment":
+        # A 205 says its content is empty; a 204 never carries a length.
+        assert response.headers.get("content-length") == ("0" if status == 205 else None)

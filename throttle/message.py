@@ -10,9 +10,10 @@ The marker is an RFC 8941 structured-field dictionary, e.g.
 from __future__ import annotations
 
 import re
+import sys
+import threading
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from http_sfv.dictionary import Dictionary
@@ -24,12 +25,21 @@ from throttle.errors import MarkerError
 PERSONALIZATION_HEADER = "Personalization"
 
 _MAX_TEXT = 128
+# A segment is a path from broad to narrow; each level costs an audience lookup in the store,
+# so the depth is bounded (eight levels: region/country/city/... with room to spare).
+MAX_SEGMENT_DEPTH = 8
 _MAX_SIGNALS = 32
 _MAX_TAGS = 8
 # Printable ASCII is what an RFC 8941 string may hold.
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+# Parsed markers are cached within this many bytes (values, markers and their strings counted);
+# a value longer than _MAX_CACHED_MARKER, rare, is parsed every time instead.
+MARKER_CACHE_BYTES = 4 * 1024 * 1024
+_MAX_CACHED_MARKER = 4096
+# What a dict entry and the (marker, cost) pair it holds take besides the objects counted.
+_ENTRY_OVERHEAD = 256
 _BOOLEAN_MEMBERS = {
     "inferred": "inferred",
     "third-party": "third_party",
@@ -94,13 +104,8 @@ class Marker:
 
     def __post_init__(self) -> None:
         _check_text("campaign", self.campaign)
-        if self.segment and not (
-            len(self.segment) <= _MAX_TEXT and _SEGMENT.fullmatch(self.segment)
-        ):
-            raise MarkerError(
-                f"segment {self.segment!r} must be a path of letters, digits, '.', '_' and '-' "
-                f"separated by '/', at most {_MAX_TEXT} characters"
-            )
+        if self.segment:
+            _check_segment(self.segment)
         if not (len(self.channel) <= _MAX_TEXT and _TOKEN.fullmatch(self.channel)):
             raise MarkerError(f"channel {self.channel!r} must be a token such as web or email")
         if len(self.signals) > _MAX_SIGNALS:
@@ -206,12 +211,65 @@ def personalization(
     return {PERSONALIZATION_HEADER: marker.header_value()}
 
 
-@lru_cache(maxsize=4096)
+class _ParsedMarkers:
+    """Parsed markers by header value, the latest kept within a budget of bytes.
+
+    Counted in bytes, not entries: markers may carry members a newer throttle reads, so a count
+    alone would let 4,096 markers of 100 KB hold 400 MB.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self._entries: dict[bytes, tuple[Marker, int]] = {}
+        self._lock = threading.Lock()  # parse_marker is public; threads may share the cache
+
+    def get(self, value: bytes) -> Marker | None:
+        known = self._entries.get(value)
+        return None if known is None else known[0]
+
+    def put(self, value: bytes, marker: Marker) -> None:
+        cost = _footprint(value, marker)
+        with self._lock:
+            entries = self._entries
+            if value in entries:
+                return
+            # The oldest go first (a dict keeps insertion order): the markers in use come back.
+            while entries and self.size + cost > self.budget:
+                self.size -= entries.pop(next(iter(entries)))[1]
+            entries[value] = (marker, cost)
+            self.size += cost
+
+
+_parsed = _ParsedMarkers(MARKER_CACHE_BYTES)
+
+
 def parse_marker(value: bytes) -> Marker:
     """Read a `Personalization` header value; raises `MarkerError` saying what is wrong.
 
-    Handlers send the same few markers over and over, so parsed markers are cached by value.
+    Handlers send the same few markers over and over, so parsed markers are cached by value,
+    within `MARKER_CACHE_BYTES` (4 MiB); a value over 4 KB (rare) is parsed every time.
     """
+    value = bytes(value)
+    marker = _parsed.get(value)
+    if marker is None:
+        marker = _parse(value)
+        if len(value) <= _MAX_CACHED_MARKER:
+            _parsed.put(value, marker)
+    return marker
+
+
+def _footprint(value: bytes, marker: Marker) -> int:
+    """Bytes a cached marker holds: its value, the marker, its strings and tuples."""
+    size = _ENTRY_OVERHEAD + sys.getsizeof(value) + sys.getsizeof(marker)
+    for text in (marker.campaign, marker.segment, marker.channel, marker.category):
+        size += sys.getsizeof(text)
+    for texts in (marker.signals, marker.tags):
+        size += sys.getsizeof(texts) + sum(sys.getsizeof(text) for text in texts)
+    return size
+
+
+def _parse(value: bytes) -> Marker:
     if not value.strip(b" \t"):
         raise MarkerError('the header is empty; campaign is required, e.g. campaign="spring-sale"')
     members = Dictionary()
@@ -257,6 +315,23 @@ def parse_marker(value: bytes) -> Marker:
     if "campaign" not in fields:
         raise MarkerError('campaign is required, e.g. campaign="spring-sale"')
     return Marker(**fields)
+
+
+def _check_segment(segment: object) -> None:
+    if not isinstance(segment, str):
+        raise MarkerError(f"segment must be a string, got {segment!r}")
+    if not (len(segment) <= _MAX_TEXT and _SEGMENT.fullmatch(segment)):
+        raise MarkerError(
+            f"segment {segment!r} must be a path of letters, digits, '.', '_' and '-' "
+            f"separated by '/', at most {_MAX_TEXT} characters"
+        )
+    levels = segment.split("/")
+    if any(level in (".", "..") for level in levels):
+        raise MarkerError(f"segment {segment!r} must not have '.' or '..' levels")
+    if len(levels) > MAX_SEGMENT_DEPTH:
+        raise MarkerError(
+            f"segment {segment!r} has {len(levels)} levels; at most {MAX_SEGMENT_DEPTH}"
+        )
 
 
 def _text(name: str, value: object) -> str:

@@ -7,6 +7,7 @@ as well; segment content replaces it, and the personalized body is discarded unr
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -58,7 +59,11 @@ _NEUTRAL_HEADERS = frozenset(
 
 logger = logging.getLogger("throttle")
 
-Identify = Callable[[Scope], "str | None"]
+Identify = Callable[[Scope], "str | int | None"]
+# Longest id `identify` may return: an email address is at most 254 characters, a UUID 36.
+MAX_ID_LENGTH = 1024
+# An int of at most this many bits has at most MAX_ID_LENGTH digits.
+_MAX_ID_BITS = 3401
 TimeZone = Callable[[Scope], "str | None"]
 TIME_ZONE_HEADER = "time-zone"
 
@@ -144,6 +149,7 @@ class ThrottleMiddleware:
         opened = open_store(store) if isinstance(store, str) else store
         self.engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
         self.identify = identify or authenticated_user
+        _refuse_async(self.identify)
         self.time_zone = time_zone or time_zone_header
         self.fallback = fallback
         self._logs = LogLimiter()
@@ -236,16 +242,25 @@ class ThrottleMiddleware:
         return zone if isinstance(zone, str) else None
 
     def person(self, scope: Scope) -> str | None:
-        """Who a request is from, by the app's `identify`; `None` for nobody (or a failure)."""
+        """Who a request is from, by the app's `identify`; `None` for nobody.
+
+        An id is a non-empty `str` of at most `MAX_ID_LENGTH` characters, or an `int` (not a
+        bool) of at most as many digits. Anything else counts as nobody, with a log line: an
+        exception, another type, an awaitable (`identify` must be synchronous), an empty or a
+        longer id. A long id is never truncated, which could make two people one.
+        """
         try:
-            person: Any = self.identify(scope)
+            returned: object = self.identify(scope)
+            if returned is None:
+                return None
+            person, why = _as_id(returned)
         except Exception:
             self._logs.warning("identify", "throttle: identify() failed", exc_info=True)
             return None
-        if isinstance(person, int) and not isinstance(person, bool):
-            person = str(person)
-        if not isinstance(person, str) or not person:
-            return None
+        if person is None:
+            self._logs.warning(
+                "identify-value", "throttle: identify() returned %s; counted as nobody", why
+            )
         return person
 
     async def segment_content(
@@ -399,8 +414,11 @@ class _Responder:
         if status in (304, 206):
             status = 200
         body = content.body
-        if status == 204:
+        if status in (204, 205):
+            # Neither may carry content (RFC 9110, 15.3.5-6); a 205 says so with a zero length.
             body = b""
+            if status == 205:
+                headers.append((b"content-length", b"0"))
         else:
             headers += (
                 (b"content-type", content.media_type.encode("latin-1")),
@@ -446,6 +464,47 @@ def _usable(content: object) -> bool:
         and content.media_type.isascii()
         and content.media_type.isprintable()
     )
+
+
+def _as_id(returned: object) -> tuple[str | None, str]:
+    """What `identify` returned as a plain `str`, or `None` and why it is no id."""
+    if isinstance(returned, str):
+        # A str subclass may override what the engine calls (encode, __hash__): use the str.
+        person = str.__str__(returned)
+    elif isinstance(returned, int) and not isinstance(returned, bool):
+        # Bounded before converting: str() of a huge int is slow, past 4,300 digits an error.
+        if int.bit_length(returned) > _MAX_ID_BITS:
+            return None, f"an int of more than {MAX_ID_LENGTH} digits"
+        person = int.__repr__(returned)
+    elif inspect.isawaitable(returned):
+        _discard(returned)
+        return None, "an awaitable: identify must be a plain function returning the id"
+    else:
+        return None, f"a {type(returned).__name__}, not a str or an int"
+    if not person:
+        return None, "an empty id"
+    if len(person) > MAX_ID_LENGTH:
+        return None, f"an id of {len(person)} characters, more than {MAX_ID_LENGTH}"
+    return person, ""
+
+
+def _refuse_async(identify: Identify | None) -> None:
+    """`identify` is called on every marked response's path and by the privacy routes, which
+    cannot await it: a coroutine function is a configuration error, not everyone anonymous."""
+    call = getattr(identify, "__call__", None)  # noqa: B004 - an object's async __call__ too
+    if inspect.iscoroutinefunction(identify) or inspect.iscoroutinefunction(call):
+        raise ConfigurationError(
+            "identify must be a plain function returning the id (str, int or None), not an "
+            "async one: read what it needs from the scope (e.g. scope['user'], set by an "
+            "authentication middleware that runs before throttle)"
+        )
+
+
+def _discard(awaitable: object) -> None:
+    """Close a coroutine nobody will await, so it does not warn when collected."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
 
 
 def _secret(secret: str | bytes | None, store: Store) -> bytes:
