@@ -38,7 +38,7 @@ def test_a_broken_policy_exits_1_naming_file_line_key_and_fix(tmp_path: Path) ->
     status, text = run(broken)
     assert status == 1
     assert text.splitlines() == [
-        f"{broken}:8: caps[0].window: '90 minutes' is not a duration; write 90m",
+        f"{broken}:8: caps.\"hourly\".window: '90 minutes' is not a duration; write 90m",
         f"{broken}:11: fallback.k: is 0; should be greater than or equal to 1",
     ]
 
@@ -78,6 +78,9 @@ def test_the_summary_names_the_gates_levels_band_and_audit(tmp_path: Path) -> No
         '[policy]\nname = "gates"\n[consent.gpc_json]\nlast_update = "2026-11-01"\n'
         "[creepiness]\ncategory_band = { low = 0.5, high = 0.6 }\n[audit]\nenabled = false\n"
         '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = ["health"]\n'
+    )
+    path.write_text(
+        path.read_text().replace('name = "gates"\n', 'name = "gates"\nspecial = "replace"\n')
     )
     status, text = run(path)
     assert status == 0

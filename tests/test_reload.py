@@ -74,7 +74,7 @@ async def test_an_invalid_edit_keeps_the_policy_and_is_logged_once(
         assert {r.status_code for r in during} == {200}
         assert {policy_of(r) for r in during} == {before}
         assert caplog.text.count("the edited file is not used") == 1
-        assert "caps[0].window: 'an hour' is not a duration" in caplog.text
+        assert "caps.\"hourly\".window: 'an hour' is not a duration" in caplog.text
         write(policy_file, CAP.format(limit=5))
         assert policy_of(await offer(http)) != before
 
@@ -137,7 +137,7 @@ async def test_an_edited_override_takes_effect_and_a_broken_one_keeps_the_policy
         with caplog.at_level(logging.ERROR, logger="throttle"):
             after = await offer(http)
     assert policy_of(after) == version
-    assert f"{override}: line 3: caps[0].limit" in caplog.text
+    assert f'{override}: line 3: caps."hourly".limit' in caplog.text
 
 
 def test_a_middleware_needs_at_least_one_policy_file() -> None:
