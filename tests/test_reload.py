@@ -9,10 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from tests.apps import storefront
 from tests.conftest import ManualClock
-from throttle import ConfigurationError, Policy
+from throttle import ConfigurationError, Policy, ThrottleMiddleware
 from throttle.reload import PolicyWatcher
 
 CAP = (
@@ -142,4 +143,4 @@ async def test_an_edited_override_takes_effect_and_a_broken_one_keeps_the_policy
 
 def test_a_middleware_needs_at_least_one_policy_file() -> None:
     with pytest.raises(ConfigurationError, match="give at least one policy file"):
-        storefront(policy=[]).build_middleware_stack()
+        ThrottleMiddleware(Starlette(), policy=[])
