@@ -89,3 +89,42 @@ def test_the_summary_names_the_gates_levels_band_and_audit(tmp_path: Path) -> No
     assert "levels:      default standard; thresholds minimal 0.4, standard 0.7, full 0.85" in text
     assert "band:        scores above 0.5 up to 0.6 get category content" in text
     assert "audit:       off" in text
+
+
+def test_check_names_what_a_file_changes_in_the_special_categories(tmp_path: Path) -> None:
+    extended = tmp_path / "extended.toml"
+    extended.write_text(
+        '[policy]\nname = "shop"\n'
+        '[special.children]\nsource = "COPPA"\nsignals = ["child_age"]\n'
+        '[special.health]\nsignals = ["health", "medication", "pregnancy", "diagnosis"]\n'
+    )
+    status, text = run(extended)
+    assert status == 0
+    assert "13 categories need explicit consent" in text
+    assert "changes to the default categories:" in text
+    assert "added children: signals child_age" in text
+    assert "health: signals added diagnosis" in text
+    replaced = tmp_path / "replaced.toml"
+    replaced.write_text(
+        '[policy]\nname = "kids"\nspecial = "replace"\n'
+        '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = ["health"]\n'
+    )
+    status, text = run(replaced)
+    assert status == 0
+    assert (
+        'changes to the default categories (the file replaces them: special = "replace"):' in text
+    )
+    assert "removed genetic (signals genetic)" in text
+    assert "health: signals removed medication, pregnancy" in text
+    status, text = run("policies/default.toml")
+    assert "the default categories and signals, unchanged" in text
+
+
+def test_a_misspelt_special_signal_fails_the_check_with_file_line_and_key(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.toml"
+    typo.write_text(
+        '[policy]\nname = "shop"\n[special.health]\nsignals = ["helth", "medication", "pregnancy"]\n'
+    )
+    status, text = run(typo)
+    assert status == 1
+    assert text.startswith(f"{typo}:4: special.health.signals: leaves out 'health'")

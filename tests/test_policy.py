@@ -473,3 +473,116 @@ def test_the_gates_settings_are_checked() -> None:
         "special.health.signals": "is empty; give at least 1",
         "calculus.minimal": "is -1; should be greater than or equal to 0",
     }
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        pytest.param('[fallback.content."*"]\nmedia_type = "application/j\u2011son"\nbody = "{}"\n',
+                     'fallback.content."*".media_type', "U+2011 (NON-BREAKING HYPHEN)", id="u2011"),
+        pytest.param('[fallback.content."*"]\nmedia_type = "text/html\\r\\nX-A: 1"\nbody = ""\n',
+                     'fallback.content."*".media_type', "U+000D", id="cr"),
+        pytest.param('[fallback.content."*"]\nmedia_type = "text/html\\u0000"\nbody = ""\n',
+                     'fallback.content."*".media_type', "U+0000", id="nul"),
+        pytest.param('[fallback]\nkeep_headers = ["X-Ok", "Personalization"]\n',
+                     "fallback.keep_headers[1]", "throttle's own", id="marker"),
+        pytest.param('[fallback]\nkeep_headers = ["personalization-decision"]\n',
+                     "fallback.keep_headers[0]", "throttle's own", id="decision"),
+        pytest.param('[fallback]\nkeep_headers = ["Content-Length"]\n',
+                     "fallback.keep_headers[0]", "describes the personalized body", id="length"),
+        pytest.param('[fallback]\nkeep_headers = ["Transfer-Encoding"]\n',
+                     "fallback.keep_headers[0]", "hop-by-hop", id="hop-by-hop"),
+        pytest.param('[fallback]\nkeep_headers = ["Set-Cookie"]\n',
+                     "fallback.keep_headers[0]", "stored about the person", id="cookie"),
+        pytest.param("[creepiness]\nthreshold = \"0.7\"\n", "creepiness.threshold",
+                     "is '0.7', text; write a number, without quotes", id="number-as-text"),
+        pytest.param('[audit]\nenabled = "no"\n', "audit.enabled",
+                     "is 'no', text; write true or false, without quotes", id="bool-as-text"),
+        pytest.param('[decisions]\nheader = "off"\n', "decisions.header",
+                     "is 'off', text; write true or false", id="header-off"),
+        pytest.param("[fallback]\nk = 50.0\n", "fallback.k", "should be a valid integer",
+                     id="float-for-int"),
+        pytest.param("[consent.tcf]\ncontent = [5, true]\n", "consent.tcf.content[1]",
+                     "should be a valid integer", id="bool-in-int-array"),
+    ],
+)  # fmt: skip
+def test_values_headers_cannot_carry_and_loose_types_are_refused_with_line_and_key(
+    body: str, key: str, words: str
+) -> None:
+    (problem,) = refusal(HEADER + body).problems
+    assert problem.key == key
+    assert words in problem.message
+    assert problem.line == 4
+
+
+def test_a_media_type_with_parameters_and_a_kept_custom_header_are_fine() -> None:
+    policy = Policy.from_toml(
+        HEADER + '[fallback]\nkeep_headers = ["X-Request-Id", "Vary"]\n'
+        '[fallback.content."*"]\nmedia_type = "text/html; charset=utf-8"\nbody = ""\n'
+    )
+    assert policy.fallback.keep_headers == ("X-Request-Id", "Vary")
+
+
+def test_rules_across_keys_name_the_key_and_line_that_broke_them() -> None:
+    levels = refusal(HEADER + "[levels]\nminimal_threshold = 0.8\n").problems
+    assert [(p.key, p.line) for p in levels] == [("levels.minimal_threshold", 4)]
+    threshold = refusal(HEADER + "[creepiness]\nthreshold = 0.9\n").problems
+    assert [(p.key, p.line) for p in threshold] == [("creepiness.threshold", 4)]
+    twice = refusal(HEADER + cap('"1h"', name="daily") + cap('"2h"', name="daily")).problems
+    assert [(p.key, p.line) for p in twice] == [('caps."daily"', 8)]
+    reserve = HEADER + cap('"1h"', limit="2") + "reserve = { slots = 2, tags = ['x'] }\n"
+    assert [(p.key, p.line) for p in refusal(reserve).problems] == [('caps."hourly".reserve', 8)]
+
+
+def test_a_cap_without_a_usable_name_is_named_by_its_place() -> None:
+    text = HEADER + '[[caps]]\nname = 5\nper = "user"\nlimit = 1\nwindow = "1h"\n'
+    (problem,) = refusal(text).problems
+    assert problem.key == "caps[0].name"
+
+
+def test_a_special_table_adds_to_the_default_categories() -> None:
+    from throttle.policy import DEFAULT_SPECIAL
+
+    text = HEADER + '[special.children]\nsource = "COPPA"\nsignals = ["child_age"]\n'
+    policy = Policy.from_toml(text)
+    assert set(policy.special) == {*DEFAULT_SPECIAL, "children"}
+    more = HEADER + '[special.health]\nsignals = ["health", "medication", "pregnancy", "dx"]\n'
+    assert Policy.from_toml(more).special["health"].signals[-1] == "dx"
+
+
+def test_dropping_or_misspelling_a_default_special_signal_is_refused() -> None:
+    typo = HEADER + '[special.health]\nsignals = ["helth", "medication", "pregnancy"]\n'
+    (problem,) = refusal(typo).problems
+    assert (problem.key, problem.line) == ("special.health.signals", 4)
+    assert "leaves out 'health' ('helth' is written instead: a typo?)" in problem.message
+    assert 'special = "replace" in [policy]' in problem.message
+
+
+def test_a_file_may_replace_the_default_categories_when_it_says_so() -> None:
+    text = (
+        '[policy]\nname = "kids"\nspecial = "replace"\n'
+        '[special.children]\nsource = "COPPA"\nsignals = ["child_age"]\n'
+    )
+    assert set(Policy.from_toml(text).special) == {"children"}
+    assert Policy.from_toml('[policy]\nname = "none"\nspecial = "replace"\n').special == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        pytest.param(
+            HEADER + '[consent.tcf]\nrequired = false\ngpc_json = { last_update = "2026-11-01" }\n',
+            "consent.tcf.gpc_json",
+            "gpc_json is a key of [consent]: written below the [consent.tcf] header",
+            id="nested",
+        ),
+        pytest.param(
+            HEADER + '[store]\ntimeout = "1s"\nquiet_hours = { start = "21:00", end = "08:00" }\n',
+            "store.quiet_hours",
+            "quiet_hours is a top-level key: written below the [store] header",
+            id="top-level",
+        ),
+    ],
+)
+def test_a_key_that_landed_in_the_table_above_says_so(text: str, key: str, words: str) -> None:
+    assert words in problems(text)[key]

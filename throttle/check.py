@@ -72,9 +72,9 @@ def _settings(table: dict[str, Any], prefix: str = "") -> list[str]:
 def special_changes(policy: Policy) -> list[str]:
     """What a policy's special categories change from throttle's defaults, one line each."""
     changes = []
-    for name, category in policy.special.items():
+    for name, written in policy.special.items():
         if name not in DEFAULT_SPECIAL:
-            changes.append(f"added {name}: signals {', '.join(category.signals)}")
+            changes.append(f"added {name}: signals {', '.join(written.signals)}")
     for name, default in DEFAULT_SPECIAL.items():
         category = policy.special.get(name)
         if category is None:

@@ -584,9 +584,10 @@ class Policy(_Model):
             return data
         info = data.get("policy")
         given = data.get("special", {})
-        if (isinstance(info, dict) and info.get("special") == "replace") or not isinstance(
-            given, dict
-        ):
+        if isinstance(info, dict) and info.get("special") == "replace":
+            # The file's tables are the whole list, none at all included.
+            return {**data, "special": given}
+        if not isinstance(given, dict):
             return data
         special: dict[str, Any] = {
             name: {"source": category.source, "signals": list(category.signals)}
