@@ -123,7 +123,8 @@ def test_check_names_what_a_file_changes_in_the_special_categories(tmp_path: Pat
 def test_a_misspelt_special_signal_fails_the_check_with_file_line_and_key(tmp_path: Path) -> None:
     typo = tmp_path / "typo.toml"
     typo.write_text(
-        '[policy]\nname = "shop"\n[special.health]\nsignals = ["helth", "medication", "pregnancy"]\n'
+        '[policy]\nname = "shop"\n[special.health]\n'
+        'signals = ["helth", "medication", "pregnancy"]\n'
     )
     status, text = run(typo)
     assert status == 1
