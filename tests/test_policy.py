@@ -586,3 +586,20 @@ def test_a_file_may_replace_the_default_categories_when_it_says_so() -> None:
 )
 def test_a_key_that_landed_in_the_table_above_says_so(text: str, key: str, words: str) -> None:
     assert words in problems(text)[key]
+
+
+def test_uncommenting_gpc_json_in_the_default_policy_turns_it_on() -> None:
+    text = DEFAULT_POLICY.read_text()
+    suggested = '# gpc_json = { last_update = "2026-11-01" }\n'
+    assert text.count(suggested) == 1
+    policy = Policy.from_toml(text.replace(suggested, suggested.removeprefix("# ")))
+    assert policy.consent.gpc_json is not None
+    assert policy.consent.gpc_json.last_update == "2026-11-01"
+
+
+def test_a_top_level_key_added_at_the_end_of_the_default_policy_is_explained() -> None:
+    text = DEFAULT_POLICY.read_text() + 'quiet_hours = { start = "21:00", end = "08:00" }\n'
+    (problem,) = refusal(text).problems
+    assert problem.key == "store.quiet_hours"
+    assert problem.line == text.count("\n")
+    assert "quiet_hours is a top-level key: written below the [store] header" in problem.message
