@@ -38,7 +38,7 @@ def test_a_broken_policy_exits_1_naming_file_line_key_and_fix(tmp_path: Path) ->
     status, text = run(broken)
     assert status == 1
     assert text.splitlines() == [
-        f"{broken}:8: caps[0].window: '90 minutes' is not a duration; write 90m",
+        f"{broken}:8: caps.\"hourly\".window: '90 minutes' is not a duration; write 90m",
         f"{broken}:11: fallback.k: is 0; should be greater than or equal to 1",
     ]
 
@@ -79,6 +79,9 @@ def test_the_summary_names_the_gates_levels_band_and_audit(tmp_path: Path) -> No
         "[creepiness]\ncategory_band = { low = 0.5, high = 0.6 }\n[audit]\nenabled = false\n"
         '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = ["health"]\n'
     )
+    path.write_text(
+        path.read_text().replace('name = "gates"\n', 'name = "gates"\nspecial = "replace"\n')
+    )
     status, text = run(path)
     assert status == 0
     assert "/.well-known/gpc.json served (last update 2026-11-01)" in text
@@ -86,3 +89,43 @@ def test_the_summary_names_the_gates_levels_band_and_audit(tmp_path: Path) -> No
     assert "levels:      default standard; thresholds minimal 0.4, standard 0.7, full 0.85" in text
     assert "band:        scores above 0.5 up to 0.6 get category content" in text
     assert "audit:       off" in text
+
+
+def test_check_names_what_a_file_changes_in_the_special_categories(tmp_path: Path) -> None:
+    extended = tmp_path / "extended.toml"
+    extended.write_text(
+        '[policy]\nname = "shop"\n'
+        '[special.children]\nsource = "COPPA"\nsignals = ["child_age"]\n'
+        '[special.health]\nsignals = ["health", "medication", "pregnancy", "diagnosis"]\n'
+    )
+    status, text = run(extended)
+    assert status == 0
+    assert "13 categories need explicit consent" in text
+    assert "changes to the default categories:" in text
+    assert "added children: signals child_age" in text
+    assert "health: signals added diagnosis" in text
+    replaced = tmp_path / "replaced.toml"
+    replaced.write_text(
+        '[policy]\nname = "kids"\nspecial = "replace"\n'
+        '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = ["health"]\n'
+    )
+    status, text = run(replaced)
+    assert status == 0
+    assert (
+        'changes to the default categories (the file replaces them: special = "replace"):' in text
+    )
+    assert "removed genetic (signals genetic)" in text
+    assert "health: signals removed medication, pregnancy" in text
+    status, text = run("policies/default.toml")
+    assert "the default categories and signals, unchanged" in text
+
+
+def test_a_misspelt_special_signal_fails_the_check_with_file_line_and_key(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.toml"
+    typo.write_text(
+        '[policy]\nname = "shop"\n[special.health]\n'
+        'signals = ["helth", "medication", "pregnancy"]\n'
+    )
+    status, text = run(typo)
+    assert status == 1
+    assert text.startswith(f"{typo}:4: special.health.signals: leaves out 'health'")

@@ -7,9 +7,12 @@ import hmac
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.types import Message
 
+from tests.apps import storefront
 from tests.helpers import policy
 from throttle import ConfigurationError, Engine, PolicyError, ThrottleMiddleware, open_store
 from throttle.store import MemoryStore, RedisStore
@@ -67,8 +70,7 @@ def test_a_bad_policy_file_fails_at_startup_naming_file_and_key(tmp_path: Path) 
         mount(policy=str(path))
     message = str(raised.value)
     assert str(path) in message
-    assert "caps[0].per: is 'day'; should be 'user', 'channel' or 'campaign'" in message
-    assert "line 5: caps[0].per" in message
+    assert "line 5: caps.\"c\".per: is 'day'; should be 'user', 'channel' or 'campaign'" in message
 
 
 def test_a_missing_policy_file_fails_at_startup(tmp_path: Path) -> None:
@@ -92,3 +94,48 @@ def test_pseudonyms_are_hmac_sha256_of_the_id(secret: bytes, person: str) -> Non
 def test_a_malformed_store_uri_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match=re.escape("store 'redis://127.0.0.1:notaport/0'")):
         open_store("redis://127.0.0.1:notaport/0")
+
+
+async def lifespan_startup(app: Starlette) -> list[Message]:
+    """What the app answers to uvicorn's `lifespan.startup` (then `lifespan.shutdown`)."""
+    sent: list[Message] = []
+    events = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> Message:
+        return events.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"policy": []}, "give at least one policy file"),
+        ({"policy": "policies/nowhere.toml"}, "cannot be read"),
+        ({"policy": "policies/default.toml", "store": "redis//127.0.0.1/0"}, "redis//"),
+    ],
+    ids=["no-policy", "missing-file", "bad-store-url"],
+)
+async def test_built_by_the_framework_an_error_fails_the_lifespan_startup(
+    options: dict[str, object], words: str
+) -> None:
+    app = storefront(**options)
+    [failed] = await lifespan_startup(app)
+    assert failed["type"] == "lifespan.startup.failed"
+    assert failed["message"].startswith("throttle cannot start: ")
+    assert words in failed["message"]
+    # Without a lifespan, requests are refused with a 503, never a 500, never served unchecked.
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as http:
+        for path in ("/plain", "/offer"):
+            response = await http.get(path, headers={"x-test-user": "ana"})
+            assert (response.status_code, response.text) == (503, "Service Unavailable")
+
+
+async def test_a_good_configuration_completes_the_lifespan_startup() -> None:
+    sent = await lifespan_startup(storefront(policy="policies/default.toml"))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]

@@ -348,7 +348,8 @@ async def test_a_shadow_cap_never_undoes_the_category_band(store: Store) -> None
 async def test_a_signal_of_two_categories_needs_consent_to_both(store: Store) -> None:
     overlapping = policy(
         '[creepiness.signals]\n"pregnancy" = 0.1\n'
-        '[special.health]\nsource = "GDPR Art. 9(1)"\nsignals = ["pregnancy"]\n'
+        '[special.health]\nsource = "GDPR Art. 9(1)"\n'
+        'signals = ["health", "medication", "pregnancy"]\n'
         '[special.sex_life]\nsource = "GDPR Art. 9(1)"\nsignals = ["pregnancy"]\n'
     )
     async with client(storefront(policy=overlapping, store=store, secret=SECRET)) as http:

@@ -118,7 +118,7 @@ def test_removing_a_cap_the_base_lacks_is_an_error(
     with pytest.raises(PolicyError) as raised:
         load_policy(files[0], typo)
     assert [str(p) for p in raised.value.problems] == [
-        f"{typo}: caps[0].remove: there is no cap named 'hourli' to remove"
+        f"{typo}: caps.\"hourli\".remove: there is no cap named 'hourli' to remove"
     ]
 
 
@@ -135,10 +135,10 @@ def test_a_problem_is_placed_in_the_layer_that_wrote_it(
     problems = {(p.source, p.line, p.key) for p in raised.value.problems}
     assert problems == {
         (str(bad), 2, "creepiness.threshold"),
-        (str(bad), 6, "caps[0].window"),  # the merged cap is caps[0]; in bad.toml too
-        (str(bad), 8, "caps[1]"),  # "new" needs a window; its table starts on line 8
+        (str(bad), 6, 'caps."daily".window'),
+        (str(bad), 8, 'caps."new"'),  # "new" needs a window; its table starts on line 8
     }
-    window = next(p for p in raised.value.problems if p.key == "caps[0].window")
+    window = next(p for p in raised.value.problems if p.key == 'caps."daily".window')
     assert window.message == "'1 day' is not a duration; write 1d"
 
 
@@ -151,13 +151,15 @@ def test_a_problem_in_the_base_is_placed_in_the_base(
         load_policy(base, eu)
     (problem,) = raised.value.problems
     # The merged caps[0] ("daily", once eu.toml removes "hourly") is caps[1] in the base.
-    assert (problem.source, problem.line, problem.key) == (str(base), 12, "caps[1].per")
+    assert (problem.source, problem.line, problem.key) == (str(base), 12, 'caps."daily".per')
 
 
 def test_a_broken_override_names_its_file(files: tuple[Path, Path], tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[policy\n")
-    with pytest.raises(PolicyError, match=r"broken\.toml cannot be used:\n  not valid TOML"):
+    with pytest.raises(
+        PolicyError, match=r"broken\.toml cannot be used:\n  line 1: not valid TOML"
+    ):
         load_policy(files[0], broken)
     with pytest.raises(PolicyError, match="cannot be read"):
         load_policy(files[0], tmp_path / "missing.toml")

@@ -62,11 +62,6 @@ def distinct_segment(number: int) -> bytes:
         pytest.param(
             True,
             id="distinct-segments",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="Engine._audiences keeps one entry per segment ever seen (engine.py, the "
-                "lead's rewrite bounds it; then drop this mark)",
-            ),
         ),
     ],
 )

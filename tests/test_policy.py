@@ -134,13 +134,13 @@ def test_durations_are_a_number_with_a_unit(text: str, seconds: float) -> None:
 )
 def test_a_bad_duration_says_how_to_write_it(window: str, message: str) -> None:
     found = problems(HEADER + cap(window))
-    assert list(found) == ["caps[0].window"]
-    assert message in found["caps[0].window"]
+    assert list(found) == ['caps."hourly".window']
+    assert message in found['caps."hourly".window']
 
 
 def test_a_cap_window_under_a_second_is_refused() -> None:
     assert problems(HEADER + cap('"50ms"')) == {
-        "caps[0].window": "'50ms' is too short; it must be at least 1s"
+        'caps."hourly".window': "'50ms' is too short; it must be at least 1s"
     }
 
 
@@ -154,7 +154,7 @@ def test_every_problem_is_listed_at_once_with_its_key_path() -> None:
     assert error.source == "<test>"
     assert error.problems == (
         PolicyProblem("policy.mode", "is 'loud'; should be 'enforce' or 'shadow'", 3),
-        PolicyProblem("caps[1].limit", "is 0; should be greater than or equal to 1", 12),
+        PolicyProblem('caps."second".limit', "is 0; should be greater than or equal to 1", 12),
         PolicyProblem(
             'creepiness.signals."location.precise"', "is 2; should be less than or equal to 1", 15
         ),
@@ -165,7 +165,7 @@ def test_every_problem_is_listed_at_once_with_its_key_path() -> None:
     assert str(error) == (
         "policy <test> cannot be used:\n"
         "  line 3: policy.mode: is 'loud'; should be 'enforce' or 'shadow'\n"
-        "  line 12: caps[1].limit: is 0; should be greater than or equal to 1\n"
+        '  line 12: caps."second".limit: is 0; should be greater than or equal to 1\n'
         '  line 15: creepiness.signals."location.precise": is 2; '
         "should be less than or equal to 1\n"
         "  line 16: creepiness.signals.cart: is -0.1; should be greater than or equal to 0"
@@ -177,7 +177,7 @@ def test_every_problem_is_listed_at_once_with_its_key_path() -> None:
     [
         pytest.param(
             HEADER + '[[caps]]\nname = "a"\nper = "user"\nlimt = 1\nwindow = "1h"\n',
-            "caps[0].limt",
+            'caps."a".limt',
             "is not a policy key (did you mean 'limit'?)",
             id="cap",
         ),
@@ -208,7 +208,7 @@ def test_every_problem_is_listed_at_once_with_its_key_path() -> None:
         pytest.param(
             HEADER + "colour = 1\n",
             "policy.colour",
-            "is not a policy key (known keys: name, mode)",
+            "is not a policy key (known keys: name, mode, special)",
             id="nothing-close",
         ),
     ],
@@ -219,8 +219,8 @@ def test_a_misspelt_key_suggests_the_right_one(text: str, key: str, message: str
 
 def test_a_misspelt_key_reports_the_key_it_left_missing() -> None:
     assert problems(HEADER + '[[caps]]\nname = "a"\nper = "user"\nlimt = 1\nwindow = "1h"\n') == {
-        "caps[0].limit": "is required; add it",
-        "caps[0].limt": "is not a policy key (did you mean 'limit'?)",
+        'caps."a".limit': "is required; add it",
+        'caps."a".limt': "is not a policy key (did you mean 'limit'?)",
     }
 
 
@@ -230,7 +230,9 @@ def test_a_misspelt_key_reports_the_key_it_left_missing() -> None:
         pytest.param("", "policy", id="policy"),
         pytest.param('[policy]\nmode = "shadow"\n', "policy.name", id="name"),
         pytest.param(
-            HEADER + '[[caps]]\nname = "a"\nlimit = 1\nwindow = "1h"\n', "caps[0].per", id="cap-per"
+            HEADER + '[[caps]]\nname = "a"\nlimit = 1\nwindow = "1h"\n',
+            'caps."a".per',
+            id="cap-per",
         ),
         pytest.param(
             HEADER + '[fallback.content."*"]\nmedia_type = "text/plain"\n',
@@ -258,13 +260,13 @@ def test_a_missing_required_key_is_named(text: str, key: str) -> None:
         pytest.param(
             HEADER + '[creepiness.signals]\nhealth = "high"\n',
             "creepiness.signals.health",
-            "is 'high'; should be a valid number, unable to parse string as a number",
+            "is 'high', text; write a number, without quotes",
             id="signal-not-a-number",
         ),
         pytest.param(
             HEADER + cap('"1h"', limit='"four"'),
-            "caps[0].limit",
-            "is 'four'; should be a valid integer, unable to parse string as an integer",
+            'caps."hourly".limit',
+            "is 'four', text; write a whole number, without quotes",
             id="limit-not-a-number",
         ),
         pytest.param(
@@ -285,11 +287,10 @@ def test_invalid_toml_names_the_problem() -> None:
     error = refusal('[policy\nname = "x"\n', source="broken.toml")
     assert error.problems == (
         PolicyProblem(
-            "",
-            "not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 8)",
+            "", "not valid TOML: Expected ']' at the end of a table declaration (column 8)", 1
         ),
     )
-    assert str(error).startswith("policy broken.toml cannot be used:\n  not valid TOML: ")
+    assert str(error).startswith("policy broken.toml cannot be used:\n  line 1: not valid TOML: ")
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
@@ -322,7 +323,7 @@ def test_a_bad_file_names_the_file_and_the_key(tmp_path: Path) -> None:
         load_policy(path)
     assert str(caught.value) == (
         f"policy {path} cannot be used:\n"
-        "  line 7: caps[0].window: '90 minutes' is not a duration; write 90m"
+        "  line 7: caps.\"hourly\".window: '90 minutes' is not a duration; write 90m"
     )
 
 
@@ -384,28 +385,30 @@ def test_each_problem_names_the_line_to_edit(text: str, line: int) -> None:
 def test_a_cap_needs_a_window_or_a_calendar_period_not_both() -> None:
     neither = HEADER + '[[caps]]\nname = "c"\nper = "user"\nlimit = 3\n'
     assert problems(neither) == {
-        "caps[0]": 'needs a window (e.g. window = "24h") or a calendar period (calendar = "day")'
+        'caps."c"': 'needs a window (e.g. window = "24h") or a calendar period (calendar = "day")'
     }
     both = neither + 'window = "1h"\ncalendar = "day"\n'
     assert problems(both) == {
-        "caps[0]": 'give either window (rolling, e.g. window = "24h") or calendar '
+        'caps."c"': 'give either window (rolling, e.g. window = "24h") or calendar '
         '(calendar = "day", "week" or "month"), not both'
     }
     assert problems(neither + 'calendar = "fortnight"\n') == {
-        "caps[0].calendar": "is 'fortnight'; should be 'day', 'week' or 'month'"
+        'caps."c".calendar': "is 'fortnight'; should be 'day', 'week' or 'month'"
     }
 
 
 def test_a_reserve_must_leave_room_for_everyone_else() -> None:
     text = HEADER + cap('"1h"', limit="2") + 'reserve = { slots = 2, tags = ["launch"] }\n'
-    assert problems(text) == {"caps[0]": "reserve.slots (2) must be less than limit (2)"}
+    assert problems(text) == {
+        'caps."hourly".reserve': "reserve.slots (2) must be less than limit (2)"
+    }
     no_tags = HEADER + cap('"1h"') + "reserve = { slots = 1, tags = [] }\n"
-    assert problems(no_tags) == {"caps[0].reserve.tags": "is empty; give at least 1"}
+    assert problems(no_tags) == {'caps."hourly".reserve.tags': "is empty; give at least 1"}
 
 
 def test_tags_must_be_tokens() -> None:
     assert problems(HEADER + cap('"1h"') + 'except_tags = ["two words"]\n') == {
-        "caps[0].except_tags[0]": "is 'two words'; write a tag as one word, such as service "
+        'caps."hourly".except_tags[0]': "is 'two words'; write a tag as one word, such as service "
         "or black-friday"
     }
 
@@ -441,9 +444,10 @@ def test_values_of_the_wrong_form_say_what_form_is_wanted() -> None:
         + '[fallback.content."*"]\nmedia_type = "json"\nbody = "{}"\n'
     )
     assert problems(text) == {
-        "fallback.keep_headers[0]": "is 'X Request'; write a header name such as X-Request-Id",
-        'fallback.content."*".media_type': "is 'json'; write a media type such as "
-        "application/json or text/html",
+        "fallback.keep_headers[0]": "'X Request' is not a header name; write one such as "
+        "X-Request-Id",
+        'fallback.content."*".media_type': "'json' is not a media type; write one such as "
+        "application/json or text/html; charset=utf-8",
     }
 
 
@@ -469,3 +473,133 @@ def test_the_gates_settings_are_checked() -> None:
         "special.health.signals": "is empty; give at least 1",
         "calculus.minimal": "is -1; should be greater than or equal to 0",
     }
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        pytest.param('[fallback.content."*"]\nmedia_type = "application/j\u2011son"\nbody = "{}"\n',
+                     'fallback.content."*".media_type', "U+2011 (NON-BREAKING HYPHEN)", id="u2011"),
+        pytest.param('[fallback.content."*"]\nmedia_type = "text/html\\r\\nX-A: 1"\nbody = ""\n',
+                     'fallback.content."*".media_type', "U+000D", id="cr"),
+        pytest.param('[fallback.content."*"]\nmedia_type = "text/html\\u0000"\nbody = ""\n',
+                     'fallback.content."*".media_type', "U+0000", id="nul"),
+        pytest.param('[fallback]\nkeep_headers = ["X-Ok", "Personalization"]\n',
+                     "fallback.keep_headers[1]", "throttle's own", id="marker"),
+        pytest.param('[fallback]\nkeep_headers = ["personalization-decision"]\n',
+                     "fallback.keep_headers[0]", "throttle's own", id="decision"),
+        pytest.param('[fallback]\nkeep_headers = ["Content-Length"]\n',
+                     "fallback.keep_headers[0]", "describes the personalized body", id="length"),
+        pytest.param('[fallback]\nkeep_headers = ["Transfer-Encoding"]\n',
+                     "fallback.keep_headers[0]", "hop-by-hop", id="hop-by-hop"),
+        pytest.param('[fallback]\nkeep_headers = ["Set-Cookie"]\n',
+                     "fallback.keep_headers[0]", "stored about the person", id="cookie"),
+        pytest.param("[creepiness]\nthreshold = \"0.7\"\n", "creepiness.threshold",
+                     "is '0.7', text; write a number, without quotes", id="number-as-text"),
+        pytest.param('[audit]\nenabled = "no"\n', "audit.enabled",
+                     "is 'no', text; write true or false, without quotes", id="bool-as-text"),
+        pytest.param('[decisions]\nheader = "off"\n', "decisions.header",
+                     "is 'off', text; write true or false", id="header-off"),
+        pytest.param("[fallback]\nk = 50.0\n", "fallback.k", "should be a valid integer",
+                     id="float-for-int"),
+        pytest.param("[consent.tcf]\ncontent = [5, true]\n", "consent.tcf.content[1]",
+                     "should be a valid integer", id="bool-in-int-array"),
+    ],
+)  # fmt: skip
+def test_values_headers_cannot_carry_and_loose_types_are_refused_with_line_and_key(
+    body: str, key: str, words: str
+) -> None:
+    (problem,) = refusal(HEADER + body).problems
+    assert problem.key == key
+    assert words in problem.message
+    assert problem.line == 4
+
+
+def test_a_media_type_with_parameters_and_a_kept_custom_header_are_fine() -> None:
+    policy = Policy.from_toml(
+        HEADER + '[fallback]\nkeep_headers = ["X-Request-Id", "Vary"]\n'
+        '[fallback.content."*"]\nmedia_type = "text/html; charset=utf-8"\nbody = ""\n'
+    )
+    assert policy.fallback.keep_headers == ("X-Request-Id", "Vary")
+
+
+def test_rules_across_keys_name_the_key_and_line_that_broke_them() -> None:
+    levels = refusal(HEADER + "[levels]\nminimal_threshold = 0.8\n").problems
+    assert [(p.key, p.line) for p in levels] == [("levels.minimal_threshold", 4)]
+    threshold = refusal(HEADER + "[creepiness]\nthreshold = 0.9\n").problems
+    assert [(p.key, p.line) for p in threshold] == [("creepiness.threshold", 4)]
+    twice = refusal(HEADER + cap('"1h"', name="daily") + cap('"2h"', name="daily")).problems
+    assert [(p.key, p.line) for p in twice] == [('caps."daily"', 8)]
+    reserve = HEADER + cap('"1h"', limit="2") + "reserve = { slots = 2, tags = ['x'] }\n"
+    assert [(p.key, p.line) for p in refusal(reserve).problems] == [('caps."hourly".reserve', 8)]
+
+
+def test_a_cap_without_a_usable_name_is_named_by_its_place() -> None:
+    text = HEADER + '[[caps]]\nname = 5\nper = "user"\nlimit = 1\nwindow = "1h"\n'
+    (problem,) = refusal(text).problems
+    assert problem.key == "caps[0].name"
+
+
+def test_a_special_table_adds_to_the_default_categories() -> None:
+    from throttle.policy import DEFAULT_SPECIAL
+
+    text = HEADER + '[special.children]\nsource = "COPPA"\nsignals = ["child_age"]\n'
+    policy = Policy.from_toml(text)
+    assert set(policy.special) == {*DEFAULT_SPECIAL, "children"}
+    more = HEADER + '[special.health]\nsignals = ["health", "medication", "pregnancy", "dx"]\n'
+    assert Policy.from_toml(more).special["health"].signals[-1] == "dx"
+
+
+def test_dropping_or_misspelling_a_default_special_signal_is_refused() -> None:
+    typo = HEADER + '[special.health]\nsignals = ["helth", "medication", "pregnancy"]\n'
+    (problem,) = refusal(typo).problems
+    assert (problem.key, problem.line) == ("special.health.signals", 4)
+    assert "leaves out 'health' ('helth' is written instead: a typo?)" in problem.message
+    assert 'special = "replace" in [policy]' in problem.message
+
+
+def test_a_file_may_replace_the_default_categories_when_it_says_so() -> None:
+    text = (
+        '[policy]\nname = "kids"\nspecial = "replace"\n'
+        '[special.children]\nsource = "COPPA"\nsignals = ["child_age"]\n'
+    )
+    assert set(Policy.from_toml(text).special) == {"children"}
+    assert Policy.from_toml('[policy]\nname = "none"\nspecial = "replace"\n').special == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        pytest.param(
+            HEADER + '[consent.tcf]\nrequired = false\ngpc_json = { last_update = "2026-11-01" }\n',
+            "consent.tcf.gpc_json",
+            "gpc_json is a key of [consent]: written below the [consent.tcf] header",
+            id="nested",
+        ),
+        pytest.param(
+            HEADER + '[store]\ntimeout = "1s"\nquiet_hours = { start = "21:00", end = "08:00" }\n',
+            "store.quiet_hours",
+            "quiet_hours is a top-level key: written below the [store] header",
+            id="top-level",
+        ),
+    ],
+)
+def test_a_key_that_landed_in_the_table_above_says_so(text: str, key: str, words: str) -> None:
+    assert words in problems(text)[key]
+
+
+def test_uncommenting_gpc_json_in_the_default_policy_turns_it_on() -> None:
+    text = DEFAULT_POLICY.read_text()
+    suggested = '# gpc_json = { last_update = "2026-11-01" }\n'
+    assert text.count(suggested) == 1
+    policy = Policy.from_toml(text.replace(suggested, suggested.removeprefix("# ")))
+    assert policy.consent.gpc_json is not None
+    assert policy.consent.gpc_json.last_update == "2026-11-01"
+
+
+def test_a_top_level_key_added_at_the_end_of_the_default_policy_is_explained() -> None:
+    text = DEFAULT_POLICY.read_text() + 'quiet_hours = { start = "21:00", end = "08:00" }\n'
+    (problem,) = refusal(text).problems
+    assert problem.key == "store.quiet_hours"
+    assert problem.line == text.count("\n")
+    assert "quiet_hours is a top-level key: written below the [store] header" in problem.message

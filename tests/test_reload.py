@@ -9,10 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from tests.apps import storefront
 from tests.conftest import ManualClock
-from throttle import ConfigurationError, Policy
+from throttle import ConfigurationError, Policy, ThrottleMiddleware
 from throttle.reload import PolicyWatcher
 
 CAP = (
@@ -74,7 +75,7 @@ async def test_an_invalid_edit_keeps_the_policy_and_is_logged_once(
         assert {r.status_code for r in during} == {200}
         assert {policy_of(r) for r in during} == {before}
         assert caplog.text.count("the edited file is not used") == 1
-        assert "caps[0].window: 'an hour' is not a duration" in caplog.text
+        assert "caps.\"hourly\".window: 'an hour' is not a duration" in caplog.text
         write(policy_file, CAP.format(limit=5))
         assert policy_of(await offer(http)) != before
 
@@ -137,9 +138,36 @@ async def test_an_edited_override_takes_effect_and_a_broken_one_keeps_the_policy
         with caplog.at_level(logging.ERROR, logger="throttle"):
             after = await offer(http)
     assert policy_of(after) == version
-    assert f"{override}: line 3: caps[0].limit" in caplog.text
+    assert f'{override}: line 3: caps."hourly".limit' in caplog.text
 
 
 def test_a_middleware_needs_at_least_one_policy_file() -> None:
     with pytest.raises(ConfigurationError, match="give at least one policy file"):
-        storefront(policy=[]).build_middleware_stack()
+        ThrottleMiddleware(Starlette(), policy=[])
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        ('[fallback.content."*"]\nmedia_type = "application/j\u2011son"\nbody = "{}"\n', "U+2011"),
+        ('[fallback.content."*"]\nmedia_type = "text/html\\r\\nX: 1"\nbody = "{}"\n', "U+000D"),
+        ('[fallback]\nkeep_headers = ["Personalization"]\n', "throttle's own"),
+        ('[fallback]\nkeep_headers = ["Content-Length"]\n', "describes the personalized body"),
+        ('[special.health]\nsignals = ["helth", "medication", "pregnancy"]\n', "'helth'"),
+        ('[decisions]\nheader = "off"\n', "write true or false"),
+    ],
+    ids=["non-ascii-media-type", "crlf-media-type", "marker", "framing", "special-typo", "text"],
+)
+async def test_a_reload_refused_by_check_is_refused_live(
+    policy_file: Path, caplog: pytest.LogCaptureFixture, edit: str, words: str
+) -> None:
+    async with client(policy_file) as http:
+        before = await offer(http)
+        write(policy_file, CAP.format(limit=5) + edit)
+        with caplog.at_level(logging.ERROR, logger="throttle"):
+            after = await offer(http)
+    assert after.status_code == 200
+    assert policy_of(after) == policy_of(before)
+    assert "personalization" not in after.headers
+    assert "the edited file is not used" in caplog.text
+    assert words in caplog.text

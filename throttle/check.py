@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from throttle.errors import PolicyError
-from throttle.policy import Policy, format_clock_time, format_duration, load_policy
+from throttle.policy import (
+    DEFAULT_SPECIAL,
+    Policy,
+    format_clock_time,
+    format_duration,
+    load_policy,
+)
 
 _PER = {
     "user": "per person",
@@ -61,6 +67,27 @@ def _settings(table: dict[str, Any], prefix: str = "") -> list[str]:
         else:
             lines.append(f"{prefix}{key} = {value!r}")
     return lines
+
+
+def special_changes(policy: Policy) -> list[str]:
+    """What a policy's special categories change from throttle's defaults, one line each."""
+    changes = []
+    for name, written in policy.special.items():
+        if name not in DEFAULT_SPECIAL:
+            changes.append(f"added {name}: signals {', '.join(written.signals)}")
+    for name, default in DEFAULT_SPECIAL.items():
+        category = policy.special.get(name)
+        if category is None:
+            changes.append(f"removed {name} (signals {', '.join(default.signals)})")
+            continue
+        added = [s for s in category.signals if s not in default.signals]
+        removed = [s for s in default.signals if s not in category.signals]
+        words = ([f"added {', '.join(added)}"] if added else []) + (
+            [f"removed {', '.join(removed)}"] if removed else []
+        )
+        if words:
+            changes.append(f"{name}: signals {'; '.join(words)}")
+    return changes
 
 
 def summary(policy: Policy) -> str:
@@ -127,6 +154,21 @@ def summary(policy: Policy) -> str:
             f"  {'special:':<12} {len(policy.special)} {need} explicit consent: "
             f"{', '.join(policy.special)}"
         )
+    else:
+        lines.append(f"  {'special:':<12} none: no message needs explicit consent")
+    changes = special_changes(policy)
+    replaced = ' (the file replaces them: special = "replace")'
+    lines.append(
+        f"  {'':<12} "
+        + (
+            "the default categories and signals, unchanged"
+            if not changes
+            else "changes to the default categories"
+            + (replaced if policy.policy.special == "replace" else "")
+            + ":"
+        )
+    )
+    lines += [f"  {'':<12}   {change}" for change in changes]
     levels = policy.levels
     lines.append(
         f"  {'levels:':<12} default {levels.default}; thresholds minimal "

@@ -10,8 +10,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from throttle.consent import gpc_opt_out, tcf_purposes
 from throttle.engine import Decision, Engine
-from throttle.errors import ConfigurationError, MarkerError
+from throttle.errors import ConfigurationError, MarkerError, ThrottleError
 from throttle.fallback import (
     FallbackProvider,
     FallbackRequest,
@@ -116,6 +118,14 @@ class ThrottleMiddleware:
     - `reload_interval`: how often, in seconds, to look for an edited policy file (`None`: never).
       A valid edit takes effect without a restart; an invalid one is logged and ignored.
     - `clock`: seconds since the epoch; tests and simulations pass their own.
+
+    A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
+    When a framework builds the middleware itself (Starlette's and FastAPI's
+    `build_middleware_stack`, which runs on the first ASGI event: under uvicorn, the lifespan
+    startup, where an exception reads as "lifespan unsupported" and every request then fails),
+    the error is kept instead and reported as `lifespan.startup.failed`, so the server stops at
+    start-up with the message. Without a lifespan (`--lifespan off`), every request is
+    answered 503 and the error logged, at most once a minute; nothing is served unchecked.
     """
 
     def __init__(
@@ -132,6 +142,34 @@ class ThrottleMiddleware:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
+        # Why this middleware cannot work, when a framework built it and start-up must say so.
+        self.refusal: str | None = None
+        self._refusal_logged = -math.inf
+        self.identify = identify or authenticated_user
+        try:
+            _refuse_async(self.identify)
+            self._configure(policy, store, secret, reload_interval, clock)
+        except Exception as error:
+            if not _built_by_a_framework():
+                raise
+            kind = "" if isinstance(error, ThrottleError) else f"{type(error).__name__}: "
+            self.refusal = f"throttle cannot start: {kind}{error}"
+        self.time_zone = time_zone or time_zone_header
+        self.fallback = fallback
+        self._logs = LogLimiter()
+        self._kept_for: Policy | None = None
+        self._kept: frozenset[bytes] = frozenset()
+        self._headers: dict[tuple[object, ...], bytes] = {}
+        self._reported: set[tuple[str, str]] = set()
+
+    def _configure(
+        self,
+        policy: str | Path | Sequence[str | Path] | Policy,
+        store: str | Store,
+        secret: str | bytes | None,
+        reload_interval: float | None,
+        clock: Callable[[], float],
+    ) -> None:
         if isinstance(policy, Policy):
             loaded = policy
         elif isinstance(policy, str | Path):
@@ -148,17 +186,11 @@ class ThrottleMiddleware:
         )
         opened = open_store(store) if isinstance(store, str) else store
         self.engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
-        self.identify = identify or authenticated_user
-        _refuse_async(self.identify)
-        self.time_zone = time_zone or time_zone_header
-        self.fallback = fallback
-        self._logs = LogLimiter()
-        self._kept_for: Policy | None = None
-        self._kept: frozenset[bytes] = frozenset()
-        self._headers: dict[tuple[object, ...], bytes] = {}
-        self._reported: set[tuple[str, str]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.refusal is not None:
+            await self._refuse(scope, receive, send)
+            return
         if scope["type"] == "http":
             if scope["path"] == GPC_JSON_PATH:
                 support = self.engine.policy.consent.gpc_json
@@ -171,6 +203,29 @@ class ThrottleMiddleware:
             await self.app(scope, receive, self._closing_on_shutdown(send))
         else:
             await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stop the server at start-up; without a lifespan, serve nothing unchecked."""
+        if scope["type"] == "lifespan":
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": self.refusal})
+            return
+        now = time.monotonic()
+        if now - self._refusal_logged >= 60.0:
+            self._refusal_logged = now
+            logger.error("%s; answering 503 (the server runs without a lifespan)", self.refusal)
+        if scope["type"] == "http":
+            body = b"Service Unavailable"
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+                (b"retry-after", b"60"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1011})
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def send_and_close(message: Message) -> None:
@@ -505,6 +560,13 @@ def _discard(awaitable: object) -> None:
     close = getattr(awaitable, "close", None)
     if callable(close):
         close()
+
+
+def _built_by_a_framework() -> bool:
+    """Whether the caller of `ThrottleMiddleware(...)` is a framework building its middleware
+    stack on the first ASGI event (Starlette and FastAPI name it `build_middleware_stack`)."""
+    caller = sys._getframe(2)  # 0: this function, 1: __init__, 2: whoever called the class
+    return caller.f_code.co_name == "build_middleware_stack"
 
 
 def _secret(secret: str | bytes | None, store: Store) -> bytes:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import math
 import re
 import tomllib
+import unicodedata
 import zoneinfo
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,11 +25,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    Strict,
     ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from throttle.errors import PolicyError, PolicyProblem
 from throttle.locate import key_lines, line_of
@@ -101,17 +105,15 @@ Window = Annotated[float, BeforeValidator(_at_least(1.0, "1s")), _DURATION_SCHEM
 Name = Annotated[str, AfterValidator(_check_name)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 _TAG_PATTERN = r"^[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*$"
-_MEDIA_TYPE_PATTERN = r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$"
-_HEADER_PATTERN = r"^[A-Za-z0-9-]+$"
-_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # What a value that does not match a pattern should look like, in words.
 _PATTERN_WORDS = {
     _TAG_PATTERN: "write a tag as one word, such as service or black-friday",
-    _MEDIA_TYPE_PATTERN: "write a media type such as application/json or text/html",
-    _HEADER_PATTERN: "write a header name such as X-Request-Id",
     _DATE_PATTERN: "write a date such as 2026-11-01",
 }
 Tag = Annotated[str, Field(pattern=_TAG_PATTERN, max_length=128)]
+# A TOML array becomes a tuple: the one conversion strict models allow, items stay strict.
+_ARRAY = Field(strict=False)
 
 
 def _check_zone(value: str) -> str:
@@ -159,13 +161,98 @@ ClockTime = Annotated[
 ]
 
 
+# Values that leave in a response header: RFC 9110's token, media type and field name, in
+# visible ASCII. Anything else would fail to encode or split the response (CR, LF, NUL).
+_TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_TOKEN = rf"{_TCHAR}+"
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+_MEDIA_TYPE = rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*"
+_FIELD_NAME = _TOKEN
+# Headers segment content may not keep, and why: what the middleware owns, what belongs to one
+# connection, and what describes (or came with) the personalized body that was replaced.
+_NEVER_KEPT = {
+    **dict.fromkeys(
+        ("personalization", "personalization-decision"),
+        "throttle's own: the marker never leaves, the decision is sent by decisions.header",
+    ),
+    **dict.fromkeys(
+        ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+         "upgrade", "proxy-authenticate", "proxy-authorization"),
+        "a hop-by-hop header belongs to one connection, not to the content",
+    ),
+    **dict.fromkeys(
+        ("content-length", "content-type", "content-encoding", "content-range", "etag",
+         "last-modified", "content-md5", "digest", "content-digest", "repr-digest",
+         "content-location", "content-disposition"),
+        "it describes the personalized body, which segment content replaces; throttle writes "
+        "what the new body needs",
+    ),
+    **dict.fromkeys(
+        ("set-cookie", "set-cookie2"),
+        "it may hold what the personalized response stored about the person",
+    ),
+}  # fmt: skip
+
+
+def _header_value(value: str) -> None:
+    for position, char in enumerate(value, start=1):
+        if not " " <= char <= "~":
+            name = unicodedata.name(char, "a control character")
+            raise ValueError(
+                f"{value!r} holds U+{ord(char):04X} ({name}) at character {position}; a header "
+                "carries visible ASCII only: retype it"
+            )
+
+
+def _check_media_type(value: str) -> str:
+    _header_value(value)
+    if not re.fullmatch(_MEDIA_TYPE, value):
+        raise ValueError(
+            f"{value!r} is not a media type; write one such as application/json or "
+            "text/html; charset=utf-8"
+        )
+    return value
+
+
+def _check_kept_header(value: str) -> str:
+    _header_value(value)
+    if not re.fullmatch(_FIELD_NAME, value):
+        raise ValueError(f"{value!r} is not a header name; write one such as X-Request-Id")
+    why = _NEVER_KEPT.get(value.lower())
+    if why is not None:
+        raise ValueError(f"{value!r} cannot be kept on segment content: {why}")
+    return value
+
+
+MediaType = Annotated[
+    str,
+    AfterValidator(_check_media_type),
+    Field(max_length=256, json_schema_extra={"pattern": f"^{_MEDIA_TYPE}$"}),
+]
+KeptHeader = Annotated[
+    str,
+    AfterValidator(_check_kept_header),
+    Field(max_length=128, json_schema_extra={"pattern": f"^{_FIELD_NAME}$"}),
+]
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: TOML has numbers and booleans of its own, so the text "0.7" or "no" standing for
+    # one is a mistake to name, not a value to convert. Arrays are read as tuples (_ARRAY).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _rule(message: str, *path: str | int) -> PydanticCustomError:
+    """A rule across keys, broken: `path` (below the model that checks it) is the key to edit."""
+    return PydanticCustomError("policy_rule", "{rule}", {"rule": message, "path": path})
 
 
 class PolicyInfo(_Model):
     name: Name
     mode: Literal["enforce", "shadow"] = "enforce"
+    # "extend": the file's [special.*] tables add to throttle's default special categories and
+    # may add signals to them, never drop one. "replace": they are the whole list, on purpose.
+    special: Literal["extend", "replace"] = "extend"
 
 
 Period = Literal["day", "week", "month"]
@@ -177,7 +264,7 @@ class Reserve(_Model):
     """The last `slots` of a cap are kept for campaigns carrying one of `tags`."""
 
     slots: Annotated[int, Field(ge=1, le=1000)]
-    tags: Annotated[tuple[Tag, ...], Field(min_length=1)]
+    tags: Annotated[tuple[Tag, ...], _ARRAY, Field(min_length=1)]
 
 
 class Cap(_Model):
@@ -190,7 +277,7 @@ class Cap(_Model):
     window: Window | None = None
     calendar: Period | None = None
     # Campaigns with one of these tags are neither capped nor counted by this cap.
-    except_tags: tuple[Tag, ...] = ()
+    except_tags: Annotated[tuple[Tag, ...], _ARRAY] = ()
     reserve: Reserve | None = None
     # Decided and reported as if enforced, but the personalized content is delivered.
     shadow: bool = False
@@ -198,15 +285,16 @@ class Cap(_Model):
     @model_validator(mode="after")
     def _one_kind_of_window(self) -> Cap:
         if (self.window is None) == (self.calendar is None):
-            raise ValueError(
+            raise _rule(
                 'give either window (rolling, e.g. window = "24h") or calendar '
                 '(calendar = "day", "week" or "month"), not both'
                 if self.window is not None
                 else 'needs a window (e.g. window = "24h") or a calendar period (calendar = "day")'
             )
         if self.reserve is not None and self.reserve.slots >= self.limit:
-            raise ValueError(
-                f"reserve.slots ({self.reserve.slots}) must be less than limit ({self.limit})"
+            raise _rule(
+                f"reserve.slots ({self.reserve.slots}) must be less than limit ({self.limit})",
+                "reserve",
             )
         return self
 
@@ -253,7 +341,7 @@ class Band(_Model):
     @model_validator(mode="after")
     def _ordered(self) -> Band:
         if self.low >= self.high:
-            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+            raise _rule(f"low ({self.low:g}) must be below high ({self.high:g})")
         return self
 
 
@@ -271,7 +359,7 @@ class Creepiness(_Model):
 
 
 GpcBlock = Literal["all", "inferred", "third-party", "sensitive"]
-Purpose = Annotated[int, Field(ge=1, le=24)]
+Purpose = Annotated[int, Strict(), Field(ge=1, le=24)]
 
 
 class Tcf(_Model):
@@ -279,8 +367,8 @@ class Tcf(_Model):
 
     # Purposes 5 "create profiles to personalise content", 6 "use profiles to select
     # personalised content"; for ad-like messages 3 and 4, their advertising counterparts.
-    content: tuple[Purpose, ...] = (5, 6)
-    advertising: tuple[Purpose, ...] = (3, 4)
+    content: Annotated[tuple[Purpose, ...], _ARRAY] = (5, 6)
+    advertising: Annotated[tuple[Purpose, ...], _ARRAY] = (3, 4)
     # Whether a request without a consent string may be personalized (no banner, no TCF).
     required: bool = False
 
@@ -293,7 +381,7 @@ class GpcJson(_Model):
 
 class Consent(_Model):
     # What a person who sends Sec-GPC: 1 is not personalized with.
-    gpc: tuple[GpcBlock, ...] = ("inferred", "third-party")
+    gpc: Annotated[tuple[GpcBlock, ...], _ARRAY] = ("inferred", "third-party")
     # Serve /.well-known/gpc.json, telling browsers the site honours the signal.
     gpc_json: GpcJson | None = None
     # Signals at or above this weight count as "sensitive" for the gpc rule.
@@ -308,7 +396,7 @@ class SpecialCategory(_Model):
     # Where the law says so, in words a privacy officer can check.
     source: Annotated[str, Field(min_length=1)]
     # The signals that reveal the category, whether declared or inferred.
-    signals: Annotated[tuple[str, ...], Field(min_length=1)]
+    signals: Annotated[tuple[str, ...], _ARRAY, Field(min_length=1)]
 
 
 _ART9 = "GDPR Art. 9(1)"
@@ -344,6 +432,21 @@ DEFAULT_SPECIAL: dict[str, SpecialCategory] = {
 }  # fmt: skip
 
 
+def _dropped_signals(category: str, dropped: list[str], written: Sequence[str]) -> str:
+    new = [signal for signal in written if signal not in DEFAULT_SPECIAL[category].signals]
+    words = []
+    for signal in dropped:
+        close = difflib.get_close_matches(signal, new, n=1, cutoff=0.6)
+        typo = f" ({close[0]!r} is written instead: a typo?)" if close else ""
+        words.append(f"{signal!r}{typo}")
+    return (
+        f"leaves out {', '.join(words)} of the default category {category!r}, so a message using "
+        f"{'it' if len(dropped) == 1 else 'them'} would no longer need explicit consent. Keep the "
+        "default signals (you may add others), or, to replace the default special categories on "
+        'purpose, set special = "replace" in [policy]'
+    )
+
+
 class Calculus(_Model):
     """The privacy calculus: a message carrying a `relevance` is personalized only when
     relevance x (1 + trust) > lambda x creepiness. Trust grows with a signed-in person and with
@@ -369,7 +472,7 @@ class Levels(_Model):
     """
 
     default: Level = "standard"
-    given: tuple[str, ...] = ("cart", "purchase_history")
+    given: Annotated[tuple[str, ...], _ARRAY] = ("cart", "purchase_history")
     minimal_threshold: Share = 0.4
     full_threshold: Share = 0.85
     # A person's choice is kept this long after their last visit, then expires with their state.
@@ -389,7 +492,7 @@ class Audit(_Model):
 
 
 class Content(_Model):
-    media_type: Annotated[str, Field(pattern=_MEDIA_TYPE_PATTERN)] = "application/json"
+    media_type: MediaType = "application/json"
     body: str
 
 
@@ -402,7 +505,7 @@ class Fallback(_Model):
     # Segment content per campaign; "*" stands in for campaigns not listed.
     content: dict[str, Content] = Field(default_factory=dict)
     # Response headers kept on segment content, besides those that say nothing about the body.
-    keep_headers: tuple[Annotated[str, Field(pattern=_HEADER_PATTERN)], ...] = ()
+    keep_headers: Annotated[tuple[KeptHeader, ...], _ARRAY] = ()
 
 
 class Time(_Model):
@@ -417,12 +520,12 @@ class QuietHours(_Model):
 
     start: ClockTime
     end: ClockTime
-    channels: tuple[Tag, ...] = ()
+    channels: Annotated[tuple[Tag, ...], _ARRAY] = ()
 
     @model_validator(mode="after")
     def _not_empty(self) -> QuietHours:
         if self.start == self.end:
-            raise ValueError("start and end are the same time; quiet hours would be empty")
+            raise _rule("start and end are the same time; quiet hours would be empty")
         return self
 
     def covers(self, minute_of_day: int) -> bool:
@@ -446,7 +549,7 @@ class Policy(_Model):
     """A validated, frozen policy. Build one with `load_policy` or `Policy.from_toml`."""
 
     policy: PolicyInfo
-    caps: tuple[Cap, ...] = ()
+    caps: Annotated[tuple[Cap, ...], _ARRAY] = ()
     creepiness: Creepiness = Creepiness()
     consent: Consent = Consent()
     fallback: Fallback = Fallback()
@@ -466,21 +569,62 @@ class Policy(_Model):
     @classmethod
     def _cap_names_are_unique(cls, caps: tuple[Cap, ...]) -> tuple[Cap, ...]:
         seen: set[str] = set()
-        for cap in caps:
+        for index, cap in enumerate(caps):
             if cap.name in seen:
-                raise ValueError(f"two caps are named {cap.name!r}; give each its own name")
+                raise _rule(f"two caps are named {cap.name!r}; give each its own name", index)
             seen.add(cap.name)
         return caps
 
+    @model_validator(mode="before")
+    @classmethod
+    def _special_extends_the_defaults(cls, data: Any) -> Any:
+        """Unless the file replaces them on purpose, its [special.*] tables merge into the
+        default categories, key by key, so that writing one never drops the others."""
+        if not isinstance(data, dict):
+            return data
+        info = data.get("policy")
+        given = data.get("special", {})
+        if isinstance(info, dict) and info.get("special") == "replace":
+            # The file's tables are the whole list, none at all included.
+            return {**data, "special": given}
+        if not isinstance(given, dict):
+            return data
+        special: dict[str, Any] = {
+            name: {"source": category.source, "signals": list(category.signals)}
+            for name, category in DEFAULT_SPECIAL.items()
+        }
+        for name, category in given.items():
+            default = special.get(name)
+            special[name] = (
+                {**default, **category}
+                if isinstance(default, dict) and isinstance(category, dict)
+                else category
+            )
+        return {**data, "special": special}
+
     @model_validator(mode="after")
-    def _thresholds_rise_with_the_level(self) -> Policy:
+    def _rules_across_tables(self) -> Policy:
         levels, threshold = self.levels, self.creepiness.threshold
         if not levels.minimal_threshold <= threshold <= levels.full_threshold:
-            raise ValueError(
+            # The key to edit is the one the file set; if it set none, the threshold.
+            low = threshold < levels.minimal_threshold
+            key = "minimal_threshold" if low else "full_threshold"
+            set_here = key in levels.model_fields_set
+            path = ("levels", key) if set_here else ("creepiness", "threshold")
+            raise _rule(
                 f"levels.minimal_threshold ({levels.minimal_threshold:g}), "
                 f"creepiness.threshold ({threshold:g}) and levels.full_threshold "
-                f"({levels.full_threshold:g}) must rise in this order"
+                f"({levels.full_threshold:g}) must rise in this order",
+                *path,
             )
+        if self.policy.special == "extend":
+            for name, default in DEFAULT_SPECIAL.items():
+                written = self.special[name].signals
+                dropped = [signal for signal in default.signals if signal not in written]
+                if dropped:
+                    raise _rule(
+                        _dropped_signals(name, dropped, written), "special", name, "signals"
+                    )
         return self
 
     @property
@@ -509,22 +653,7 @@ class Policy(_Model):
     @classmethod
     def from_toml(cls, text: str, *, source: str = "<memory>") -> Policy:
         """Parse and validate policy text; raises `PolicyError` listing every problem."""
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            raise PolicyError(source, [PolicyProblem("", f"not valid TOML: {error}")]) from None
-        try:
-            policy = cls.model_validate(data)
-        except ValidationError as error:
-            lines = key_lines(text)
-            problems = [
-                dataclasses.replace(_problem(item), line=line_of(lines, tuple(item["loc"])))
-                for item in error.errors()
-            ]
-            raise PolicyError(source, problems) from None
-        policy._version = version_of([text])
-        policy._source = source
-        return policy
+        return layered_policy([(source, text)])
 
 
 def json_schema() -> dict[str, Any]:
@@ -590,21 +719,14 @@ def layered_policy(layers: Sequence[tuple[str, str]]) -> Policy:
       replaces a `calendar` and the other way round); a new name adds a cap at the end;
       `remove = true` takes the named cap out
     - every other array (`consent.gpc`, `except_tags`, ...) is replaced whole
+
+    Whatever the text, the only exception is `PolicyError`.
     """
-    if len(layers) == 1:
-        source, text = layers[0]
-        return Policy.from_toml(text, source=source)
     tables = [_parsed(source, text) for source, text in layers]
-    merged: dict[str, Any] = {}
-    if "special" not in tables[0]:
-        # The default special categories are where overrides start, so that one adding a
-        # category never drops the others.
-        merged["special"] = {
-            name: {"source": category.source, "signals": list(category.signals)}
-            for name, category in DEFAULT_SPECIAL.items()
-        }
-    for (source, _), table in zip(layers, tables, strict=True):
-        merged = _merge_layer(merged, table, source)
+    merged: dict[str, Any] = tables[0] if len(tables) == 1 else {}
+    if len(tables) > 1:
+        for (source, _), table in zip(layers, tables, strict=True):
+            merged = _merge_layer(merged, table, source)
     source = " + ".join(source for source, _ in layers)
     try:
         policy = Policy.model_validate(merged)
@@ -622,11 +744,102 @@ def version_of(texts: Sequence[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:12]
 
 
+# Deeper than any policy key goes, and shallow enough that nothing reading the data recurses
+# out of stack (tomllib itself does at a few hundred nested arrays).
+MAX_DEPTH = 16
+_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+_LONG_NUMBER = re.compile(r"[0-9_]{4000,}")
+
+
 def _parsed(source: str, text: str) -> dict[str, Any]:
+    def refused(message: str, line: int | None = None, key: str = "") -> PolicyError:
+        return PolicyError(source, [PolicyProblem(key, message, line=line)])
+
+    deep = _nesting_line(text)
+    if deep is not None:
+        raise refused(f"arrays or inline tables nest more than {MAX_DEPTH} deep", deep)
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise PolicyError(source, [PolicyProblem("", f"not valid TOML: {error}")]) from None
+        message = str(error)
+        position = _POSITION.search(message)
+        if position is None:
+            raise refused(f"not valid TOML: {message}") from None
+        message = _POSITION.sub(f"(column {position[2]})", message)
+        raise refused(f"not valid TOML: {message}", int(position[1])) from None
+    except (ValueError, RecursionError) as error:
+        # int() refuses numbers of more than 4,300 digits; nothing else is expected here.
+        long = _LONG_NUMBER.search(text)
+        if long is None:
+            raise refused(f"not valid TOML: {error}") from None
+        line = text.count("\n", 0, long.start()) + 1
+        raise refused("not valid TOML: a number with thousands of digits", line) from None
+    path = _too_deep(data)
+    if path is not None:
+        raise refused(
+            f"tables nest more than {MAX_DEPTH} deep",
+            line_of(_lines(text), path),
+            _key_path(path[:MAX_DEPTH]) + "...",
+        )
+    return data
+
+
+def _nesting_line(text: str) -> int | None:
+    """The line where arrays or inline tables nest deeper than MAX_DEPTH, if any.
+
+    Strings and comments are skipped, so a bracket inside one does not count.
+    """
+    depth, line, index, size = 0, 1, 0, len(text)
+    while index < size:
+        char = text[index]
+        if char == "\n":
+            line += 1
+        elif char == "#":
+            end = text.find("\n", index)
+            index = size if end < 0 else end
+            continue
+        elif char in "\"'":
+            quote = text[index : index + 3] if text.startswith(char * 3, index) else char
+            index += len(quote)
+            while index < size and not text.startswith(quote, index):
+                if text[index] == "\n":
+                    line += 1
+                    if len(quote) == 1:
+                        break  # an unclosed string: tomllib names it
+                index += 2 if text[index] == "\\" and char == '"' else 1
+            index += len(quote)
+            continue
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        index += 1
+    return None
+
+
+def _too_deep(data: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The path of a value nested deeper than MAX_DEPTH (dotted keys build tables too)."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return path
+        if isinstance(value, dict):
+            stack.extend(((*path, key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+    return None
+
+
+def _lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Where each key is written, and each table a dotted key or header opens implicitly."""
+    lines = key_lines(text)
+    for path, line in sorted(lines.items(), key=lambda item: item[1]):
+        for end in range(1, len(path)):
+            lines.setdefault(path[:end], line)
+    return lines
 
 
 def _merge_layer(base: dict[str, Any], layer: dict[str, Any], source: str) -> dict[str, Any]:
@@ -659,7 +872,7 @@ def _merge_caps(base: Any, layer: Any, source: str) -> Any:
                     source,
                     [
                         PolicyProblem(
-                            f"caps[{index}].remove",
+                            _key_path(("caps", index, "remove"), {"caps": layer}),
                             f"there is no cap named {name!r} to remove",
                             source=source,
                         )
@@ -689,25 +902,34 @@ def _placed(
     tables: list[dict[str, Any]],
 ) -> PolicyProblem:
     """A problem of the merged policy, placed in the layer that wrote the offending key."""
-    location = tuple(error["loc"])
-    candidates: list[tuple[int, str, tuple[Any, ...]]] = []  # (depth found, source, path there)
+    location = _location(error)
+    candidates: list[tuple[int, str, tuple[Any, ...], dict[str, Any]]] = []
     for (source, text), table in zip(layers, tables, strict=True):
         path: tuple[Any, ...] | None = location
-        if len(location) >= 2 and location[0] == "caps" and isinstance(location[1], int):
+        if len(layers) > 1 and len(location) >= 2 and location[0] == "caps":
+            # The merged caps[i] is found in each layer by its name.
             path = _cap_path(location, merged, table)
         if path is None:
             continue
-        lines = key_lines(text)
+        lines = _lines(text)
         depth = max((end for end in range(len(path) + 1) if path[:end] in lines), default=0)
-        candidates.append((depth, source, path))
-    depth, source, path = max(candidates, key=lambda c: c[0]) if candidates else (0, "", location)
+        candidates.append((depth, source, path, table))
+    depth, source, path, table = max(candidates, key=lambda c: c[0])
     # Among layers that reach as deep, the last one wrote the value in force.
-    for found, candidate_source, candidate_path in candidates:
+    for found, candidate_source, candidate_path, candidate_table in candidates:
         if found == depth:
-            source, path = candidate_source, candidate_path
-    text = dict(layers).get(source, "")
-    problem = _problem({**error, "loc": path})
-    return dataclasses.replace(problem, line=line_of(key_lines(text), path), source=source or None)
+            source, path, table = candidate_source, candidate_path, candidate_table
+    problem = _problem({**error, "loc": path}, table)
+    line = line_of(_lines(dict(layers)[source]), path)
+    return dataclasses.replace(problem, line=line, source=source if len(layers) > 1 else None)
+
+
+def _location(error: Any) -> tuple[Any, ...]:
+    """Where a problem is: a rule across keys adds the path of the key it blames."""
+    location = tuple(error["loc"])
+    if error["type"] == "policy_rule":
+        location += tuple(error["ctx"]["path"])
+    return location
 
 
 def _cap_path(
@@ -716,7 +938,12 @@ def _cap_path(
     """caps[i]... of the merged policy as the path of the same cap in one layer, if it has it."""
     caps = merged.get("caps")
     index = location[1]
-    if not isinstance(caps, list) or index >= len(caps) or not isinstance(caps[index], dict):
+    if (
+        not isinstance(caps, list)
+        or not isinstance(index, int)
+        or index >= len(caps)
+        or not isinstance(caps[index], dict)
+    ):
         return location
     name = caps[index].get("name")
     for position, cap in enumerate(table.get("caps") or []):
@@ -725,9 +952,9 @@ def _cap_path(
     return None
 
 
-def _problem(error: Any) -> PolicyProblem:
+def _problem(error: Any, data: dict[str, Any]) -> PolicyProblem:
     location = tuple(error["loc"])
-    key = _key_path(location)
+    key = _key_path(location, data)
     kind = error["type"]
     value = error.get("input")
     if kind == "missing":
@@ -736,27 +963,55 @@ def _problem(error: Any) -> PolicyProblem:
         return PolicyProblem(key, "is not a policy key" + _suggestion(location))
     if kind == "value_error":
         return PolicyProblem(key, str(error["ctx"]["error"]))
+    if kind == "policy_rule":
+        return PolicyProblem(key, str(error["ctx"]["rule"]))
     if kind == "string_pattern_mismatch":
         words = _PATTERN_WORDS.get(error["ctx"]["pattern"], "it does not have the expected form")
-        return PolicyProblem(key, f"is {value!r}; {words}")
+        return PolicyProblem(key, f"is {_shown(value)}; {words}")
     if kind == "too_short":
         return PolicyProblem(key, f"is empty; give at least {error['ctx']['min_length']}")
+    if kind in _TYPE_WORDS and isinstance(value, str):
+        return PolicyProblem(key, f"is {_shown(value)}, text; {_TYPE_WORDS[kind]}, without quotes")
     message = str(error["msg"]).replace("Input should be", "should be")
     if kind in ("model_type", "dict_type", "tuple_type", "list_type"):
-        return PolicyProblem(key, f"{message}, got {value!r}")
-    return PolicyProblem(key, f"is {value!r}; {message}")
+        return PolicyProblem(key, f"{message}, got {_shown(value)}")
+    return PolicyProblem(key, f"is {_shown(value)}; {message}")
 
 
-def _key_path(location: tuple[Any, ...]) -> str:
+_TYPE_WORDS = {
+    "float_type": "write a number",
+    "int_type": "write a whole number",
+    "bool_type": "write true or false",
+}
+
+
+def _shown(value: object) -> str:
+    """A value as the file would show it, cut short: a problem is one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:72] + "...(cut)"
+
+
+def _key_path(location: tuple[Any, ...], data: dict[str, Any] | None = None) -> str:
+    """`caps."per-campaign-daily".limit`: a cap is named by its name when it has one."""
     parts: list[str] = []
-    for part in location:
+    for position, part in enumerate(location):
         if isinstance(part, int):
-            parts.append(f"[{part}]")
+            name = _cap_name(data, part) if location[:position] == ("caps",) else None
+            parts.append(f'."{name}"' if name is not None else f"[{part}]")
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
             parts.append(f".{part}" if parts else str(part))
         else:
             parts.append(f'."{part}"' if parts else f'"{part}"')
     return "".join(parts)
+
+
+def _cap_name(data: dict[str, Any] | None, index: int) -> str | None:
+    caps = data.get("caps") if data is not None else None
+    if isinstance(caps, list) and index < len(caps) and isinstance(caps[index], dict):
+        name = caps[index].get("name")
+        if isinstance(name, str) and re.fullmatch(_NAME, name) and len(name) <= 64:
+            return name
+    return None
 
 
 def _suggestion(location: tuple[Any, ...]) -> str:
@@ -775,7 +1030,46 @@ def _suggestion(location: tuple[Any, ...]) -> str:
             return ""
     known = list(model.model_fields)
     close = difflib.get_close_matches(str(location[-1]), known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known keys: {', '.join(known)})" + _landed(location)
+
+
+def _landed(location: tuple[Any, ...]) -> str:
+    """A key of another table, read into this one because it was written below this one's
+    header: TOML puts every key under the header above it."""
+    table = [part for part in location[:-1] if not isinstance(part, int)]
+    homes = [home for home in _homes().get(str(location[-1]), []) if list(home) != table]
+    if not homes or not table:
+        return ""
+    here = ".".join(table)
+    home = homes[0]
+    if not home:
+        return (
+            f". {location[-1]} is a top-level key: written below the [{here}] header, it is "
+            f"read as part of [{here}]. Write it above the first table, or as a table of its "
+            f"own ([{location[-1]}])"
+        )
+    return (
+        f". {location[-1]} is a key of [{'.'.join(home)}]: written below the [{here}] header, "
+        f"it is read as part of [{here}]. Move it under [{'.'.join(home)}], above any header "
+        "that follows it"
+    )
+
+
+@functools.cache
+def _homes() -> dict[str, list[tuple[str, ...]]]:
+    """Each policy key's name, and the tables it belongs to."""
+    homes: dict[str, list[tuple[str, ...]]] = {}
+    stack: list[tuple[tuple[str, ...], Any]] = [((), Policy)]
+    while stack:
+        table, model = stack.pop()
+        for name, field in model.model_fields.items():
+            homes.setdefault(name, []).append(table)
+            inner = _model_of(field.annotation)
+            if inner is not None and getattr(field.annotation, "__origin__", None) is not dict:
+                stack.append(((*table, name), inner))
+    return homes
 
 
 def _model_of(annotation: Any) -> Any:
