@@ -50,9 +50,11 @@ async def test_a_persons_state_is_one_hash_tagged_msgpack_key(
     assert re.fullmatch(rb"throttle:\{[0-9a-f]{32}\}", person_keys[0])
     stored = msgpack.unpackb(client.get(person_keys[0]), raw=False)
     now_ms = int(clock.now * 1000)
-    # Times are kept as offsets from a base: the oldest instant the longest window counts.
-    assert stored["t"] == now_ms - 24 * 3600 * 1000
-    assert stored["c"]["u"] == [24 * 3600 * 1000] * 2
+    # Times are kept as offsets from a base, the record's first write, so they stay small;
+    # the budget's entries flat: time, score, time, score.
+    assert stored["t"] == now_ms
+    assert stored["c"]["u"] == [0, 0]
+    assert stored["b"] == [0, 100, 0, 200]
     state = await redis_store.state(person_keys[0].decode()[len("throttle:{") : -1])
     assert state is not None
     assert state["c"]["u"] == [now_ms, now_ms]

@@ -9,6 +9,7 @@ the script uses and the prelude lacks is an error the moment Redis loads the scr
 from __future__ import annotations
 
 import hashlib
+import struct
 from enum import IntEnum, IntFlag
 from importlib import resources
 
@@ -16,15 +17,25 @@ from importlib import resources
 class DeliverArg(IntEnum):
     """ARGV of `deliver.lua`."""
 
+    CALL = 1  # the `Call` numbers, struct-packed: what differs from one decision to the next
+    LIMITS = 2  # the `Limit` numbers, then the counters and their caps, struct-packed
+    LIMITS_FORMAT = 3  # the struct format of ARGV[ARG_LIMITS] (see `limits_format`)
+    REPETITION = 4  # the counter whose deliveries make the repetition factor, "" for none
+    SPECIAL = 5  # the special categories the message uses, space-separated
+    RECENT = 6  # the message's recent-decision template's fingerprint (8 bytes), or "": none
+    TOKEN = 7  # a fresh random audit token, taken when the person has none ("": none)
+
+
+class Call(IntEnum):
+    """The numbers of one decision (ARGV[ARG_CALL]), each a big-endian signed 8-byte int."""
+
     NOW = 1  # ms since the Unix epoch
     SCORE = 2  # the message's score before repetition, thousandths
-    LIMITS = 3  # the `Limit` array, msgpack: the same for every message of a campaign
-    PERIODS = 4  # starts of the person's calendar day, week and month, ms, space-separated
-    FLAGS = 5  # `Flag` bits
-    SPECIAL = 6  # the special categories the message uses, space-separated
-    RELEVANCE = 7  # thousandths, or -1 (no privacy calculus)
-    RECENT = 8  # the message's recent-decision template's fingerprint (8 bytes), or "": none
-    TOKEN = 9  # a fresh random audit token, taken when the person has none ("": none)
+    FLAGS = 3  # `Flag` bits
+    RELEVANCE = 4  # thousandths, or -1 (no privacy calculus)
+    DAY = 5  # starts of the person's calendar day, week and month, ms (0 without calendar caps)
+    WEEK = 6
+    MONTH = 7
 
 
 class Flag(IntFlag):
@@ -35,29 +46,60 @@ class Flag(IntFlag):
 
 
 class Limit(IntEnum):
-    """The limits array: what applies to every message of one channel and campaign."""
+    """The limits (ARGV[ARG_LIMITS]): what applies to every message of one channel and
+    campaign, each a big-endian signed 8-byte int; times in ms, scores in thousandths."""
 
-    TTL = 1  # how long counters are kept, ms: the policy's longest window (0: keep nothing)
-    THRESHOLD = 2  # the standard level's creepiness threshold, thousandths
-    REPETITION_COUNTER = 3  # e.g. "k:spring-sale", or "" when repetition is off
-    REPETITION_WEIGHT = 4  # thousandths per earlier delivery
-    REPETITION_WINDOW = 5  # ms
-    REPETITION_SATURATION = 6  # earlier deliveries counted at most
-    BUDGET_LIMIT = 7  # thousandths, or -1 for no budget
-    BUDGET_WINDOW = 8  # ms
-    BUDGET_ENTRIES = 9  # entries kept; beyond it the two oldest merge
-    COUNTERS = 10  # { { name, keep, window ms, { { cap index, limit, window, period } }, shadow } }
-    SHADOW_CAPS = 11  # 1 when any counter is a shadow counter
-    MINIMAL_THRESHOLD = 12  # thousandths
-    FULL_THRESHOLD = 13  # thousandths
-    DEFAULT_LEVEL = 14  # the level of people who chose none
-    KEEP_CHOICE = 15  # how long choices are kept after the person's last decision, ms
-    TRUST_SIGNED_IN = 16  # calculus, thousandths
-    TRUST_DECLARED = 17  # calculus, thousandths, for a person who chose their level
-    LAMBDA = 18  # calculus: { at minimal, standard, full }, thousandths
-    BAND = 19  # the category band's { low, high } at levels 1 to 3, flattened; {} for none
-    RECENT_PER_PERSON = 20  # recent decisions kept with each person (0: none)
-    RECENT_KEEP = 21  # how long recent decisions are kept, ms
+    TTL = 1  # how long counters are kept: the policy's longest window (0: keep nothing)
+    THRESHOLD = 2  # the standard level's creepiness threshold
+    REPETITION_WEIGHT = 3  # per earlier delivery
+    REPETITION_WINDOW = 4
+    REPETITION_SATURATION = 5  # earlier deliveries counted at most
+    BUDGET_LIMIT = 6  # -1 for no budget
+    BUDGET_WINDOW = 7
+    BUDGET_ENTRIES = 8  # entries kept; beyond it the two oldest merge (over-counting)
+    SHADOW_CAPS = 9  # 1 when any counter is a shadow counter
+    MINIMAL_THRESHOLD = 10
+    FULL_THRESHOLD = 11
+    DEFAULT_LEVEL = 12  # the level of people who chose none
+    KEEP_CHOICE = 13  # how long choices are kept after the person's last decision
+    TRUST_SIGNED_IN = 14  # calculus
+    TRUST_DECLARED = 15  # calculus, for a person who chose their level
+    LAMBDA_MINIMAL = 16  # calculus: lambda at each level
+    LAMBDA_STANDARD = 17
+    LAMBDA_FULL = 18
+    BAND = 19  # 1 when the policy has a category band
+    BAND_MINIMAL_LOW = 20  # the band's (low, high] at each level
+    BAND_MINIMAL_HIGH = 21
+    BAND_STANDARD_LOW = 22
+    BAND_STANDARD_HIGH = 23
+    BAND_FULL_LOW = 24
+    BAND_FULL_HIGH = 25
+    RECENT_PER_PERSON = 26  # recent decisions kept with each person (0: none)
+    RECENT_KEEP = 27  # how long recent decisions are kept
+
+
+# After the `Limit` numbers, ARGV[ARG_LIMITS] holds each counter: its name, how many entries it
+# keeps, its longest window (ms), 1 for a shadow counter, how many caps count on it; then each
+# of those caps: its index in the policy, its limit, its window (ms), its period (0 rolling;
+# 1, 2, 3 the calendar day, week, month). Lua reads all of it with one struct.unpack, by a
+# format made for the counters' names and caps (`limits_format`).
+COUNTER_FIELDS = 5  # name, keep, window, shadow, caps
+CAP_FIELDS = 4  # index, limit, window, period
+
+
+def limits_format(name_lengths: list[int], caps: list[int]) -> tuple[str, str]:
+    """The formats of ARGV[ARG_LIMITS] for counters with these names' lengths and numbers of
+    caps: Lua's struct library's, and Python's struct module's."""
+    lua, python = [">", "i8" * len(Limit)], [">", "q" * len(Limit)]
+    for length, count in zip(name_lengths, caps, strict=True):
+        lua.append(f"c{length}i8i8i8i8" + "i8i8i8i8" * count)
+        python.append(f"{length}sqqqq" + "qqqq" * count)
+    return "".join(lua), "".join(python)
+
+
+def numbers(values: list[int]) -> bytes:
+    """Integers as ARGV[ARG_CALL] and ARGV[ARG_LIMITS] carry them (Lua's `>i8...`)."""
+    return struct.pack(f">{len(values)}q", *values)
 
 
 # A recent decision in a person's record (lua/record.lua): when, ms, in 6 bytes; the message's
@@ -68,6 +110,7 @@ RECENT_SIZE = 6 + 8 + 6 + 2
 
 _ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
     "ARG": DeliverArg,
+    "CALL": Call,
     "FLAG": Flag,
     "LIMIT": Limit,
 }
@@ -79,6 +122,8 @@ def _prelude() -> str:
         for member in enum:
             lines.append(f"local {prefix}_{member.name} = {int(member)}")
     lines.append(f"local RECENT_SIZE = {RECENT_SIZE}")
+    lines.append(f"local CALL_FORMAT = '>{'i8' * len(Call)}'")
+    lines.append(f"local LIMIT_COUNT = {len(Limit)}")
     return "\n".join(lines) + "\n"
 
 

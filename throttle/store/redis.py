@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
@@ -44,7 +45,16 @@ from throttle.store.base import (
     Verdict,
     fingerprint_of,
 )
-from throttle.store.layout import RECENT_SIZE, DeliverArg, Limit, script, sha1
+from throttle.store.layout import (
+    RECENT_SIZE,
+    DeliverArg,
+    Flag,
+    Limit,
+    limits_format,
+    numbers,
+    script,
+    sha1,
+)
 from throttle.store.pipe import Pipe, bulk, command, reply_error
 
 logger = logging.getLogger("throttle.store")
@@ -58,9 +68,8 @@ _EVALSHA = b"*%d\r\n" % (5 + len(DeliverArg)) + bulk(b"EVALSHA") + bulk(_DELIVER
 _LOAD_SCRIPTS = tuple(command(b"SCRIPT", b"LOAD", text.encode()) for text in (_DELIVER, _REMEMBER))
 _CACHE_SIZE = 4096
 _VERDICTS = tuple(Verdict)
-_FLAGS = tuple(bulk(b"%d" % flags) for flags in range(16))
 _EMPTY = bulk(b"")
-_NO_RELEVANCE = bulk(b"-1")
+_NO_PERIODS = (0, 0, 0)
 _NO_SIZES: Mapping[str, int] = MappingProxyType({})
 # Audit entries and side writes waiting for a connection; beyond this many the oldest go.
 _MAX_PENDING = 10_000
@@ -110,6 +119,7 @@ class RedisStore:
         self.prefix = prefix
         self._key_prefix = f"{prefix}{{".encode()
         self._stall_limit = stall_limit
+        # The limits, counters and repetition counter as the script's arguments.
         self._encoded_limits: dict[Limits, bytes] = {}
         # A template's fingerprint, as an argument and as bytes.
         self._encoded_recent: dict[RecentTemplate, tuple[bytes, bytes]] = {}
@@ -242,8 +252,12 @@ class RedisStore:
         if not batch:
             deadline.cancel()
             return
-        audiences, audience_replies, counted = self._audience_commands(batch)
-        decisions = b"".join([self._evalsha(call.delivery) for call in batch])
+        try:
+            audiences, audience_replies, counted = self._audience_commands(batch)
+            decisions = b"".join([self._evalsha(call.delivery) for call in batch])
+        except Exception as error:  # limits we cannot encode: fail now, never wait for the deadline
+            deadline.fail(error)
+            return
         # What waits on the side (audit entries, decisions made without the store, pieces of
         # recent decisions the scripts are about to name) rides along, ahead of the scripts.
         side, handlers = self._side_commands()
@@ -359,7 +373,7 @@ class RedisStore:
         if limits is None:
             if len(self._encoded_limits) >= _CACHE_SIZE:
                 self._encoded_limits.clear()
-            limits = self._encoded_limits[delivery.limits] = bulk(_packed(delivery.limits))
+            limits = self._encoded_limits[delivery.limits] = _limit_arguments(delivery.limits)
         template = delivery.recent
         if template is None or not delivery.limits.recent_per_person:
             recent = token = _EMPTY
@@ -373,34 +387,31 @@ class RedisStore:
             recent, fingerprint = known
             self._keep_piece(fingerprint, _TEMPLATE, template, delivery.limits.recent_keep_ms)
             token = bulk(self._token())
-        now = b"%d" % delivery.now_ms
-        score = b"%d" % delivery.score_milli
-        periods = b"%d %d %d" % delivery.period_starts if delivery.period_starts else b""
-        flags = _FLAGS[
-            delivery.minimal_ok
-            + 2 * delivery.transactional
-            + 4 * delivery.gpc_forbids
-            + 8 * delivery.gpc_now
-        ]
-        special = bulk(" ".join(delivery.special).encode()) if delivery.special else _EMPTY
-        relevance = (
-            bulk(b"%d" % delivery.relevance_milli)
-            if delivery.relevance_milli >= 0
-            else _NO_RELEVANCE
+        flags = (
+            Flag.MINIMAL_OK * delivery.minimal_ok
+            + Flag.TRANSACTIONAL * delivery.transactional
+            + Flag.GPC_FORBIDS * delivery.gpc_forbids
+            + Flag.GPC_NOW * delivery.gpc_now
         )
+        call = numbers(
+            [
+                delivery.now_ms,
+                delivery.score_milli,
+                flags,
+                delivery.relevance_milli,
+                *(delivery.period_starts or _NO_PERIODS),
+            ]
+        )
+        special = bulk(" ".join(delivery.special).encode()) if delivery.special else _EMPTY
         key = self._key_prefix + delivery.person.encode() + b"}"
         return b"".join(
             (
                 _EVALSHA,
                 bulk(key),
                 bulk(key + b":choices"),
-                bulk(now),
-                bulk(score),
+                bulk(call),
                 limits,
-                bulk(periods),
-                flags,
                 special,
-                relevance,
                 recent,
                 token,
             )
@@ -436,7 +447,8 @@ class RedisStore:
         if core.get("c"):
             state["c"] = {name: [base + t for t in log] for name, log in core["c"].items()}
         if core.get("b"):
-            state["b"] = [[base + t, score] for t, score in core["b"]]
+            budget = core["b"]
+            state["b"] = [[base + budget[i], budget[i + 1]] for i in range(0, len(budget) - 1, 2)]
         if raw_choices is not None:
             state["p"] = dict(msgpack.unpackb(raw_choices, raw=False))
         return state or None
@@ -791,29 +803,20 @@ def _fail(batch: list[_Call], error: BaseException) -> None:
             call.future.set_exception(error)
 
 
-def _packed(limits: Limits) -> bytes:
-    """ARGV[ARG_LIMITS] of deliver.lua: what is the same for every message under these limits."""
+def _limit_arguments(limits: Limits) -> bytes:
+    """ARGV[ARG_LIMITS], ARGV[ARG_LIMITS_FORMAT] and ARGV[ARG_REPETITION] of deliver.lua:
+    what is the same for every message under these limits, encoded once."""
     repetition, budget = limits.repetition, limits.budget
-    fields: dict[Limit, Any] = {
+    band = limits.band or (0,) * 6
+    fields: dict[Limit, int] = {
         Limit.TTL: limits.ttl_ms,
         Limit.THRESHOLD: limits.threshold_milli,
-        Limit.REPETITION_COUNTER: repetition.counter if repetition else "",
         Limit.REPETITION_WEIGHT: repetition.weight_milli if repetition else 0,
         Limit.REPETITION_WINDOW: repetition.window_ms if repetition else 0,
         Limit.REPETITION_SATURATION: repetition.saturation if repetition else 0,
         Limit.BUDGET_LIMIT: budget.limit_milli if budget else -1,
         Limit.BUDGET_WINDOW: budget.window_ms if budget else 0,
         Limit.BUDGET_ENTRIES: budget.entries if budget else 0,
-        Limit.COUNTERS: [
-            [
-                c.name,
-                c.keep,
-                c.window_ms,
-                [[k.index, k.limit, k.window_ms, k.period] for k in c.caps],
-                int(c.shadow),
-            ]
-            for c in limits.counters
-        ],
         Limit.SHADOW_CAPS: int(limits.shadow_caps),
         Limit.MINIMAL_THRESHOLD: limits.minimal_threshold_milli,
         Limit.FULL_THRESHOLD: limits.full_threshold_milli,
@@ -821,10 +824,30 @@ def _packed(limits: Limits) -> bytes:
         Limit.KEEP_CHOICE: limits.keep_choice_ms,
         Limit.TRUST_SIGNED_IN: limits.trust_signed_in_milli,
         Limit.TRUST_DECLARED: limits.trust_declared_milli,
-        Limit.LAMBDA: list(limits.lambda_milli),
-        Limit.BAND: list(limits.band),
+        Limit.LAMBDA_MINIMAL: limits.lambda_milli[0],
+        Limit.LAMBDA_STANDARD: limits.lambda_milli[1],
+        Limit.LAMBDA_FULL: limits.lambda_milli[2],
+        Limit.BAND: int(bool(limits.band)),
+        Limit.BAND_MINIMAL_LOW: band[0],
+        Limit.BAND_MINIMAL_HIGH: band[1],
+        Limit.BAND_STANDARD_LOW: band[2],
+        Limit.BAND_STANDARD_HIGH: band[3],
+        Limit.BAND_FULL_LOW: band[4],
+        Limit.BAND_FULL_HIGH: band[5],
         Limit.RECENT_PER_PERSON: limits.recent_per_person,
         Limit.RECENT_KEEP: limits.recent_keep_ms,
     }
-    packed: bytes = msgpack.packb([fields[field] for field in Limit])
-    return packed
+    names = [counter.name.encode() for counter in limits.counters]
+    lua_format, python_format = limits_format(
+        [len(name) for name in names], [len(counter.caps) for counter in limits.counters]
+    )
+    values: list[int | bytes] = [fields[field] for field in Limit]
+    for name, counter in zip(names, limits.counters, strict=True):
+        values += (name, counter.keep, counter.window_ms, int(counter.shadow), len(counter.caps))
+        for cap in counter.caps:
+            values += (cap.index, cap.limit, cap.window_ms, cap.period)
+    return (
+        bulk(struct.pack(python_format, *values))
+        + bulk(lua_format.encode())
+        + bulk(repetition.counter.encode() if repetition else b"")
+    )
