@@ -161,8 +161,9 @@ class H2load:
                     failed = _failures(output)
                     if failed is None:
                         raise RuntimeError(f"h2load printed no result: {output[-500:]}")
-                    errors += failed
                     found, statuses = _latencies(log, each)
+                    # A connection that got no answer at all (refused, reset) is an error too.
+                    errors += failed + (not found)
                     latencies += found
                     non_2xx += statuses
             finally:
