@@ -18,7 +18,9 @@ demo: $(INSTALLED)
 test: $(INSTALLED) check-redis lint typecheck
 	$(BIN)/python -m pytest --cov --cov-report=term
 
-# Load test: bare app, throttle and its peers under uvicorn and wrk, then the engine and memory.
+# Load test: bare app, throttle and its peers under uvicorn and wrk (CPU and Redis per request),
+# then at a fixed rate (h2load, open loop), then the engine alone and memory per person.
+# For figures worth reading: apt-get install wrk nghttp2-client (else Python clients stand in).
 bench: $(INSTALLED) check-redis
 	$(BIN)/throttle bench
 

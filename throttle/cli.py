@@ -356,6 +356,12 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(default 100000; smoke 1000)",
     )
     bench.add_argument(
+        "--rate",
+        type=_positive(float),
+        metavar="R",
+        help="requests per second of the open-loop runs (default 1000; smoke 200)",
+    )
+    bench.add_argument(
         "--redis-url",
         metavar="URL",
         help="a Redis you own (default: a private redis-server, started and "
@@ -365,7 +371,8 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--generator",
         choices=("auto", "wrk", "python"),
         default="auto",
-        help="the load generator: wrk, or a Python client when wrk is missing",
+        help="the load generators: wrk and h2load, or Python clients where they are missing "
+        "(python: Python clients only)",
     )
     bench.add_argument(
         "--policy",
@@ -384,6 +391,7 @@ def _bench(arguments: argparse.Namespace) -> int:
         "concurrency": arguments.concurrency,
         "people": arguments.people,
         "memory_people": arguments.people,
+        "rate": arguments.rate,
         # The shipped policy, wherever the package is installed.
         "policy": arguments.policy or default_policy(),
     }

@@ -43,6 +43,9 @@ _MARKED = personalization(
     "spring-sale", segment="eu/de/berlin", signals=["purchase_history"], explained=True
 )
 MARKER_VALUE = _MARKED[PERSONALIZATION_HEADER].encode("ascii")
+# The person of an open-loop request: `/offer?user=person-N` (see `throttle.bench.openloop`).
+USER_QUERY = "user"
+_USER_QUERY_BYTES = USER_QUERY.encode("ascii")
 
 
 async def offer(request: Request) -> JSONResponse:
@@ -50,14 +53,20 @@ async def offer(request: Request) -> JSONResponse:
 
 
 def header_user(scope: Scope) -> str | None:
-    """The person a request is for, from its `X-User` header.
+    """The person a request is for: its `X-User` header, else `?user=` in its query string
+    (the open-loop runs, whose generator sends the same headers with every request).
 
-    Fine for a benchmark, never for an app: a client can forge any header, so a real app
+    Fine for a benchmark, never for an app: a client can forge either, so a real app
     identifies the signed-in user (throttle's default, Starlette's `scope["user"]`).
     """
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     for name, value in headers:
         if name == b"x-user":
+            return value.decode("latin-1")
+    query: bytes = scope.get("query_string", b"")
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == _USER_QUERY_BYTES and value:
             return value.decode("latin-1")
     return None
 

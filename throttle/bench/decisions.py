@@ -3,7 +3,8 @@
 No HTTP: `Engine.decide` in a loop, from 1 caller and from many at once. Round trips are
 counted where they cannot be flattered, on the server: the growth of Redis's
 `total_reads_processed` (one per read of a client's socket) over the run, less what the
-counting itself costs, divided by the decisions made.
+counting itself costs, divided by the decisions made. CPU per decision is this process's
+(`time.process_time`: the engine, the store's client, the event loop) and Redis's (`INFO cpu`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from throttle.bench.apps import MARKER_VALUE
+from throttle.bench.cost import CALIBRATION_READINGS, Overhead, RedisReading, RedisUse, used
 from throttle.bench.load import percentile
 from throttle.engine import Engine
 from throttle.message import parse_marker
@@ -38,31 +40,28 @@ class EngineRun:
     reads_per_decision: float
     commands: int
     commands_per_decision: float
+    # CPU per decision: this process's (the engine and the client, `time.process_time`), Redis's.
+    engine_cpu_us: float
+    redis_cpu_us: float
     outcomes: dict[str, int]
 
 
 class ServerCounters:
-    """Redis's own count of socket reads and commands, read over one connection of its own."""
+    """Redis's own counters (`INFO all`), read over one connection of its own."""
 
     def __init__(self, url: str) -> None:
         self._client: aioredis.Redis = aioredis.Redis.from_url(url)
-        self._overhead = (0, 0)
+        self._overhead = Overhead()
 
     async def calibrate(self) -> None:
-        """What two readings with nothing between them add: subtracted from every delta."""
-        first = await self.read()
-        second = await self.read()
-        self._overhead = (second[0] - first[0], second[1] - first[1])
+        """What readings with nothing between them add: subtracted from every difference."""
+        self._overhead = Overhead.between([await self.read() for _ in range(CALIBRATION_READINGS)])
 
-    async def read(self) -> tuple[int, int]:
-        stats = await self._client.info("stats")
-        return int(stats["total_reads_processed"]), int(stats["total_commands_processed"])
+    async def read(self) -> RedisReading:
+        return RedisReading.from_info(await self._client.info("all"))
 
-    def delta(self, before: tuple[int, int], after: tuple[int, int]) -> tuple[int, int]:
-        return (
-            after[0] - before[0] - self._overhead[0],
-            after[1] - before[1] - self._overhead[1],
-        )
+    def use(self, before: RedisReading, after: RedisReading) -> RedisUse:
+        return used(before, after, self._overhead)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -84,6 +83,7 @@ async def measure(
         outcomes: dict[str, int] = {}
         budget = _MAX_DECISIONS // callers
         before = await counters.read()
+        cpu_before = time.process_time()
         started = time.perf_counter()
         deadline = started + duration
 
@@ -101,7 +101,8 @@ async def measure(
 
         await asyncio.gather(*(caller(random.Random(n)) for n in range(callers)))
         seconds = time.perf_counter() - started
-        reads, commands = counters.delta(before, await counters.read())
+        cpu = time.process_time() - cpu_before
+        use = counters.use(before, await counters.read())
     finally:
         await counters.aclose()
         await store.aclose()
@@ -114,9 +115,11 @@ async def measure(
         p50_us=percentile(latencies, 50) * 1e6,
         p99_us=percentile(latencies, 99) * 1e6,
         per_second=decisions / seconds,
-        reads=reads,
-        reads_per_decision=reads / decisions if decisions else 0.0,
-        commands=commands,
-        commands_per_decision=commands / decisions if decisions else 0.0,
+        reads=use.reads,
+        reads_per_decision=use.reads / decisions if decisions else 0.0,
+        commands=use.commands,
+        commands_per_decision=use.commands / decisions if decisions else 0.0,
+        engine_cpu_us=cpu / decisions * 1e6 if decisions else 0.0,
+        redis_cpu_us=use.cpu_s / decisions * 1e6 if decisions else 0.0,
         outcomes=outcomes,
     )

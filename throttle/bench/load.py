@@ -149,7 +149,7 @@ class PythonClient:
     async def _run(
         self, url: str, connections: int, duration: float, people: int, seed: int
     ) -> Run:
-        host, port, path = _split(url)
+        host, port, path = split_url(url)
         latencies: list[float] = []
         failures = [0, 0]  # errors, non-2xx
         started = time.perf_counter()
@@ -199,7 +199,7 @@ class PythonClient:
                 sent = clock()
                 writer.write(request)
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-                await reader.readexactly(_content_length(head))
+                await reader.readexactly(content_length(head))
                 latencies.append(clock() - sent)
                 if not head.startswith(b"HTTP/1.1 2"):
                     failures[1] += 1
@@ -211,14 +211,14 @@ class PythonClient:
                 await writer.wait_closed()
 
 
-def _split(url: str) -> tuple[str, int, str]:
+def split_url(url: str) -> tuple[str, int, str]:
     rest = url.removeprefix("http://")
     address, _, path = rest.partition("/")
     host, _, port = address.partition(":")
     return host, int(port or 80), "/" + path
 
 
-def _content_length(head: bytes) -> int:
+def content_length(head: bytes) -> int:
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":

@@ -58,38 +58,115 @@ def table(results: Results) -> str:
             for key, count in sorted(http.throttle_outcomes.items(), key=lambda kv: -kv[1])
         )
         lines.append(f"throttle decisions: {total:,} responses: {shares}")
-    if (load := http.throttle_redis) is not None:
-        lines.append(
-            f"throttle on Redis under this load: {load.reads_per_decision:.3f} reads and "
-            f"{load.commands_per_decision:.2f} commands per decision; deliver.lua "
-            f"{load.evalsha_us:.1f} us per run"
-        )
-
+    lines += ["", *_costs(results)]
+    lines += ["", *_open_loop(results)]
     lines += [
         "",
         "engine alone: Engine.decide on RedisStore, no HTTP; Redis counts its own reads",
         f"{'callers':>8}{'decisions/s':>13}{'p50 us':>9}{'p99 us':>9}"
-        f"{'Redis reads/decision':>22}{'commands/decision':>19}",
+        f"{'Redis reads/decision':>22}{'commands/decision':>19}"
+        f"{'engine CPU us':>15}{'Redis CPU us':>14}",
     ]
     for found in results.engine:
         lines.append(
             f"{found.callers:>8}{found.per_second:>13,.0f}{found.p50_us:>9.0f}{found.p99_us:>9.0f}"
             f"{found.reads_per_decision:>22.3f}{found.commands_per_decision:>19.2f}"
+            f"{found.engine_cpu_us:>15.0f}{found.redis_cpu_us:>14.1f}"
         )
-    weighed = results.memory
+    lines += ["", *_memory(results)]
     lines += [
         "",
-        f"Redis memory per person: {weighed.messages} messages over a day (0 h, 4 h, 8 h)",
-        f"  one person, {weighed.messages} campaigns: MEMORY USAGE {weighed.one_person_bytes} B "
-        f"(value {weighed.one_person_value_bytes} B)",
-        f"  one person, 1 campaign:  MEMORY USAGE {weighed.one_campaign_bytes} B",
-        f"  {weighed.people:,} people, {weighed.messages} campaigns each: used_memory "
-        f"+{weighed.used_memory_delta:,} B = {weighed.per_person_bytes:.0f} B per person; "
-        f"MEMORY USAGE mean of a sample {weighed.sampled_mean_bytes:.0f} B",
-        "",
-        "targets (issue #5)" + (": not judged in a smoke run" if results.mode == "smoke" else ""),
+        "targets (issue #10)" + (": not judged in a smoke run" if results.mode == "smoke" else ""),
     ]
     for target in results.targets:
         verdict = {True: "met", False: "MISSED", None: "-"}[target.met]
         lines.append(f"  {verdict:<7}{target.name}: {target.goal}; measured {target.value}")
     return "\n".join(lines)
+
+
+def _costs(results: Results) -> list[str]:
+    http = results.http
+    lines = [
+        "CPU and Redis per request (throttle: per decision), median over rounds; app: the uvicorn "
+        "process (/proc), Redis: INFO, the measuring's own cost left out",
+    ]
+    header = (
+        f"{'arm':<23}{'app CPU us':>11}{'added':>8}{'Redis CPU us':>13}{'app+Redis added':>16}"
+        f"{'commands':>10}{'script calls':>13}{'reads':>7}"
+    )
+    lines += [header, "-" * len(header)]
+    for arm in http.arms:
+        cost = arm.cost
+        lines.append(
+            f"{arm.label:<23}{_us(cost.app_cpu_us):>11}{_us(cost.added_app_cpu_us, '+'):>8}"
+            f"{cost.redis_cpu_us:>13.1f}{_us(cost.added_cpu_us):>16}"
+            f"{cost.redis_commands:>10.2f}{cost.script_calls:>13.3f}{cost.redis_reads:>7.3f}"
+        )
+    lines.append(
+        "commands: every command Redis ran (total_commands_processed, scripts' own included); "
+        "script calls: EVALSHA and its kind, sent by clients"
+    )
+    for arm in http.arms:
+        if arm.name == "bare" or not arm.cost.by_command:
+            continue
+        shown = ", ".join(f"{name} {count:.2f}" for name, count in arm.cost.by_command.items())
+        script = (
+            f"; a script call takes {arm.cost.script_us_per_call:.1f} us of Redis time"
+            if arm.cost.script_calls
+            else ""
+        )
+        lines.append(f"  {arm.name} by command, per request: {shown}{script}")
+    return lines
+
+
+def _us(value: float | None, sign: str = "") -> str:
+    return "n/a" if value is None else f"{value:{sign}.0f}"
+
+
+def _open_loop(results: Results) -> list[str]:
+    found = results.open_loop
+    lines = [
+        f"open loop: {found.load} ({found.generator_version}); {found.rounds} round(s) x "
+        f"{found.duration_s:g} s per arm; latency from when each request was due",
+    ]
+    header = (
+        f"{'arm':<23}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+        f"{'added p50':>11}{'added p99':>11}"
+    )
+    lines += [header, "-" * len(header)]
+    for arm in found.arms:
+        added = (
+            f"{arm.added_p50_ms:>+8.2f} ms{arm.added_p99_ms:>+8.2f} ms"
+            if arm.added_p50_ms is not None and arm.added_p99_ms is not None
+            else ""
+        )
+        worst = max((run.max_ms for run in arm.runs), default=0.0)
+        lines.append(
+            f"{arm.label:<23}{arm.achieved_rps:>7,.0f}{arm.p50_ms:>8.2f}{arm.p99_ms:>8.2f}"
+            f"{worst:>8.1f}{added}".rstrip()
+        )
+        if arm.errors or arm.non_2xx:
+            lines.append(f"  {arm.name}: {arm.errors} errors, {arm.non_2xx} non-2xx")
+        if arm.achieved_rps < 0.95 * found.rate:
+            lines.append(f"  {arm.name} fell behind the rate: its latency includes a queue")
+    return lines
+
+
+def _memory(results: Results) -> list[str]:
+    on, off = results.memory.with_trail, results.memory.without_trail
+    return [
+        f"Redis memory per person: {on.messages} messages over a day (0 h, 4 h, 8 h), "
+        "audit trail on / off",
+        f"  one person, {on.messages} campaigns: state key MEMORY USAGE {on.one_person_bytes} B / "
+        f"{off.one_person_bytes} B (value {off.one_person_value_bytes} B); all the person's "
+        f"keys {on.one_person_keys_bytes} B / {off.one_person_keys_bytes} B",
+        f"  one person, 1 campaign:  state key MEMORY USAGE {on.one_campaign_bytes} B / "
+        f"{off.one_campaign_bytes} B",
+        f"  {on.people:,} people, {on.messages} campaigns each: used_memory growth per person "
+        f"{on.per_person_bytes:.0f} B / {off.per_person_bytes:.0f} B; state key MEMORY USAGE "
+        f"mean of a sample {on.sampled_mean_bytes:.0f} B / {off.sampled_mean_bytes:.0f} B",
+        f"  the audit trail adds {results.memory.trail_per_person_bytes:.0f} B per person: "
+        f"{results.memory.trail_person_keys_bytes} B of recent decisions in the person's keys, "
+        f"{on.messages} x {on.trail_entry_bytes:.0f} B in the stream ({on.trail_entries:,} "
+        f"entries kept, {on.trail_bytes:,} B, bounded by audit.max_entries)",
+    ]

@@ -31,13 +31,18 @@ import redis
 import throttle
 from throttle.bench import decisions, memory
 from throttle.bench.apps import DEFAULT_POLICY, TALLY_PATH
+from throttle.bench.cost import RedisCounters, process_cpu_seconds
 from throttle.bench.load import PythonClient, Run, Wrk
+from throttle.bench.openloop import H2load, OpenRun, PacedClient
 from throttle.bench.redis_server import PrivateRedis, free_port
 from throttle.bench.results import (
+    OPEN_LOOP_RATE,
     Http,
     Machine,
-    RedisLoad,
+    OpenLoop,
     Results,
+    RunCost,
+    open_arm,
     paired_ratio,
     summarize,
     targets,
@@ -48,6 +53,8 @@ from throttle.policy import load_policy
 T = TypeVar("T")
 
 _READY_SECONDS = 20.0
+# Longer than anything a server keeps waiting for a write of its own (the store's audit linger).
+_SETTLE_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +63,13 @@ class ArmSpec:
     label: str
     factory: str
     requires: tuple[str, ...] = ()
+    # Also measured at a fixed rate (the open-loop runs).
+    open_loop: bool = False
 
 
 ARMS = (
-    ArmSpec("bare", "bare", "throttle.bench.apps:bare"),
-    ArmSpec("throttle", "throttle (Redis)", "throttle.bench.apps:throttled"),
+    ArmSpec("bare", "bare", "throttle.bench.apps:bare", open_loop=True),
+    ArmSpec("throttle", "throttle (Redis)", "throttle.bench.apps:throttled", open_loop=True),
     ArmSpec("slowapi", "slowapi (fixed window)", "throttle.bench.apps:slowapi_app", ("slowapi",)),
     ArmSpec(
         "limits",
@@ -85,6 +94,8 @@ class Options:
     engine_duration: float = 5.0
     engine_callers: tuple[int, ...] = (1, 64)
     memory_people: int = 100_000
+    rate: float = OPEN_LOOP_RATE
+    open_connections: int = 10
     redis_url: str | None = None
     generator: Literal["auto", "wrk", "python"] = "auto"
     policy: Path = DEFAULT_POLICY
@@ -100,6 +111,8 @@ SMOKE = Options(
     warmup=0.0,
     engine_duration=0.5,
     memory_people=1000,
+    rate=200.0,
+    open_connections=4,
 )
 
 
@@ -112,9 +125,11 @@ def run(options: Options, progress: TextIO) -> Results:
         )
     policy = load_policy(options.policy)
     generator = _generator(options)
-    run_id = secrets.token_hex(3)
-    # As long as the default "throttle:", so that measured keys weigh what real ones do.
-    prefix = f"tb{run_id}:"
+    paced = _open_generator(options)
+    # Every key of the run starts with `run_keys`; each prefix is as long as the default
+    # "throttle:", so that measured keys weigh what real ones do.
+    run_keys = f"t{secrets.token_hex(3)}"
+    prefix = f"{run_keys}b:"
     with contextlib.ExitStack() as stack:
         if isinstance(generator, Wrk):
             stack.callback(generator.close)
@@ -125,16 +140,26 @@ def run(options: Options, progress: TextIO) -> Results:
         else:
             url = options.redis_url
             where = "given by --redis-url; the run's keys are deleted afterwards"
-            stack.callback(_delete_keys, url, prefix)
+            stack.callback(_delete_keys, url, run_keys)
         machine = _machine(url)
         _say(progress, f"bench: Redis: {where}; load: {generator.describe(options.concurrency)}")
+        _say(
+            progress,
+            f"bench: open loop: {paced.describe(options.rate, options.open_connections)}",
+        )
         if isinstance(generator, PythonClient) and options.generator == "auto":
             _say(
                 progress,
                 "bench: wrk is not installed (Debian/Ubuntu: apt-get install wrk), so a Python "
                 "client drives the load: it shares the CPU with the servers it measures",
             )
-        http_results = _http(options, generator, url, prefix, progress)
+        if isinstance(paced, PacedClient) and options.generator == "auto":
+            _say(
+                progress,
+                "bench: h2load is not installed (Debian/Ubuntu: apt-get install nghttp2-client), "
+                "so a paced Python client drives the open-loop runs",
+            )
+        http_results, open_loop = _http(options, generator, paced, url, prefix, progress)
         engine = tuple(
             _on_loop(
                 decisions.measure(
@@ -154,12 +179,27 @@ def run(options: Options, progress: TextIO) -> Results:
                 f"bench: engine alone, {found.callers} callers: "
                 f"{found.per_second:,.0f} decisions/s",
             )
-        if options.redis_url is None:
-            # Our own server: weigh people on an empty keyspace, as a new deployment would.
-            with redis.Redis.from_url(url) as client:
-                client.flushall()
-        _say(progress, f"bench: memory: {options.memory_people:,} people, 3 messages each")
-        weighed = _on_loop(memory.measure(url, policy, people=options.memory_people, prefix=prefix))
+        passes: dict[bool, memory.Memory] = {}
+        for audit in (True, False):
+            if options.redis_url is None:
+                # Our own server: weigh people on an empty keyspace, as a new deployment would.
+                with redis.Redis.from_url(url) as client:
+                    client.flushall()
+            _say(
+                progress,
+                f"bench: memory: {options.memory_people:,} people, 3 messages each, audit trail "
+                + ("on" if audit else "off"),
+            )
+            passes[audit] = _on_loop(
+                memory.measure(
+                    url,
+                    policy,
+                    people=options.memory_people,
+                    prefix=f"{run_keys}{'a' if audit else 'n'}:",
+                    audit=audit,
+                )
+            )
+        weighed = memory.Weighed(with_trail=passes[True], without_trail=passes[False])
     return Results(
         mode="smoke" if options.smoke else "full",
         command=options.command,
@@ -167,17 +207,23 @@ def run(options: Options, progress: TextIO) -> Results:
         policy=f"{policy.name}@{policy.version} ({options.policy.name})",
         machine=machine,
         http=http_results,
+        open_loop=open_loop,
         engine=engine,
         memory=weighed,
-        targets=targets(http_results, weighed, judged=not options.smoke),
+        targets=targets(http_results, open_loop, weighed, judged=not options.smoke),
     )
 
 
 def _http(
-    options: Options, generator: Wrk | PythonClient, url: str, prefix: str, progress: TextIO
-) -> Http:
+    options: Options,
+    generator: Wrk | PythonClient,
+    paced: H2load | PacedClient,
+    url: str,
+    prefix: str,
+    progress: TextIO,
+) -> tuple[Http, OpenLoop]:
     skipped = {
-        arm.name: f"not installed: {', '.join(missing)} (pip install 'throttle[bench]')"
+        arm.name: f"not installed: {', '.join(missing)} (pip install 'throttle-asgi[bench]')"
         for arm in ARMS
         if (missing := [m for m in arm.requires if importlib.util.find_spec(m) is None])
     }
@@ -193,11 +239,14 @@ def _http(
         ),
     }
     runs: dict[str, list[Run]] = {arm.name: [] for arm in arms}
+    costs: dict[str, list[RunCost]] = {arm.name: [] for arm in arms}
+    opened = [arm for arm in arms if arm.open_loop]
+    open_runs: dict[str, list[OpenRun]] = {arm.name: [] for arm in opened}
     outcomes: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="throttle-bench-")))
-        counted = _RedisCounters(url)
-        stack.callback(counted.close)
+        counters = RedisCounters(url)
+        stack.callback(counters.close)
         servers = {arm.name: stack.enter_context(_Server(arm, environment, logs)) for arm in arms}
         deadline = time.monotonic() + _READY_SECONDS
         for server in servers.values():
@@ -214,29 +263,63 @@ def _http(
                 )
         if "throttle" in servers:
             servers["throttle"].get_json(TALLY_PATH)  # start counting from here
+        counters.calibrate()
         for number in range(options.rounds):
             turn = number % len(arms)
             for arm in arms[turn:] + arms[:turn]:
-                before = counted.read() if arm.name == "throttle" else None
+                server = servers[arm.name]
+                cpu_before, redis_before = server.cpu_seconds(), counters.read()
                 found = generator.run(
-                    servers[arm.name].url("/offer"),
+                    server.url("/offer"),
                     connections=options.concurrency,
                     duration=options.duration,
                     people=options.people,
                     seed=number + 1,
                 )
+                time.sleep(_SETTLE_SECONDS)  # what the arm left waiting (audit entries) is written
+                redis_use = counters.use(redis_before, counters.read())
+                cpu_after = server.cpu_seconds()
                 runs[arm.name].append(found)
-                if before is not None:
-                    counted.add(before)
-                    for key, count in servers["throttle"].get_json(TALLY_PATH).items():
+                costs[arm.name].append(
+                    RunCost(
+                        requests=found.requests,
+                        app_cpu_s=(
+                            cpu_after - cpu_before
+                            if cpu_before is not None and cpu_after is not None
+                            else None
+                        ),
+                        redis=redis_use,
+                    )
+                )
+                if arm.name == "throttle":
+                    for key, count in server.get_json(TALLY_PATH).items():
                         outcomes[key] = outcomes.get(key, 0) + int(count)
                 _say(
                     progress,
                     f"bench: round {number + 1}/{options.rounds} {arm.name:<9}"
                     f"{found.rps:>9,.0f} req/s  p99 {found.p99_ms:6.2f} ms",
                 )
-    bare = runs.get("bare")
-    return Http(
+        for number in range(options.rounds):
+            turn = number % len(opened)
+            for arm in opened[turn:] + opened[:turn]:
+                paced_run = paced.run(
+                    servers[arm.name].url("/offer"),
+                    rate=options.rate,
+                    connections=options.open_connections,
+                    duration=options.duration,
+                    warmup=min(1.0, options.warmup),
+                    people=options.people,
+                    seed=1000 + number,
+                )
+                open_runs[arm.name].append(paced_run)
+                _say(
+                    progress,
+                    f"bench: open loop {number + 1}/{options.rounds} {arm.name:<9}"
+                    f"{paced_run.achieved:>7,.0f} req/s  p50 {paced_run.p50_ms:6.2f} ms  "
+                    f"p99 {paced_run.p99_ms:6.2f} ms",
+                )
+    bare = (runs["bare"], costs["bare"]) if "bare" in runs else None
+    http = Http(
         generator=generator.name,
         generator_version=generator.version,
         load=generator.describe(options.concurrency),
@@ -245,53 +328,31 @@ def _http(
         rounds=options.rounds,
         concurrency=options.concurrency,
         people=options.people,
-        arms=tuple(summarize(arm.name, arm.label, runs[arm.name], bare) for arm in arms),
+        arms=tuple(
+            summarize(arm.name, arm.label, runs[arm.name], costs[arm.name], bare) for arm in arms
+        ),
         skipped=skipped,
         throttle_outcomes=outcomes,
-        throttle_redis=counted.load(sum(n for k, n in outcomes.items() if k != "unmarked")),
         throttle_vs_slowapi_rps=(
             paired_ratio(runs["throttle"], runs["slowapi"])
             if "throttle" in runs and "slowapi" in runs
             else None
         ),
     )
-
-
-class _RedisCounters:
-    """Redis's own counters, summed over the throttle arm's runs (the other arms are idle)."""
-
-    def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(url)
-        self._totals = [0, 0, 0, 0]
-
-    def read(self) -> tuple[int, int, int, int]:
-        stats = self._client.info("stats")
-        script = self._client.info("commandstats").get("cmdstat_evalsha", {})
-        return (
-            int(stats["total_reads_processed"]),
-            int(stats["total_commands_processed"]),
-            int(script.get("calls", 0)),
-            int(script.get("usec", 0)),
-        )
-
-    def add(self, before: tuple[int, int, int, int]) -> None:
-        after = self.read()
-        for index, (was, now) in enumerate(zip(before, after, strict=True)):
-            self._totals[index] += now - was
-
-    def load(self, decisions: int) -> RedisLoad | None:
-        reads, commands, calls, usec = self._totals
-        if not decisions:
-            return None
-        return RedisLoad(
-            decisions=decisions,
-            reads_per_decision=reads / decisions,
-            commands_per_decision=commands / decisions,
-            evalsha_us=usec / calls if calls else 0.0,
-        )
-
-    def close(self) -> None:
-        self._client.close()
+    open_loop = OpenLoop(
+        generator=paced.name,
+        generator_version=paced.version,
+        load=paced.describe(options.rate, options.open_connections),
+        rate=options.rate,
+        connections=options.open_connections,
+        duration_s=options.duration,
+        rounds=options.rounds,
+        arms=tuple(
+            open_arm(arm.name, arm.label, open_runs[arm.name], open_runs.get("bare"))
+            for arm in opened
+        ),
+    )
+    return http, open_loop
 
 
 class _Server:
@@ -306,6 +367,11 @@ class _Server:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def cpu_seconds(self) -> float | None:
+        """CPU the server has used so far (its workers too); None where /proc cannot say."""
+        assert self._process is not None
+        return process_cpu_seconds(self._process.pid)
 
     def __enter__(self) -> _Server:
         loop, protocol = _server_options()
@@ -385,6 +451,12 @@ def _generator(options: Options) -> Wrk | PythonClient:
             "wrk is not installed (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)"
         )
     return PythonClient()
+
+
+def _open_generator(options: Options) -> H2load | PacedClient:
+    if options.generator == "python":
+        return PacedClient()
+    return H2load.find() or PacedClient()
 
 
 def _server_options() -> tuple[str, str]:
