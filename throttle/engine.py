@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +40,8 @@ from throttle.store.base import (
 from throttle.store.base import Outcome as StoreOutcome
 
 __all__ = ["Decision", "Engine", "Reason"]
+
+logger = logging.getLogger(__name__)
 
 # When the store fails, `on_error = "personalize"` fails open only for people this process saw
 # without restricting choices (level off or minimal, a GPC opt-out) this recently.
@@ -79,7 +82,7 @@ class Engine:
     ) -> None:
         self.store = store
         self._audit_wanted = audit
-        self._logs = LogLimiter()
+        self._logs = LogLimiter(log=logger)
         # Pseudonym -> (when seen, their level): seen lately with no restricting choice.
         self._known_open: dict[str, tuple[float, int]] = {}
         # Pseudonym -> when this process last restricted them (level off or minimal, GPC): a
@@ -97,6 +100,10 @@ class Engine:
         self._audiences: dict[str, tuple[int, float]] = {}
         self._snapshot = Snapshot(policy, audit=audit)
         self.guard = StoreGuard(retry_after=policy.store.retry_after, clock=monotonic)
+        # A store that writes on the side reports what it meets there to the same guard.
+        attach = getattr(store, "attach", None)
+        if callable(attach):
+            attach(self.guard)
 
     @property
     def policy(self) -> Policy:

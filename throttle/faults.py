@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 
 from throttle.errors import StoreUnavailable
 
-logger = logging.getLogger("throttle")
+logger = logging.getLogger(__name__)
+# A store that answers late this many times in a row is paused; one late answer is not a fault.
+TIMEOUTS_TO_TRIP = 3
 
 T = TypeVar("T")
 
@@ -20,8 +22,11 @@ class StoreGuard:
 
     A dead Redis must cost the app's requests nothing, and must not fill its logs: the first
     failure of a burst is logged, the rest are counted, and the recovery is logged with the count.
-    The engine asks `available()` before a decision and reports `succeeded()` or `failed()`
-    (the store times decisions itself, as it batches them); other calls go through `run`.
+    A store that cannot be reached or answers with an error about itself is paused at once; one
+    that answers late is paused only after `TIMEOUTS_TO_TRIP` late answers in a row, so a burst
+    on a busy machine does not pause it for everyone. The engine asks `available()` before a
+    decision and reports `succeeded()` or `failed()` (the store times decisions itself, as it
+    batches them); other calls go through `run`.
     """
 
     def __init__(self, *, retry_after: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -29,6 +34,7 @@ class StoreGuard:
         self._clock = clock
         self._paused_until = 0.0
         self._failures = 0
+        self._late = 0
 
     @property
     def failing(self) -> bool:
@@ -42,14 +48,20 @@ class StoreGuard:
         return True
 
     def succeeded(self) -> None:
+        self._late = 0
         if self._failures:
             logger.warning(
-                "throttle: store answers again; %d decisions fell back meanwhile", self._failures
+                "throttle: store answers again; %d decisions fell back meanwhile",
+                self._failures,
+                extra={"fell_back": self._failures},
             )
             self._failures = 0
 
     def failed(self, error: BaseException) -> None:
         if isinstance(error, TimeoutError):
+            self._late += 1
+            if self._late < TIMEOUTS_TO_TRIP and not self._failures:
+                return  # late once: this decision falls back, the store stays in use
             self._failed(str(error) or "no answer in time")
         else:
             self._failed(_describe(error))
@@ -70,7 +82,7 @@ class StoreGuard:
                 async with asyncio.timeout(timeout):
                     result = await call(*args, **kwargs)
         except TimeoutError as error:
-            self._failed(str(error) or f"no answer within {(timeout or 0) * 1000:.0f} ms")
+            self.failed(error)
             raise StoreUnavailable("store timed out") from None
         except Exception as error:  # refused connections, Redis error replies, broken answers
             self.failed(error)
@@ -85,8 +97,10 @@ class StoreGuard:
                 "and retrying every %.1f s",
                 why,
                 self.retry_after,
+                extra={"why": why, "retry_after": self.retry_after},
             )
         self._failures += 1
+        self._late = 0
         self._paused_until = self._clock() + self.retry_after
 
 
@@ -97,7 +111,14 @@ def _describe(error: BaseException) -> str:
 class LogLimiter:
     """Logs a message once per `interval` for each key, so bad input cannot flood the logs."""
 
-    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self._log = log or logger
         self.interval = interval
         self._clock = clock
         self._last: dict[str, float] = {}
@@ -110,4 +131,4 @@ class LogLimiter:
         if len(self._last) >= 1024:
             self._last.clear()
         self._last[key] = now
-        logger.warning(message, *args, exc_info=exc_info)
+        self._log.warning(message, *args, exc_info=exc_info, extra={"about": key})

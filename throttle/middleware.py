@@ -59,7 +59,7 @@ _NEUTRAL_HEADERS = frozenset(
     }
 )  # fmt: skip
 
-logger = logging.getLogger("throttle")
+logger = logging.getLogger(__name__)
 
 Identify = Callable[[Scope], "str | int | None"]
 # Longest id `identify` may return: an email address is at most 254 characters, a UUID 36.
@@ -156,7 +156,7 @@ class ThrottleMiddleware:
             self.refusal = f"throttle cannot start: {kind}{error}"
         self.time_zone = time_zone or time_zone_header
         self.fallback = fallback
-        self._logs = LogLimiter()
+        self._logs = LogLimiter(log=logger)
         self._kept_for: Policy | None = None
         self._kept: frozenset[bytes] = frozenset()
         self._headers: dict[tuple[object, ...], bytes] = {}

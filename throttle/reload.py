@@ -11,7 +11,7 @@ from pathlib import Path
 from throttle.errors import PolicyError
 from throttle.policy import Policy, layered_policy, version_of
 
-logger = logging.getLogger("throttle")
+logger = logging.getLogger(__name__)
 
 
 class PolicyWatcher:

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from throttle.audit import pack_entry
 from throttle.errors import DecisionRefused, StoreUnavailable
+from throttle.faults import LogLimiter, StoreGuard
 from throttle.store.base import (
     AuditLimits,
     Choice,
@@ -57,7 +58,7 @@ from throttle.store.layout import (
 )
 from throttle.store.pipe import Pipe, bulk, command, reply_error
 
-logger = logging.getLogger("throttle.store")
+logger = logging.getLogger(__name__)
 
 _DELIVER = script("deliver")
 _CHOOSE = script("choose")
@@ -149,6 +150,13 @@ class RedisStore:
         # After a failed connection nothing connects again before this (monotonic) time.
         self._retry_at = 0.0
         self.retry_after = 1.0
+        # The engine's guard, which logs and counts store faults once per burst.
+        self.guard: StoreGuard | None = None
+        self._logs = LogLimiter(log=logger)
+
+    def attach(self, guard: StoreGuard) -> None:
+        """Report faults met off the decision path (side writes) to the engine's guard."""
+        self.guard = guard
 
     def person_key(self, person: str) -> str:
         """The person's record: counters, budget, audit token, recent decisions."""
@@ -626,8 +634,13 @@ class RedisStore:
             if remembered is not None and remembered[3] is not None:
                 token = reply.decode() if isinstance(reply, bytes) else ""
                 self.record(remembered[2], token, remembered[3], self._trail_limits)  # type: ignore[arg-type]
-        if failed is not None:
-            logger.warning("throttle: writing the audit trail failed: %s", failed)
+        if failed is None:
+            return
+        if failed.startswith(_SERVER_ERRORS) and self.guard is not None:
+            # About the server, not one write: the same fault the decisions meet, reported once.
+            self.guard.failed(StoreUnavailable(f"Redis: {failed}"))
+        else:
+            self._logs.warning("side", "throttle: writing the audit trail failed: %s", failed)
 
     async def _reload_scripts_quietly(self) -> None:
         with contextlib.suppress(Exception):
