@@ -89,7 +89,7 @@ class Engine:
         # decision sent before that cannot mark them open again.
         self._restricted_at: dict[str, float] = {}
         self._touched: dict[str, float] = {}
-        self._audit_tails: dict[tuple[int, Decision], tuple[Marker | None, bytes]] = {}
+        self._audit_tails: dict[tuple[object, ...], tuple[Marker | None, bytes]] = {}
         key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
         key = key.ljust(_SHA256_BLOCK, b"\0")
         self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
@@ -312,13 +312,8 @@ class Engine:
             snapshot.shadow_caps,
         )
         words = plan.words[key]
-        if words.outcome == "personalized":
-            return self._personalized(snapshot, plan, words.reason, scored, words.shadow), (
-                outcome.token
-            )
-        return self._decision(
-            snapshot, plan, words, scored, self._resolve(snapshot, wanted)
-        ), outcome.token
+        segment = None if words.outcome == "personalized" else self._resolve(snapshot, wanted)
+        return self._decision(snapshot, plan, words, scored, segment), outcome.token
 
     async def _store_failed(
         self, snapshot: Snapshot, plan: Plan, pseudonym: str, wanted: tuple[str, ...], gpc: bool
@@ -503,8 +498,12 @@ class Engine:
 
     def _tail(self, snapshot: Snapshot, decision: Decision, marker: Marker | None) -> bytes:
         # Decisions repeat: the same marker, outcome and factors for many people. What they
-        # share is packed once; only the time and the person are packed per decision.
-        key = (id(marker), decision)
+        # share is packed once; only the time and the person are packed per decision. (The
+        # factors follow from the marker and the score under one policy version.)
+        key = (
+            id(marker), decision.outcome, decision.reason, decision.rule, decision.score,
+            decision.segment, decision.shadow, decision.policy_version,
+        )  # fmt: skip
         known = self._audit_tails.get(key)
         if known is not None and known[0] is marker:
             return known[1]
@@ -599,12 +598,10 @@ class Engine:
         plan: Plan,
         reason: Reason,
         content: ContentScore,
-        shadow: bool | None = None,
     ) -> Decision:
-        words = snapshot.words(reason, None, "personalized")
-        if shadow is not None:
-            words = words._replace(shadow=shadow)
-        return self._decision(snapshot, plan, words, content, None)
+        return self._decision(
+            snapshot, plan, snapshot.words(reason, None, "personalized"), content, None
+        )
 
     def _decision(
         self,

@@ -8,7 +8,8 @@ also counts what the key's share of the keyspace and expiry tables costs.
 
 Each is weighed twice, with the audit trail as the policy has it and with it turned off: what
 the trail adds is the person's recent decisions (keys of their own) and their entries in the
-audit stream (`MEMORY USAGE` of the stream over its length, times the day's messages).
+audit stream (`MEMORY USAGE` of the stream over the decisions it holds, times the day's
+messages; each append to the stream carries many decisions, and says how many).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -53,7 +55,7 @@ class Memory:
     per_person_bytes: float
     sampled_mean_bytes: float
     outcomes: dict[str, int]
-    # The audit stream after the pass: entries kept (bounded by `audit.max_entries`), bytes.
+    # The audit stream after the pass: decisions kept (bounded by `audit.max_entries`), bytes.
     trail_entries: int
     trail_bytes: int
 
@@ -130,7 +132,7 @@ async def measure(
         one_campaign = await _usage(client, key("one-campaign"))
         step = max(1, people // _SAMPLED_KEYS)
         sampled = [await _usage(client, key(person)) for person in persons[::step]]
-        trail_entries = int(await client.xlen(store.audit_key))
+        trail_entries = await _decisions_in(client, store.audit_key)
         trail_bytes = await _usage(client, store.audit_key)
     finally:
         await client.aclose()
@@ -186,3 +188,16 @@ async def _slot_usage(client: aioredis.Redis, person_key: str) -> int:
 
 async def _used_memory(client: aioredis.Redis) -> int:
     return int((await client.info("memory"))["used_memory"])
+
+
+async def _decisions_in(client: Any, key: str) -> int:
+    """How many decisions the audit stream holds: the sum of its appends' counts."""
+    total, start = 0, "-"
+    while True:
+        rows: Any = await client.xrange(key, start, "+", count=1000)
+        total += sum(int(fields.get(b"n", b"1")) for _, fields in rows)
+        if len(rows) < 1000:
+            return total
+        last = rows[-1][0].decode()
+        ms, _, sequence = last.partition("-")
+        start = f"{ms}-{int(sequence) + 1}"

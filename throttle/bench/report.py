@@ -168,5 +168,5 @@ def _memory(results: Results) -> list[str]:
         f"  the audit trail adds {results.memory.trail_per_person_bytes:.0f} B per person: "
         f"{results.memory.trail_person_keys_bytes} B of recent decisions in the person's keys, "
         f"{on.messages} x {on.trail_entry_bytes:.0f} B in the stream ({on.trail_entries:,} "
-        f"entries kept, {on.trail_bytes:,} B, bounded by audit.max_entries)",
+        f"decisions kept, {on.trail_bytes:,} B, bounded by audit.max_entries)",
     ]
