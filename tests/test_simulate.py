@@ -14,6 +14,7 @@ import pytest
 from examples import trace as trace_generator
 from tests.helpers import NO_REPETITION, policy
 from throttle.cli import main
+from throttle.decision import Reason
 from throttle.simulate import TraceReader, replay, simulate
 
 T0 = 1_793_577_600.0  # 2026-11-02 00:00 UTC, a Monday
@@ -328,8 +329,8 @@ def test_the_report_shows_category_content_and_every_gate(tmp_path: Path) -> Non
     report = out.getvalue()
     for words in (
         "content about its category",
-        "special category, no consent",
-        "sets a price or eligibility",
-        "relevance too low for it",
+        Reason.SPECIAL_CATEGORY.label,
+        Reason.AUTOMATED_DECISION.label,
+        Reason.CALCULUS.label,
     ):
-        assert re.search(rf"{words}\s+1  25.0%", report), words
+        assert re.search(rf"{re.escape(words)}\s+1  25.0%", report), words

@@ -36,38 +36,25 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from throttle.audit import AuditEntry
+from throttle.decision import Reason
 from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.policy import parse_duration
 
 # What the policy decides: these refusals are the ones that could single a group out.
-LIMIT_REASONS = frozenset(
-    {"frequency-cap", "budget", "creepiness", "quiet-hours", "calculus", "store-unavailable"}
-)
+LIMIT_REASONS = frozenset(r.value for r in Reason if r.kind == "limit")
 # What the policy let through; with LIMIT_REASONS, the decisions the fairness view counts.
-PERSONALIZED_REASONS = frozenset({"allowed", "transactional"})
+PERSONALIZED_REASONS = frozenset(r.value for r in Reason if r.kind == "granted")
 # A person's own choices, never counted against the brand.
-CHOICE_REASONS = frozenset({"consent", "preference", "special-category", "anonymous"})
+CHOICE_REASONS = frozenset(r.value for r in Reason if r.kind == "choice")
 # What the law rules out for every person alike (GDPR Art. 22), never counted either.
-LAW_REASONS = frozenset({"automated-decision"})
+LAW_REASONS = frozenset(r.value for r in Reason if r.kind == "law")
 FAIRNESS_REASONS = LIMIT_REASONS | PERSONALIZED_REASONS
 
 EVERYONE_LABEL = "(everyone)"
 UNKNOWN_LABEL = "(unknown)"
 
-_REASON_WORDS = {
-    "allowed": "within every limit",
-    "transactional": "transactional, never limited",
-    "frequency-cap": "a frequency cap",
-    "budget": "the creepiness budget",
-    "creepiness": "too creepy",
-    "quiet-hours": "quiet hours",
-    "consent": "no consent (the person's choice)",
-    "preference": "the person's preference",
-    "anonymous": "not signed in",
-    "store-unavailable": "store unavailable",
-    "invalid-marker": "unreadable marker",
-    "internal-error": "internal error",
-}
+# Each reason's words, from the one vocabulary (throttle/decision.py).
+_REASON_WORDS = {r.value: r.label for r in Reason}
 # How far the stream IDs read reach past a period (see Reader).
 _APPEND_SLACK_MS = 300_000
 # The highest sequence number of a stream ID, so that `<ms>-<this>` ends millisecond `ms`.

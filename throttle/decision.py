@@ -45,8 +45,8 @@ class Reason(StrEnum):
         "special category without explicit consent",
         "choice",
     )
-    AUTOMATED_DECISION = "automated-decision", "automated decision (GDPR Art. 22)", "law"
-    CALCULUS = "calculus", "relevance does not outweigh creepiness", "limit"
+    AUTOMATED_DECISION = "automated-decision", "sets a price, credit or eligibility", "law"
+    CALCULUS = "calculus", "relevance too low for its creepiness", "limit"
     ANONYMOUS = "anonymous", "not signed in", "choice"
     STORE_UNAVAILABLE = "store-unavailable", "store unavailable", "limit"
     INVALID_MARKER = "invalid-marker", "unreadable marker", "fault"

@@ -21,21 +21,8 @@ REASONS = (
 )  # fmt: skip
 # Content about the message's category (the middle band) is neither personalized nor segment.
 CATEGORY = "category"
-REASON_WORDS = {
-    Reason.FREQUENCY_CAP: "a frequency cap",
-    Reason.BUDGET: "the creepiness budget",
-    Reason.CREEPINESS: "too creepy",
-    Reason.QUIET_HOURS: "quiet hours",
-    Reason.CALCULUS: "relevance too low for it",
-    Reason.SPECIAL_CATEGORY: "special category, no consent",
-    Reason.AUTOMATED_DECISION: "sets a price or eligibility",
-    Reason.PREFERENCE: "the person's own level",
-    Reason.CONSENT: "no consent (GPC)",
-    Reason.ANONYMOUS: "not signed in",
-    Reason.STORE_UNAVAILABLE: "store unavailable",
-    Reason.INVALID_MARKER: "unreadable marker",
-    Reason.INTERNAL_ERROR: "internal error",
-}
+# Each reason's words, from the one vocabulary (throttle/decision.py).
+REASON_WORDS = {reason: reason.label for reason in REASONS}
 
 
 def label(tally: Tally) -> str:
