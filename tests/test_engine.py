@@ -429,3 +429,22 @@ def test_an_audit_entry_packed_from_a_shared_tail_reads_back_whole() -> None:
     packed = pack_entry(entry.time_ms, entry.person, pack_tail(entry.tail()))
     assert packed == entry.pack()
     assert AuditEntry.unpack(packed) == entry
+
+
+async def test_recent_decisions_are_kept_no_longer_than_the_trail(
+    store: Store, clock: ManualClock
+) -> None:
+    throttle = engine(HOURLY_CAP_OF_3 + '[audit]\nmax_age = "1d"\n', store, clock)
+    for _ in range(6):  # a decision every 20 hours
+        await throttle.decide(marker(), person="ana")
+        clock.advance(20 * 3600)
+    await throttle.decide(marker(), person="ana")
+    recent = [AuditEntry.unpack(e) for e in await store.recent(throttle.pseudonym("ana"))]
+    now_ms = int(clock.now * 1000)
+    assert all(now_ms - e.time_ms < 86_400_000 for e in recent), recent
+    assert len(recent) == 2
+    # The trail turned off: what it kept goes with the next write.
+    off = engine(HOURLY_CAP_OF_3 + NO_AUDIT, store, clock)
+    clock.advance(3600)
+    await off.decide(marker(), person="ana")
+    assert await store.recent(throttle.pseudonym("ana")) == []

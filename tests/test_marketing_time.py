@@ -327,3 +327,24 @@ async def test_quiet_hours_may_cover_only_some_channels(store: Store, clock: Man
     push = await throttle.decide(marker(channel="push"), person="ana", zone="Europe/Berlin")
     page = await throttle.decide(marker(channel="web"), person="ana", zone="Europe/Berlin")
     assert (push.reason, page.reason) == (Reason.QUIET_HOURS, Reason.ALLOWED)
+
+
+async def test_in_shadow_mode_quiet_hours_never_hide_a_persons_own_no(
+    store: Store, clock: ManualClock
+) -> None:
+    # Shadow mode delivers what a limit refuses; quiet hours are a limit, a person's level, a
+    # special category without consent and a GPC opt-out are not: those come first.
+    throttle = engine(QUIET, store, clock, mode="shadow")
+    clock.now = at(BERLIN, 2026, 11, 24, 23, 0)
+    await throttle.set_level("ana", "off")
+    cases = [
+        (marker(), "ana", False, Reason.PREFERENCE),
+        (marker(signals=("health",)), "ben", False, Reason.SPECIAL_CATEGORY),
+        (marker(signals=("cart",), inferred=True), "cleo", True, Reason.CONSENT),
+    ]
+    for message, who, gpc, reason in cases:
+        decision = await throttle.decide(message, person=who, gpc=gpc, zone="Europe/Berlin")
+        assert (decision.reason, decision.delivers_personalized) == (reason, False), who
+    # Someone with no objection: quiet hours, reported, and delivered in shadow mode.
+    watched = await throttle.decide(marker(), person="dev", zone="Europe/Berlin")
+    assert (watched.reason, watched.shadow) == (Reason.QUIET_HOURS, True)

@@ -220,3 +220,61 @@ async def test_the_audit_trail_expires_when_decisions_stop(
     # Every key throttle wrote goes by itself: the trail, records, audiences, pieces.
     assert ttls and all(ttl > 0 for ttl in ttls.values()), ttls
     assert 0 < ttls[b"throttle:audit"] <= 2 * 86_400_000
+
+
+async def test_one_late_batch_of_many_decisions_pauses_nobody(private_redis: RedisServer) -> None:
+    store = RedisStore(private_redis.url)
+    throttle = Engine(
+        policy(CAP + '[store]\ntimeout = "100ms"\nretry_after = "5s"\n'), store, secret=SECRET
+    )
+    await throttle.decide(marker(), person="warm-up")
+    client = private_redis.client()
+    client.execute_command("CLIENT", "PAUSE", "400", "ALL")
+    client.close()
+    late = await asyncio.gather(*(throttle.decide(marker(), person=f"p{n}") for n in range(5)))
+    await asyncio.sleep(0.5)
+    after = await throttle.decide(marker(), person="ben")
+    await store.aclose()
+    assert {d.reason for d in late} == {Reason.STORE_UNAVAILABLE}
+    assert after.reason is Reason.ALLOWED  # one late batch is one late answer, not five
+
+
+async def test_recent_decisions_come_back_after_redis_lost_its_data(
+    redis_url: str, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    store = RedisStore(redis_url)
+    throttle = engine(CAP, store, clock)
+    await throttle.decide(marker(), person="ana")
+    client = redis_server.client()
+    client.flushall()  # a restart without persistence, or an operator's FLUSHALL
+    client.close()
+    for _ in range(3):
+        await throttle.decide(marker(), person="ana")
+    # The piece the three share was lost with the rest; the store that knows it mends it.
+    assert len(await store.recent(throttle.pseudonym("ana"))) == 3
+    await store._write_pending_now()
+    fingerprint = throttle._snapshot.plan(marker()).recent.fingerprint  # type: ignore[union-attr]
+    assert await store._client.exists(store.piece_key(fingerprint)) == 1
+    await store.aclose()
+
+
+async def test_a_corrupt_record_is_a_503_never_a_500(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    import httpx
+
+    from tests.apps import storefront
+
+    store = RedisStore(redis_url)
+    app = storefront(policy=policy(CAP), store=store, secret=SECRET)
+    pseudonym = Engine(policy(CAP), store, secret=SECRET).pseudonym("ana")
+    client = redis_server.client()
+    client.set(store.person_key(pseudonym), b"\xc1 not msgpack")
+    client.close()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://shop.test"
+    ) as http:
+        for path in ("/privacy/data", "/privacy/why"):
+            response = await http.get(path, headers={"x-test-user": "ana"})
+            assert response.status_code == 503, path
+    await store.aclose()

@@ -218,13 +218,16 @@ class Engine:
     ) -> tuple[Decision, str | None]:
         """The decision, and the person's audit token when the store made it (None if not)."""
         refusal = self._gate(snapshot, plan, purposes)
-        now_ms = self._now_ms()
-        local, quiet = (None, None) if refusal else self._quiet(snapshot, plan.marker, zone, now_ms)
-        refusal = refusal or quiet
         if refusal is not None:
             words = snapshot.words(*refusal)
             return await self._segment(snapshot, plan, words, plan.content), None
-        return await self._ask_store(snapshot, plan, pseudonym, now_ms, local, gpc)
+        now_ms = self._now_ms()
+        # Quiet hours are the store's to refuse, after the person's own choices: in shadow mode
+        # a limit is reported and delivered, a person's no never is.
+        local, quiet = self._quiet(snapshot, plan.marker, zone, now_ms)
+        return await self._ask_store(
+            snapshot, plan, pseudonym, now_ms, local, gpc, quiet is not None
+        )
 
     def _gate(
         self, snapshot: Snapshot, plan: Plan, purposes: frozenset[int] | None
@@ -265,6 +268,7 @@ class Engine:
         now_ms: int,
         local: LocalTime | None,
         gpc: bool,
+        quiet: bool,
     ) -> tuple[Decision, str | None]:
         marker, content = plan.marker, plan.content
         wanted = self._audiences_of(marker.segment)
@@ -282,6 +286,7 @@ class Engine:
             plan.forbidden_by_gpc,
             milli(marker.relevance) if marker.relevance is not None else -1,
             gpc,
+            quiet,
             plan.recent,
         )
         guard = self.guard
@@ -297,6 +302,9 @@ class Engine:
             else:
                 guard.succeeded()
         if outcome is None:
+            if quiet:  # no store needed to say it is their quiet hours; never failing open
+                words = snapshot.words(Reason.QUIET_HOURS, "quiet_hours")._replace(shadow=False)
+                return await self._segment(snapshot, plan, words, content), None
             return await self._store_failed(snapshot, plan, pseudonym, wanted, gpc), None
         self._remember_open(pseudonym, outcome, sent_at)
         if outcome.segment_sizes:

@@ -35,6 +35,9 @@ class StoreGuard:
         self._paused_until = 0.0
         self._failures = 0
         self._late = 0
+        # The last late answer counted: decisions that shared one late batch share its error,
+        # and count as one late answer.
+        self._last_late: BaseException | None = None
 
     @property
     def failing(self) -> bool:
@@ -59,6 +62,9 @@ class StoreGuard:
 
     def failed(self, error: BaseException) -> None:
         if isinstance(error, TimeoutError):
+            if error is self._last_late:
+                return
+            self._last_late = error
             self._late += 1
             if self._late < TIMEOUTS_TO_TRIP and not self._failures:
                 return  # late once: this decision falls back, the store stays in use

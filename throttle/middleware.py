@@ -7,6 +7,7 @@ as well; segment content replaces it, and the personalized body is discarded unr
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import logging
@@ -118,6 +119,9 @@ class ThrottleMiddleware:
     - `reload_interval`: how often, in seconds, to look for an edited policy file (`None`: never).
       A valid edit takes effect without a restart; an invalid one is logged and ignored.
     - `clock`: seconds since the epoch; tests and simulations pass their own.
+    - `freeze_gc`: once the app has started (lifespan), `gc.freeze()` the objects start-up made,
+      so full garbage collections skip them and stay short (the p99 tail under load); `False`
+      leaves the collector alone.
 
     A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
     When a framework builds the middleware itself (Starlette's and FastAPI's
@@ -140,8 +144,10 @@ class ThrottleMiddleware:
         time_zone: TimeZone | None = None,
         reload_interval: float | None = 2.0,
         clock: Callable[[], float] = time.time,
+        freeze_gc: bool = True,
     ) -> None:
         self.app = app
+        self.freeze_gc = freeze_gc
         # Why this middleware cannot work, when a framework built it and start-up must say so.
         self.refusal: str | None = None
         self._refusal_logged = -math.inf
@@ -229,7 +235,11 @@ class ThrottleMiddleware:
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def send_and_close(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            if message["type"] == "lifespan.startup.complete" and self.freeze_gc:
+                # What start-up made lives as long as the process: keeping it out of the
+                # collector's sight makes every full collection, a latency spike, cheaper.
+                gc.freeze()
+            elif message["type"] == "lifespan.shutdown.complete":
                 await self.engine.aclose()
             await send(message)
 

@@ -212,6 +212,7 @@ class Snapshot:
             "s": self.words(Reason.CREEPINESS, "creepiness.threshold"),
             "o": self.words(Reason.CONSENT, "consent.gpc"),
             "k": self.words(Reason.CALCULUS, "calculus"),
+            "q": self.words(Reason.QUIET_HOURS, "quiet_hours"),
         }
         for level, rule in enumerate(LEVEL_RULES):
             words[f"p{level}"] = self.words(Reason.PREFERENCE, rule)

@@ -31,6 +31,8 @@ class Verdict(IntEnum):
     GPC = 6
     # Its relevance does not outweigh its creepiness for this person.
     CALCULUS = 7
+    # It is the person's quiet hours (checked after their own choices, before any limit).
+    QUIET_HOURS = 8
 
 
 # Personalization levels as the store keeps them.
@@ -227,7 +229,8 @@ def outcome_key(
 ) -> str:
     """How a store's verdict comes out, as a key of `RecentTemplate.outcomes`: `a` allowed,
     `t` transactional, `g` the category band, `c<i>` cap i, `b` budget, `s` creepiness,
-    `p0`/`p1` level off/minimal, `x<i>` the i-th special category, `o` GPC, `k` calculus.
+    `p0`/`p1` level off/minimal, `x<i>` the i-th special category, `o` GPC, `k` calculus,
+    `q` quiet hours.
 
     `band` is the category band's (low, high] by level 1 to 3, `()` for none; `shadow_caps`
     the indexes of caps in shadow mode. `lua/deliver.lua` makes the same choice."""
@@ -246,6 +249,7 @@ def outcome_key(
 
 
 _VERDICT_KEYS = {
+    Verdict.QUIET_HOURS: "q",
     Verdict.BUDGET: "b",
     Verdict.CREEPINESS: "s",
     Verdict.GPC: "o",
@@ -280,6 +284,8 @@ class Delivery(NamedTuple):
     # The request carries a GPC opt-out now: record it in the person's choices (kept from its
     # first time), before the answer, so every worker honours it at once.
     gpc_now: bool = False
+    # It is the person's quiet hours: refused after their level, GPC opt-out and consents.
+    quiet: bool = False
     # How to write this decision into the person's recent decisions; None: keep none.
     recent: RecentTemplate | None = None
 

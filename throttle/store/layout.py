@@ -43,6 +43,7 @@ class Flag(IntFlag):
     TRANSACTIONAL = 2  # only the person's level and threshold apply; nothing is counted
     GPC_FORBIDS = 4  # a GPC opt-out (now or kept) rules the message out
     GPC_NOW = 8  # the request carries a GPC opt-out: keep it in the person's choices
+    QUIET = 16  # the person's quiet hours: refused after their own choices, before any limit
 
 
 class Limit(IntEnum):

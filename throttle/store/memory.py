@@ -36,7 +36,7 @@ class _Record:
     counters: dict[str, list[int]] = field(default_factory=dict)
     budget: list[list[int]] = field(default_factory=list)
     token: str = ""
-    recent: list[bytes] = field(default_factory=list)  # oldest first
+    recent: list[tuple[int, bytes]] = field(default_factory=list)  # (when, entry), oldest first
     expires_ms: int = 0
 
 
@@ -208,7 +208,12 @@ class MemoryStore:
             return
         record = record or _Record()
         record.token = record.token or secrets.token_hex(_TOKEN_BYTES)
-        record.recent = _remembered(record.recent, pack_entry(time_ms, "", tail), audit.per_person)
+        record.recent = _remembered(
+            record.recent,
+            (time_ms, pack_entry(time_ms, "", tail)),
+            audit.per_person,
+            time_ms - audit.keep_ms,
+        )
         record.expires_ms = max(record.expires_ms, time_ms + audit.keep_ms)
         self._people[person] = record
         self.record(time_ms, record.token, tail, audit)
@@ -222,7 +227,7 @@ class MemoryStore:
 
     async def recent(self, person: str) -> list[bytes]:
         record = self._record(person, self._now_ms)
-        return record.recent[::-1] if record is not None else []
+        return [entry for _, entry in reversed(record.recent)] if record is not None else []
 
     async def erase(self, person: str) -> Erasure:
         record = self._people.pop(person, None)
@@ -285,6 +290,8 @@ class _Decision:
         for index, category in enumerate(delivery.special):
             if category not in consented:
                 return self.finish(Verdict.SPECIAL, index, content, 0, f"x{index}", False)
+        if delivery.quiet:
+            return self.finish(Verdict.QUIET_HOURS, -1, content, 0, "q", False)
         threshold = (
             limits.minimal_threshold_milli
             if level == 1
@@ -372,9 +379,13 @@ class _Decision:
     ) -> _Decided:
         template, now, per_person = self.template, self.now, self.limits.recent_per_person
         if template is not None and per_person > 0:
-            entry = template.entry(now, key, score)
-            self.recent = _remembered(self.recent, entry, per_person)
+            entry = (now, template.entry(now, key, score))
+            self.recent = _remembered(
+                self.recent, entry, per_person, now - self.limits.recent_keep_ms
+            )
             changed = True
+        else:
+            self.recent = []  # the trail is off now: what it kept goes with the next write
         record = self.held
         if changed or self.dirty:
             record = _Record(
@@ -397,9 +408,16 @@ class _Decision:
         return keep
 
 
-def _remembered(recent: list[bytes], entry: bytes, keep: int) -> list[bytes]:
-    """The recent decisions with `entry` appended, the newest `keep` of them."""
-    return [*recent, entry][-keep:]
+def _remembered(
+    recent: list[tuple[int, bytes]], entry: tuple[int, bytes], keep: int, oldest: int
+) -> list[tuple[int, bytes]]:
+    """The recent decisions with `entry` appended: the newest `keep` of them, none older than
+    `oldest` (as record.lua keeps them)."""
+    kept = [*recent, entry][-keep:]
+    first = 0
+    while first < len(kept) - 1 and kept[first][0] <= oldest:
+        first += 1
+    return kept[first:]
 
 
 def _refused_by(

@@ -90,7 +90,9 @@ _SERVER_ERRORS = (
 _TOKEN_BYTES = 8
 # What many recent decisions share is written beside the records again this often per process,
 # so that it outlives every record that names it.
-_RECENT_PIECE_REFRESH_SECONDS = 3600.0
+_RECENT_PIECE_REFRESH_SECONDS = 60.0
+# A piece written again by a reader is kept this long; the next decision's refresh sets it right.
+_MENDED_PIECE_KEEP_MS = 86_400_000
 # Pieces of recent decisions: a message's template, or one decision made without the store.
 _TEMPLATE, _ENTRY = 1, 2
 
@@ -124,8 +126,10 @@ class RedisStore:
         self._encoded_limits: dict[Limits, bytes] = {}
         # A template's fingerprint, as an argument and as bytes.
         self._encoded_recent: dict[RecentTemplate, tuple[bytes, bytes]] = {}
-        # Fingerprint -> when this process last wrote the piece it names (monotonic).
+        # Fingerprint -> when this process last wrote the piece it names (monotonic), and the
+        # templates it knows by fingerprint (to mend a piece Redis lost, when a reader finds it).
         self._pieces_written: dict[bytes, float] = {}
+        self._templates: dict[bytes, RecentTemplate] = {}
         self._pieces: list[bytes] = []  # SETs of pieces, waiting for the next write
         self._pending: list[_Call] = []
         self._flush_scheduled = False
@@ -232,12 +236,15 @@ class RedisStore:
         except BaseException:
             self._retry_at = time.monotonic() + self.retry_after
             raise
+        # A new connection may be to a Redis that restarted empty: pieces are written again.
+        self._pieces_written.clear()
 
     async def _reload_scripts(self) -> None:
         await self._pipe.connect()
         for loaded in await self._pipe.send(b"".join(_LOAD_SCRIPTS), len(_LOAD_SCRIPTS)):
             if (error := reply_error(loaded)) is not None:
                 raise error
+        self._pieces_written.clear()  # a Redis that lost its scripts lost its pieces too
 
     async def _prepare_then_send(
         self,
@@ -390,8 +397,10 @@ class RedisStore:
             if known is None:
                 if len(self._encoded_recent) >= _CACHE_SIZE:
                     self._encoded_recent.clear()
+                    self._templates.clear()
                 fingerprint = template.fingerprint
                 known = self._encoded_recent[template] = (bulk(fingerprint), fingerprint)
+                self._templates[fingerprint] = template
             recent, fingerprint = known
             self._keep_piece(fingerprint, _TEMPLATE, template, delivery.limits.recent_keep_ms)
             token = bulk(self._token())
@@ -400,6 +409,7 @@ class RedisStore:
             + Flag.TRANSACTIONAL * delivery.transactional
             + Flag.GPC_FORBIDS * delivery.gpc_forbids
             + Flag.GPC_NOW * delivery.gpc_now
+            + Flag.QUIET * delivery.quiet
         )
         call = numbers(
             [
@@ -449,7 +459,8 @@ class RedisStore:
             raw, raw_choices = await self._client.mget(
                 self.person_key(person), self.choices_key(person)
             )
-        core = decode_record(raw)
+            core = decode_record(raw)
+            choices = msgpack.unpackb(raw_choices, raw=False) if raw_choices is not None else None
         state: dict[str, Any] = {}
         base = core.get("t", 0)
         if core.get("c"):
@@ -457,8 +468,8 @@ class RedisStore:
         if core.get("b"):
             budget = core["b"]
             state["b"] = [[base + budget[i], budget[i + 1]] for i in range(0, len(budget) - 1, 2)]
-        if raw_choices is not None:
-            state["p"] = dict(msgpack.unpackb(raw_choices, raw=False))
+        if isinstance(choices, dict) and choices:
+            state["p"] = dict(choices)
         return state or None
 
     async def recent(self, person: str) -> list[bytes]:
@@ -473,6 +484,15 @@ class RedisStore:
                 else []
             )
         known = dict(zip(fingerprints, pieces, strict=True))
+        for fingerprint, piece in known.items():
+            template = self._templates.get(fingerprint)
+            if piece is None and template is not None:
+                # Redis lost it (a restart, a flush): this process knows it, and writes it again.
+                known[fingerprint] = msgpack.packb(
+                    [_TEMPLATE, template.packed()], use_bin_type=True
+                )
+                self._pieces_written.pop(fingerprint, None)
+                self._keep_piece(fingerprint, _TEMPLATE, template, _MENDED_PIECE_KEEP_MS)
         entries = []
         for when, fingerprint, key, score in reversed(decisions):
             entry = _entry_of(known.get(fingerprint), when, key, score)
@@ -650,6 +670,7 @@ class RedisStore:
         """Side writes that did not reach Redis wait for the next write (decisions made without
         the store are kept; the trail entries of a lost append are not resent)."""
         self._remembered[:0] = [h.remembered for h in handlers if h.remembered is not None]
+        self._pieces_written.clear()  # pieces that were in the lost write are written again
 
     async def _write_pending_now(self) -> None:
         """Write what waits before reading: a person asking why, or what is held about them,
@@ -804,6 +825,8 @@ async def _unavailable_on_error() -> AsyncIterator[None]:
         yield
     except (RedisError, OSError) as error:
         raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+    except (ValueError, TypeError) as error:  # a record msgpack cannot read: not a 500
+        raise StoreUnavailable(f"unreadable record: {error}") from error
 
 
 def _store_error(error: BaseException) -> Exception:

@@ -3,15 +3,11 @@
 -- KEYS[1]  the person's choices: "<prefix>{<pseudonym>}:choices", a msgpack map
 -- ARGV[1]  the change: "level" (ARGV[2] the level: 0 off, 1 minimal, 2 standard, 3 full),
 --          "consent" or "withdraw" (ARGV[2] a special category), "opt-out" (a GPC opt-out was
---          seen: kept from its first time on), "opt-in" (the person clears it themselves),
---          "touch" (the person came back: choices they have are kept longer; none are made)
+--          seen: kept from its first time on), "opt-in" (the person clears it themselves)
 -- ARGV[3]  now, ms since the Unix epoch
 -- ARGV[4]  how long choices are kept after the person's last decision, ms
 -- Choices that come to nothing are deleted rather than kept empty.
 
-if ARGV[1] == 'touch' then
-  return redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
-end
 local choices = {}
 local raw = redis.call('GET', KEYS[1])
 if raw then choices = cmsgpack.unpack(raw) end

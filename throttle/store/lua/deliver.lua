@@ -10,7 +10,8 @@
 --            the person's level, their audit token or "" }
 --          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness, 4 the person's level
 --          (with the level, 0 or 1, in place of the cap index), 5 a special category without
---          consent (with its index in ARGV[ARG_SPECIAL]), 6 the GPC opt-out, 7 the calculus
+--          consent (with its index in ARGV[ARG_SPECIAL]), 6 the GPC opt-out, 7 the calculus,
+--          8 the person's quiet hours
 --
 -- Every table made costs Redis more than the arithmetic does, so the script makes few: the
 -- numbers arrive struct-packed, and a person's counters are pruned and extended in place.
@@ -57,8 +58,11 @@ end
 -- Ends the script: records what changed and answers.
 local function finish(verdict, index, score, repetitions, key, changed)
   if remembering then
-    core.r = remembered(core.r, now, fingerprint, key, score, per_person)
+    core.r = remembered(
+      core.r, now, fingerprint, key, score, per_person, now - limit[LIMIT_RECENT_KEEP])
     changed = true
+  elseif core.r then
+    core.r = nil  -- the trail is off now: what it kept goes with the next write
   end
   if changed or dirty then
     local logs = core.c
@@ -72,7 +76,7 @@ local function finish(verdict, index, score, repetitions, key, changed)
     local keep = 0
     if core.c or core.b then keep = ttl end
     if core.r and limit[LIMIT_RECENT_KEEP] > keep then keep = limit[LIMIT_RECENT_KEEP] end
-    if rel > 2147483647 and (core.c or core.b) then
+    if rel > 2147483647 and rel > ttl and (core.c or core.b) then
       -- Offsets past 31 bits take 9 bytes each: count from a newer base (rarely needed).
       local shift = rel - ttl
       for _, log in pairs(core.c or {}) do
@@ -103,6 +107,9 @@ if ARGV[ARG_SPECIAL] ~= '' then
     end
     special_index = special_index + 1
   end
+end
+if bit.band(flags, FLAG_QUIET) ~= 0 then
+  return finish(8, -1, content_score, 0, 'q', false)
 end
 local threshold = limit[LIMIT_THRESHOLD]
 if level == 1 then

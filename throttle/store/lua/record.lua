@@ -19,14 +19,20 @@ local function decode_record(raw)
   return cmsgpack.unpack(raw)
 end
 
--- The recent decisions with one more, the newest `keep` of them.
-local function remembered(recent, now, fingerprint, key, score, keep)
+-- The recent decisions with one more: the newest `keep` of them, none older than `oldest`.
+local function remembered(recent, now, fingerprint, key, score, keep, oldest)
   local record = struct.pack('>I6', now) .. fingerprint
     .. key .. string.rep(' ', 6 - #key) .. struct.pack('>I2', score)
   recent = (recent or '') .. record
   if #recent > keep * RECENT_SIZE then
     recent = string.sub(recent, -keep * RECENT_SIZE)
   end
+  -- Oldest first: drop from the front those the trail would no longer keep.
+  local from = 1
+  while from < #recent and struct.unpack('>I6', recent, from) <= oldest do
+    from = from + RECENT_SIZE
+  end
+  if from > 1 then recent = string.sub(recent, from) end
   return recent
 end
 

@@ -15,7 +15,8 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
 local core = decode_record(redis.call('GET', KEYS[1]))
 if ARGV[1] == '' or tonumber(ARGV[3]) <= 0 then return core.k or '' end
 if not core.k and ARGV[6] ~= '' then core.k = ARGV[6] end
-core.r = remembered(core.r, tonumber(ARGV[2]), ARGV[1], '!', 0, tonumber(ARGV[3]))
+core.r = remembered(
+  core.r, tonumber(ARGV[2]), ARGV[1], '!', 0, tonumber(ARGV[3]), tonumber(ARGV[2]) - tonumber(ARGV[4]))
 local keep = redis.call('PTTL', KEYS[1])
 if tonumber(ARGV[4]) > keep then keep = tonumber(ARGV[4]) end
 write_record(KEYS[1], core, keep)
