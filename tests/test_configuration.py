@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -139,3 +140,33 @@ async def test_built_by_the_framework_an_error_fails_the_lifespan_startup(
 async def test_a_good_configuration_completes_the_lifespan_startup() -> None:
     sent = await lifespan_startup(storefront(policy="policies/default.toml"))
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+async def test_start_up_freezes_what_it_made_out_of_the_collectors_sight() -> None:
+    import gc
+
+    from throttle import ThrottleMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+
+    async def lifespan(freeze: bool) -> int:
+        gc.unfreeze()
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, str]:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        middleware = ThrottleMiddleware(app, policy=policy(), freeze_gc=freeze)
+        await middleware({"type": "lifespan"}, receive, send)
+        assert sent == [{"type": "lifespan.startup.complete"}]
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
+        return frozen
+
+    assert await lifespan(True) > 0
+    assert await lifespan(False) == 0
