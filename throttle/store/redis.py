@@ -422,17 +422,19 @@ class RedisStore:
         )
         special = bulk(" ".join(delivery.special).encode()) if delivery.special else _EMPTY
         key = self._key_prefix + delivery.person.encode() + b"}"
-        return b"".join(
-            (
-                _EVALSHA,
-                bulk(key),
-                bulk(key + b":choices"),
-                bulk(call),
-                limits,
-                special,
-                recent,
-                token,
-            )
+        # One formatting for the whole command: it is made for every decision.
+        return b"%s$%d\r\n%s\r\n$%d\r\n%s:choices\r\n$%d\r\n%s\r\n%s%s%s%s" % (
+            _EVALSHA,
+            len(key),
+            key,
+            len(key) + 8,
+            key,
+            len(call),
+            call,
+            limits,
+            special,
+            recent,
+            token,
         )
 
     def _token(self) -> bytes:
