@@ -10,7 +10,8 @@ async def offer(request):
 ```
 """
 
-from throttle.engine import Decision, Engine, Reason
+from throttle.decision import Decision, Reason
+from throttle.engine import Engine
 from throttle.errors import (
     ConfigurationError,
     MarkerError,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from throttle.policy import Fallback
 
 if TYPE_CHECKING:
-    from throttle.engine import Decision
+    from throttle.decision import Decision
 
 EVERYONE = ""
 

@@ -24,7 +24,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from throttle.consent import gpc_opt_out, tcf_purposes
-from throttle.engine import Decision, Engine
+from throttle.decision import Decision
+from throttle.engine import Engine
 from throttle.errors import ConfigurationError, MarkerError, ThrottleError
 from throttle.fallback import (
     FallbackProvider,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from throttle.engine import Reason
+from throttle.decision import Reason
 from throttle.simulate.replay import PERSONALIZED, SCORE_BINS, Replay, Tally
 from throttle.simulate.report import (
     REASON_WORDS,

@@ -13,7 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from throttle.engine import Decision, Engine
+from throttle.decision import Decision
+from throttle.engine import Engine
 from throttle.policy import Policy
 from throttle.simulate.trace import TraceMessage
 from throttle.store.memory import MemoryStore

@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from throttle.engine import Reason
+from throttle.decision import Reason
 from throttle.simulate.replay import PERSONALIZED, SCORE_BINS, Replay, Tally
 
 # Reasons in the order a marketer reads them: what the policy limits, then what people chose.
