@@ -50,11 +50,12 @@ async def test_a_persons_state_is_one_hash_tagged_msgpack_key(
     assert re.fullmatch(rb"throttle:\{[0-9a-f]{32}\}", person_keys[0])
     stored = msgpack.unpackb(client.get(person_keys[0]), raw=False)
     now_ms = int(clock.now * 1000)
-    # Times are kept as offsets from a base, the record's first write, so they stay small;
-    # the budget's entries flat: time, score, time, score.
-    assert stored["t"] == now_ms
-    assert stored["c"]["u"] == [0, 0]
-    assert stored["b"] == [0, 100, 0, 200]
+    # An array, shortened where its last fields are empty: the base (whole seconds, the
+    # record's first write), the counters as ms after it, the budget flat: time, score, ...
+    base, counters, budget = stored
+    assert base * 1000 == now_ms - now_ms % 1000
+    assert counters["u"] == [now_ms % 1000] * 2
+    assert budget == [now_ms % 1000, 100, now_ms % 1000, 200]
     state = await redis_store.state(person_keys[0].decode()[len("throttle:{") : -1])
     assert state is not None
     assert state["c"]["u"] == [now_ms, now_ms]

@@ -712,20 +712,22 @@ class RedisStore:
 
 
 def decode_record(raw: bytes | None) -> dict[str, Any]:
-    """A person's record (see lua/record.lua) as a map; its recent decisions stay bytes."""
+    """A person's record (see lua/record.lua) as a map: `t` in ms, `c`, `b`, `k`, and `r`, its
+    recent decisions as bytes; fields the record does not have are left out."""
     if not raw:
         return {}
-    core = msgpack.unpackb(raw, raw=True)
-    if not isinstance(core, dict):
+    fields = msgpack.unpackb(raw, raw=True)
+    if not isinstance(fields, list) or not fields:
         return {}
-    decoded: dict[str, Any] = {}
-    for name, value in core.items():
-        field = name.decode()
-        if field == "c" and isinstance(value, dict):
+    decoded: dict[str, Any] = {"t": fields[0] * 1000}
+    for name, value in zip("cbkr", fields[1:], strict=False):
+        if value is False or value is None:
+            continue
+        if name == "c" and isinstance(value, dict):
             value = {counter.decode(): log for counter, log in value.items()}
-        elif field == "k" and isinstance(value, bytes):
+        elif name == "k" and isinstance(value, bytes):
             value = value.decode()
-        decoded[field] = value
+        decoded[name] = value
     return decoded
 
 

@@ -27,7 +27,7 @@ local ttl = limit[LIMIT_TTL]
 local values = redis.call('MGET', KEYS[1], KEYS[2])
 local core = decode_record(values[1])
 -- Times in the record count from its base; `rel` is now, counted the same way.
-local base = core.t or now
+local base = core.t or now - now % 1000
 local rel = now - base
 
 local dirty = false
@@ -78,7 +78,7 @@ local function finish(verdict, index, score, repetitions, key, changed)
     if core.r and limit[LIMIT_RECENT_KEEP] > keep then keep = limit[LIMIT_RECENT_KEEP] end
     if rel > 2147483647 and rel > ttl and (core.c or core.b) then
       -- Offsets past 31 bits take 9 bytes each: count from a newer base (rarely needed).
-      local shift = rel - ttl
+      local shift = rel - ttl - (rel - ttl) % 1000
       for _, log in pairs(core.c or {}) do
         for i = 1, #log do log[i] = log[i] - shift end
       end

@@ -1,11 +1,13 @@
--- A person's record, "<prefix>{<pseudonym>}": a msgpack map
---   t  base time, ms since the Unix epoch; the times in c and b are offsets from it
---   c  counters: { [name] = { delivery time, ... } }, e.g. c["c:email"]
---   b  budget: { { delivery time, score (thousandths) }, ... }
---   k  the random token that names the person in the audit trail
---   r  their recent decisions, oldest first, RECENT_SIZE bytes each (see layout.py): when,
---      the fingerprint of what the message's decisions share (kept once, under
---      "<prefix>recent:<fingerprint>"), how it came out, its score
+-- A person's record, "<prefix>{<pseudonym>}": a msgpack array, shortened from the end where
+-- its last fields are empty (false where an earlier one is), so a typical one stays small:
+--   1 t  base time, whole seconds since the Unix epoch; the times in c and b are ms after it
+--   2 c  counters: { [name] = { delivery time, ... } }, e.g. c["c:email"]
+--   3 b  budget: { delivery time, score (thousandths), delivery time, score, ... }
+--   4 k  the random token that names the person in the audit trail
+--   5 r  their recent decisions, oldest first, RECENT_SIZE bytes each (see layout.py): when,
+--        the fingerprint of what the message's decisions share (kept once, under
+--        "<prefix>recent:<fingerprint>"), how it came out, its score
+-- The scripts read it as a table with those names, `t` in ms.
 -- It lives as long as the longer of its parts needs: counters their longest window, recent
 -- decisions the trail's age.
 -- The person's choices, "<prefix>{<pseudonym>}:choices" in the same slot: a msgpack map,
@@ -16,7 +18,11 @@
 
 local function decode_record(raw)
   if not raw then return {} end
-  return cmsgpack.unpack(raw)
+  local fields = cmsgpack.unpack(raw)
+  return {
+    t = fields[1] * 1000, c = fields[2] or nil, b = fields[3] or nil, k = fields[4] or nil,
+    r = fields[5] or nil,
+  }
 end
 
 -- The recent decisions with one more: the newest `keep` of them, none older than `oldest`.
@@ -39,7 +45,16 @@ end
 local function write_record(key, core, ttl)
   if ttl <= 0 then
     redis.call('DEL', key)
-  else
-    redis.call('SET', key, cmsgpack.pack(core), 'PX', ttl)
+    return
   end
+  local fields = {
+    math.floor((core.t or 0) / 1000), core.c or false, core.b or false, core.k or false,
+    core.r or false,
+  }
+  local last = 5
+  while last > 1 and fields[last] == false do
+    fields[last] = nil
+    last = last - 1
+  end
+  redis.call('SET', key, cmsgpack.pack(fields), 'PX', ttl)
 end
