@@ -1,4 +1,4 @@
--- A decision made without the store (quiet hours, a TCF refusal, Art. 22, or while the store
+-- A decision made without the store (a TCF refusal, Art. 22, or while the store
 -- was failing): append it to the person's recent decisions, and keep their choices longer.
 --
 -- KEYS[1]  the person's record, KEYS[2] their choices (see record.lua)
