@@ -7,7 +7,7 @@ and Redis's bookkeeping for them); the growth of `used_memory` over `people` suc
 also counts what the key's share of the keyspace and expiry tables costs.
 
 Each is weighed twice, with the audit trail as the policy has it and with it turned off: what
-the trail adds is the person's recent decisions (keys of their own) and their entries in the
+the trail adds is the person's recent decisions (in their record) and their entries in the
 audit stream (`MEMORY USAGE` of the stream over the decisions it holds, times the day's
 messages; each append to the stream carries many decisions, and says how many).
 """
