@@ -197,11 +197,9 @@ class PythonClient:
                     f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nX-User: person-{person}\r\n\r\n"
                 ).encode("ascii")
                 sent = clock()
-                writer.write(request)
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-                await reader.readexactly(content_length(head))
+                succeeded = await exchange(reader, writer, request, timeout=5)
                 latencies.append(clock() - sent)
-                if not head.startswith(b"HTTP/1.1 2"):
+                if not succeeded:
                     failures[1] += 1
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
             failures[0] += 1
@@ -209,6 +207,20 @@ class PythonClient:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+async def exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request: bytes,
+    *,
+    timeout: float,  # noqa: ASYNC109 - a deadline for reading the head, not for the whole call
+) -> bool:
+    """Send one request on a kept-alive connection and read its whole response; True for 2xx."""
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=timeout)
+    await reader.readexactly(content_length(head))
+    return head.startswith(b"HTTP/1.1 2")
 
 
 def split_url(url: str) -> tuple[str, int, str]:

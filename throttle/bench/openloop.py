@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from throttle.bench.apps import USER_QUERY
-from throttle.bench.load import content_length, percentile, split_url
+from throttle.bench.load import exchange, percentile, split_url
 
 _MAX_REQUESTS = 1_000_000
 _TIMEOUT_SECONDS = 5.0
@@ -260,15 +260,12 @@ class PacedClient:
                     if (wait := due - clock()) > 0:
                         await asyncio.sleep(wait)
                     target = person_path(path, chooser.randrange(1, people + 1))
-                    writer.write(
-                        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode("ascii")
+                    request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+                    succeeded = await exchange(
+                        reader, writer, request.encode("ascii"), timeout=_TIMEOUT_SECONDS
                     )
-                    head = await asyncio.wait_for(
-                        reader.readuntil(b"\r\n\r\n"), timeout=_TIMEOUT_SECONDS
-                    )
-                    await reader.readexactly(content_length(head))
                     latencies.append(clock() - due)
-                    if not head.startswith(b"HTTP/1.1 2"):
+                    if not succeeded:
                         failures[1] += 1
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 failures[0] += 1
