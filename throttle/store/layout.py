@@ -125,6 +125,7 @@ def _prelude() -> str:
     lines.append(f"local RECENT_SIZE = {RECENT_SIZE}")
     lines.append(f"local CALL_FORMAT = '>{'i8' * len(Call)}'")
     lines.append(f"local LIMIT_COUNT = {len(Limit)}")
+    lines.append(f"local COUNTER_FIELDS, CAP_FIELDS = {COUNTER_FIELDS}, {CAP_FIELDS}")
     return "\n".join(lines) + "\n"
 
 

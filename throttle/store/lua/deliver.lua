@@ -129,7 +129,7 @@ local counters = {}
 local at = LIMIT_COUNT + 1
 while limit[at + 4] do
   counters[#counters + 1] = at
-  at = at + 5 + 4 * limit[at + 4]
+  at = at + COUNTER_FIELDS + CAP_FIELDS * limit[at + 4]
 end
 
 local logs = core.c or {}
@@ -195,7 +195,8 @@ local function refused_by(shadow)
     local at = counters[i]
     if limit[at + 3] == shadow then
       local log = logs[limit[at]]
-      for cap = at + 5, at + 1 + 4 * limit[at + 4], 4 do
+      local first_cap = at + COUNTER_FIELDS
+      for cap = first_cap, first_cap + CAP_FIELDS * (limit[at + 4] - 1), CAP_FIELDS do
         local index = limit[cap]
         if log and (first < 0 or index < first) then
           local oldest = rel - limit[cap + 2]
