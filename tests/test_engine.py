@@ -448,3 +448,21 @@ async def test_recent_decisions_are_kept_no_longer_than_the_trail(
     clock.advance(3600)
     await off.decide(marker(), person="ana")
     assert await store.recent(throttle.pseudonym("ana")) == []
+
+
+async def test_observers_see_every_decision_without_ids(store: Store, clock: ManualClock) -> None:
+    from throttle.observe import Observation
+
+    throttle = engine(HOURLY_CAP_OF_3, store, clock)
+    seen: list[Observation] = []
+    throttle.observe(seen.append)
+    throttle.observe(lambda observation: print(1 / 0))  # a failing observer reaches nobody
+    message = marker(segment="eu/de", signals=("purchase_history",))
+    first = await throttle.decide(message, person="user-1")
+    anonymous = await throttle.decide(message, person=None)
+    unreadable = throttle.invalid_marker("user-1")
+    assert [o.decision for o in seen] == [first, anonymous, unreadable]
+    assert [o.segment for o in seen] == ["eu/de", "eu/de", ""]
+    assert [o.signed_in for o in seen] == [True, False, True]
+    assert all(o.seconds >= 0 for o in seen)
+    assert "user-1" not in repr(seen) and throttle.pseudonym("user-1") not in repr(seen)

@@ -25,6 +25,7 @@ from throttle.errors import DecisionRefused, StoreUnavailable
 from throttle.fallback import EVERYONE, k_anonymous, lineage
 from throttle.faults import LogLimiter, StoreGuard
 from throttle.message import Marker
+from throttle.observe import Observation, Observer
 from throttle.periods import LocalTime
 from throttle.policy import Policy, milli
 from throttle.scoring import ContentScore
@@ -96,6 +97,7 @@ class Engine:
         self._hmac_outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
         self._clock = clock
         self._monotonic = monotonic
+        self._observers: tuple[Observer, ...] = ()
         self._audience_tag = self.pseudonym("\0audiences")[:8]
         self._audiences: dict[str, tuple[int, float]] = {}
         self._snapshot = Snapshot(policy, audit=audit)
@@ -115,6 +117,19 @@ class Engine:
         # and swapped in at once.
         self._snapshot = Snapshot(policy, audit=self._audit_wanted)
         self.guard.retry_after = policy.store.retry_after
+
+    def observe(self, observer: Observer) -> None:
+        """Call `observer` with an `Observation` after every decision this engine makes."""
+        self._observers = (*self._observers, observer)
+
+    def _observed(self, decision: Decision, segment: str, started: float, signed_in: bool) -> None:
+        seconds = self._monotonic() - started
+        observation = Observation(decision, segment, seconds, signed_in)
+        for observer in self._observers:
+            try:
+                observer(observation)
+            except Exception:  # an observer's fault must never reach the person's response
+                self._logs.warning("observer", "an observer of decisions failed", exc_info=True)
 
     @property
     def uses_time_zones(self) -> bool:
@@ -152,6 +167,7 @@ class Engine:
 
         Every decision is appended to the audit trail, the person named by a random token.
         """
+        started = self._monotonic() if self._observers else 0.0
         snapshot = self._snapshot
         plan = snapshot.plan(marker)
         pseudonym = self.pseudonym(person) if person is not None else None
@@ -159,6 +175,8 @@ class Engine:
             decision = await self._decide_for_nobody(snapshot, plan, gpc, zone, purposes)
             if snapshot.audit is not None:
                 self._record(snapshot, decision, marker, "")
+            if self._observers:
+                self._observed(decision, marker.segment, started, False)
             return decision
         if gpc:
             self._restrict(pseudonym)
@@ -170,6 +188,8 @@ class Engine:
             if gpc:
                 await self._keep_opt_out(pseudonym)
             self._remember(snapshot, decision, marker, pseudonym)
+        if self._observers:
+            self._observed(decision, marker.segment, started, True)
         return decision
 
     async def _decide_for_nobody(
@@ -380,6 +400,8 @@ class Engine:
         snapshot = self._snapshot
         decision = _blank(snapshot, Reason.INVALID_MARKER, "marker")
         self._record_unplanned(snapshot, decision, person)
+        if self._observers:
+            self._observed(decision, "", self._monotonic(), person is not None)
         return decision
 
     def internal_error(self) -> Decision:
@@ -387,6 +409,8 @@ class Engine:
         snapshot = self._snapshot
         decision = _blank(snapshot, Reason.INTERNAL_ERROR, None)
         self._record_unplanned(snapshot, decision, None)
+        if self._observers:
+            self._observed(decision, "", self._monotonic(), False)
         return decision
 
     def _record_unplanned(self, snapshot: Snapshot, decision: Decision, person: str | None) -> None:
