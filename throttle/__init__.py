@@ -28,6 +28,7 @@ from throttle.middleware import (
     ThrottleMiddleware,
     authenticated_user,
 )
+from throttle.observe import Observation
 from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
@@ -45,6 +46,7 @@ __all__ = [
     "Marker",
     "MarkerError",
     "MemoryStore",
+    "Observation",
     "Policy",
     "PolicyError",
     "PolicyProblem",
