@@ -12,6 +12,7 @@ async def offer(request):
 
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
+from throttle.envelope import ThrottledWebSocket, personalized_event
 from throttle.errors import (
     ConfigurationError,
     MarkerError,
@@ -57,10 +58,12 @@ __all__ = [
     "StoreUnavailable",
     "ThrottleError",
     "ThrottleMiddleware",
+    "ThrottledWebSocket",
     "authenticated_user",
     "load_policy",
     "open_store",
     "parse_marker",
     "personalization",
+    "personalized_event",
     "privacy_routes",
 ]
