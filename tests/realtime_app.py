@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tests.apps import HeaderUser
 from throttle import ThrottledWebSocket, ThrottleMiddleware, personalization, personalized_event
 
 PERSONAL = "personal-for-the-signed-in-person"
@@ -105,11 +105,40 @@ async def events(request: Request) -> Response:
     return StreamingResponse(stream(), media_type="text/event-stream")
 
 
+PAGE = """<!DOCTYPE html>
+<html><body><pre id="offers"></pre><script>
+document.cookie = "test_user=" + new URLSearchParams(location.search).get("as");
+const offers = document.getElementById("offers");
+const source = new EventSource("/events?count=5");
+let decided = 0;
+source.addEventListener("offer", (event) => {
+  const data = JSON.parse(event.data);
+  const reason = data.decision.split(";")[1];
+  offers.textContent += [data.offer, reason, event.lastEventId].join("|") + "\\n";
+});
+source.addEventListener("decided", () => { if (++decided === 5) source.close(); });
+</script></body></html>
+"""
+
+
+async def page(request: Request) -> Response:
+    """A page whose EventSource shows what a browser's script reads of each event."""
+    return HTMLResponse(PAGE)
+
+
+class TestUser(AuthenticationBackend):
+    """Test-only sign-in: the X-Test-User header (or, from a browser, the test_user cookie)."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
+        name = conn.headers.get("x-test-user") or conn.cookies.get("test_user")
+        return (AuthCredentials(["authenticated"]), SimpleUser(name)) if name else None
+
+
 def build() -> Starlette:
     return Starlette(
-        routes=[WebSocketRoute("/live", live), Route("/events", events)],
+        routes=[WebSocketRoute("/live", live), Route("/events", events), Route("/", page)],
         middleware=[
-            Middleware(AuthenticationMiddleware, backend=HeaderUser()),
+            Middleware(AuthenticationMiddleware, backend=TestUser()),
             Middleware(
                 ThrottleMiddleware,
                 policy=os.environ["THROTTLE_TEST_POLICY"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -315,3 +316,25 @@ def test_hostile_envelopes_never_break_the_socket_nor_leak(served: Served, signe
 
         hostile()
         assert next(count) >= 50  # the examples did run
+
+
+@pytest.mark.parametrize("served", ["memory"], indirect=True)
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_a_browsers_event_source_reads_each_events_version_and_decision(
+    served: Served, tmp_path: Path
+) -> None:
+    page = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path}", "--virtual-time-budget=20000",
+         "--dump-dom", f"{served.http}/?as={person()}"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    shown = page.split('<pre id="offers">')[1].split("</pre>")[0].splitlines()
+    assert shown == [
+        f"{PERSONAL}-0|reason=allowed|0",
+        f"{PERSONAL}-1|reason=allowed|1",
+        f"{PERSONAL}-2|reason=allowed|2",
+        f"{EVERYONE}|reason=frequency-cap|3",
+        f"{EVERYONE}|reason=frequency-cap|4",
+    ]

@@ -192,7 +192,7 @@ class EventStream:
         self.held: list[bytes] = []
         self.held_size = 0
         # Bytes of a line not yet complete (or ending in a CR that an LF may follow).
-        self.pending = b""
+        self.pending = bytearray()
         # Passing or dropping a line whose start has gone (or been dropped) already.
         self.mid_line = False
 
@@ -205,25 +205,31 @@ class EventStream:
             out = await self._feed(bytes(message.get("body") or b""), end=not more)
         except Exception:  # never break the stream: what was held is dropped, the stream goes on
             _logs.warning("events", "throttle: reading an event stream failed", exc_info=True)
-            self.mode, self.held, self.held_size, self.pending = self._DROP, [], 0, b""
+            self.mode, self.held, self.held_size, self.pending = self._DROP, [], 0, bytearray()
             self.mid_line = True
             out = b""
         if out or not more:
             await self.send({"type": "http.response.body", "body": out, "more_body": more})
 
     async def _feed(self, chunk: bytes, *, end: bool) -> bytes:
+        # Each chunk is scanned once; a line's start waits in `pending` for its end.
         out = bytearray()
-        data = self.pending + chunk if self.pending else chunk
-        self.pending = b""
         position = 0
-        for match in _LINE_END.finditer(data):
-            if match.group() == b"\r" and match.end() == len(data) and not end:
+        if self.pending.endswith(b"\r") and (chunk or end):
+            position = 1 if chunk[:1] == b"\n" else 0  # a CR's LF belongs to its line end
+            line = bytes(self.pending) + chunk[:position]
+            self.pending = bytearray()
+            await self._line(line, out)
+        for match in _LINE_END.finditer(chunk, position):
+            if match.group() == b"\r" and match.end() == len(chunk) and not end:
                 break  # an LF may follow in the next chunk
-            await self._line(data[position : match.end()], out)
+            line = chunk[position : match.end()]
+            if self.pending:
+                line, self.pending = bytes(self.pending) + line, bytearray()
+            await self._line(line, out)
             position = match.end()
-        rest = data[position:]
-        if rest:
-            await self._partial(rest, out)
+        if position < len(chunk):
+            await self._partial(chunk[position:], out)
         if end:
             self._finish(out)
         return bytes(out)
@@ -255,33 +261,34 @@ class EventStream:
 
     async def _partial(self, rest: bytes, out: bytearray) -> None:
         """The start of a line not yet ended: kept, passed or dropped by the mode."""
-        cr = rest[-1:] == b"\r"
-        body, kept = (rest[:-1], b"\r") if cr else (rest, b"")
         if self.mode == self._HOLD:
-            self.pending = rest
-            if self.held_size + len(rest) > MAX_EVENT_BYTES:
+            self.pending += rest
+            if self.held_size + len(self.pending) > MAX_EVENT_BYTES:
                 await self._oversized(out)
             return
+        start = bytes(self.pending) + rest
+        cr = start.endswith(b"\r")
+        body = start[:-1] if cr else start
         if not self.mid_line and b":" not in body and MARKER_FIELD.startswith(body):
-            self.pending = rest  # too short to tell whether it starts a marker line
+            self.pending = bytearray(start)  # too short to tell whether it starts a marker line
             return
         if self.mode == self._PASS and not self.mid_line and _field(body) == MARKER_FIELD:
             self._late_marker()
         elif self.mode == self._PASS:
             out += body
         self.mid_line = self.mid_line or bool(body)
-        self.pending = kept
+        self.pending = bytearray(b"\r" if cr else b"")
 
     async def _oversized(self, out: bytearray) -> None:
         """An event too long to hold: a marked one is dropped, an unmarked one passed on."""
-        lines = [*self.held, self.pending]
+        lines = [*self.held, bytes(self.pending)]
         # A line start that may yet become a marker line is not one yet: past this size, a
         # marker is too late (and what comes after it dropped).
         marked = any(_field(line) == MARKER_FIELD for line in self.held) or (
-            b":" in self.pending and _field(self.pending) == MARKER_FIELD
+            b":" in lines[-1] and _field(lines[-1]) == MARKER_FIELD
         )
         self.held, self.held_size = [], 0
-        pending, self.pending = self.pending, b""
+        pending, self.pending = lines[-1], bytearray()
         if marked:
             _logs.warning(
                 "oversized",
@@ -295,7 +302,7 @@ class EventStream:
             # The dropped line goes on in the next chunk, unless it ended (a CR kept pending).
             body = pending[:-1] if pending.endswith(b"\r") else pending
             self.mid_line = bool(body)
-            self.pending = pending[len(body) :]
+            self.pending = bytearray(pending[len(body) :])
         else:
             self.mode = self._PASS
             out += b"".join(lines[:-1])
@@ -313,12 +320,12 @@ class EventStream:
     def _finish(self, out: bytearray) -> None:
         """The stream ended: an event it left unfinished, which no EventSource dispatches, is
         passed on as it came unless it is marked."""
-        lines = [*self.held, self.pending]
+        lines = [*self.held, bytes(self.pending)]
         if self.mode == self._HOLD and not any(_field(line) == MARKER_FIELD for line in lines):
             out += b"".join(lines)
         elif self.mode == self._PASS:
             out += self.pending
-        self.held, self.held_size, self.pending = [], 0, b""
+        self.held, self.held_size, self.pending = [], 0, bytearray()
 
     async def _event(self, lines: list[bytes], terminator: bytes) -> bytes:
         """One whole event: itself when unmarked; otherwise the version its decision allows."""
