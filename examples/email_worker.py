@@ -26,12 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from throttle import Marker, ThrottleClient, ThrottleError
+from throttle import Marker, Reservation, StoreUnavailable, ThrottleClient, ThrottleError
+
+logger = logging.getLogger(__name__)
 
 POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.toml"
 # How long an email's reservation counts while the send is under way, at most.
@@ -76,7 +79,7 @@ async def send_offer_email(
             except OSError:
                 await client.release(reservation)  # the cap's slot goes back at once
                 return "failed"
-            await client.commit(reservation)
+            await _commit(client, reservation)
             return "personalized"
     subject, body = segment_email(campaign)
     try:
@@ -84,6 +87,20 @@ async def send_offer_email(
     except OSError:
         return "failed"
     return "segment"
+
+
+async def _commit(client: ThrottleClient, reservation: Reservation) -> None:
+    """Keep the sent email's reservation; a store that does not answer is asked again, since
+    a reservation never committed stops counting when its hold runs out."""
+    for attempt in range(3):
+        try:
+            await client.commit(reservation)
+            return
+        except StoreUnavailable:
+            if attempt == 2:
+                logger.warning("the email was sent but its reservation could not be committed")
+                return
+            await asyncio.sleep(1.0 + attempt)
 
 
 def _client() -> ThrottleClient:

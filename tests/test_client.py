@@ -234,14 +234,21 @@ async def test_the_web_and_a_client_share_one_cap_through_the_middleware(
     await client.decide("ana", EMAIL)
     assert (await client.preflight("ana", EMAIL)).reason is Reason.FREQUENCY_CAP
     assert "ThrottleClient(policy=test@" in repr(client)
+    middleware.refusal = "throttle cannot start: the policy is broken"
+    with pytest.raises(ConfigurationError, match="cannot start"):
+        ThrottleClient.from_middleware(middleware)
 
 
 async def test_a_message_is_a_marker_or_personalization_fields_and_a_person_an_id(
     clock: ManualClock,
 ) -> None:
     client = client_on(MemoryStore(), clock)
-    by_fields = await client.preflight(42, campaign="spring-sale", channel="email")
-    by_marker = await client.preflight("42", Marker(campaign="spring-sale", channel="email"))
+    by_fields = await client.preflight(
+        42, campaign="spring-sale", channel="email", signals=["city"], tags=["promo"]
+    )
+    by_marker = await client.preflight(
+        "42", Marker(campaign="spring-sale", channel="email", signals=("city",), tags=("promo",))
+    )
     assert by_fields == by_marker
     with pytest.raises(TypeError, match="campaign"):
         await client.decide("ana")

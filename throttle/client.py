@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 from throttle.decision import Decision
 from throttle.engine import Engine
@@ -35,6 +35,10 @@ __all__ = ["MarkerFields", "Reservation", "ThrottleClient"]
 # Longest id a person may have, as the middleware's `identify` (an email address is 254).
 _MAX_ID_LENGTH = 1024
 _RESERVATION_BYTES = 8
+# A commit or release waits this long at least, whatever the policy's store timeout (made for
+# a request's path): it comes after a send that took its own time, and failing it costs a
+# count (a commit's message stops counting when its hold runs out).
+_SETTLE_TIMEOUT_SECONDS = 2.0
 
 
 class MarkerFields(TypedDict, total=False):
@@ -43,13 +47,13 @@ class MarkerFields(TypedDict, total=False):
     campaign: str
     segment: str
     channel: str
-    signals: tuple[str, ...]
+    signals: tuple[str, ...] | list[str]
     event_age: int | None
     inferred: bool
     third_party: bool
     explained: bool
     transactional: bool
-    tags: tuple[str, ...]
+    tags: tuple[str, ...] | list[str]
     advertising: bool
     category: str
     relevance: float | None
@@ -305,7 +309,11 @@ class ThrottleClient:
                     "give the message: a Marker, or personalization()'s keyword fields "
                     "(campaign=... at least)"
                 )
-            message = Marker(**fields)
+            given: dict[str, Any] = dict(fields)
+            for name in ("signals", "tags"):  # lists, as personalization() takes them
+                if name in given:
+                    given[name] = tuple(given[name])
+            message = Marker(**given)
         elif fields:
             raise TypeError("give the message as a Marker or as keyword fields, not both")
         elif not isinstance(message, Marker):
@@ -337,7 +345,7 @@ class ThrottleClient:
             held_id,
             commit=commit,
             now_ms=math.floor(self._clock() * 1000),
-            timeout=engine.policy.store.timeout,
+            timeout=max(engine.policy.store.timeout, _SETTLE_TIMEOUT_SECONDS),
         )
 
 
