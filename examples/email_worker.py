@@ -81,6 +81,8 @@ async def send_offer_email(
                 return "failed"
             await _commit(client, reservation)
             return "personalized"
+        if reservation.held:  # counted for content about its category, which we do not send
+            await client.release(reservation)
     subject, body = segment_email(campaign)
     try:
         outbox.send(person, subject, body)

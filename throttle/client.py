@@ -69,6 +69,8 @@ class Reservation:
     - `held`: the store counted it as a reservation, which `commit` keeps and `release` takes
       back out. False when nothing was counted (a refusal, a transactional message, shadow
       mode delivering what a cap refused, or a store that did not answer).
+      Held but not allowed: a `category` outcome, counted like a delivery; send content about
+      the category and commit, or release.
     - `token`: names the reservation (the person's pseudonym and the reservation's id, never
       their id), so a commit or release may come from another process.
     - `expires_at`: when, in seconds since the epoch, it stops counting unless committed.
