@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 
 from tests.conftest import ManualClock
@@ -305,5 +306,22 @@ async def test_a_preflight_on_redis_renews_no_expiry(
         await client.decide("ana", EMAIL)  # a real decision renews both
         assert all(redis.pttl(key) > 100_000 for key in keys)
         redis.close()
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.redis_only
+async def test_a_record_with_unreadable_reservations_still_reads(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    store = RedisStore(redis_url)
+    try:
+        reservations = {b"good": [1000, 61_000, 0, b"u"], b"bad": b"junk", b"odd": [b"x", 1, 2]}
+        record = msgpack.packb([1_800_000_000, False, False, False, False, reservations])
+        redis = redis_server.client()
+        redis.set(store.person_key("p"), record)
+        redis.close()
+        state = await store.state("p")
+        assert state == {"v": {"good": [1_800_000_001_000, 1_800_000_061_000, 0, ["u"]]}}
     finally:
         await store.aclose()

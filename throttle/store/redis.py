@@ -480,10 +480,13 @@ class RedisStore:
             state["b"] = [[base + budget[i], budget[i + 1]] for i in range(0, len(budget) - 1, 2)]
         if isinstance(choices, dict) and choices:
             state["p"] = dict(choices)
-        if core.get("v"):
+        if isinstance(core.get("v"), dict):
             state["v"] = {
                 held_id: [base + held[0], base + held[1], held[2], list(held[3:])]
                 for held_id, held in core["v"].items()
+                if isinstance(held, list)
+                and all(type(n) is int for n in held[:3])
+                and len(held) >= 3
             }
         return state or None
 
@@ -747,13 +750,18 @@ def decode_record(raw: bytes | None) -> dict[str, Any]:
             value = {counter.decode(): log for counter, log in value.items()}
         elif name == "v" and isinstance(value, dict):
             value = {
-                held_id.decode(): [*held[:3], *(counter.decode() for counter in held[3:])]
+                _text(held_id): [*held[:3], *(_text(counter) for counter in held[3:])]
                 for held_id, held in value.items()
+                if isinstance(held, list)
             }
         elif name == "k" and isinstance(value, bytes):
             value = value.decode()
         decoded[name] = value
     return decoded
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _recent_of(core: dict[str, Any]) -> list[tuple[int, bytes, str, int]]:
