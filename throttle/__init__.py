@@ -10,6 +10,7 @@ async def offer(request):
 ```
 """
 
+from throttle.client import MarkerFields, Reservation, ThrottleClient
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
 from throttle.errors import (
@@ -45,6 +46,7 @@ __all__ = [
     "FallbackRequest",
     "Marker",
     "MarkerError",
+    "MarkerFields",
     "MemoryStore",
     "Observation",
     "Policy",
@@ -52,9 +54,11 @@ __all__ = [
     "PolicyProblem",
     "Reason",
     "RedisStore",
+    "Reservation",
     "SegmentContent",
     "Store",
     "StoreUnavailable",
+    "ThrottleClient",
     "ThrottleError",
     "ThrottleMiddleware",
     "authenticated_user",
