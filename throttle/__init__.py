@@ -10,6 +10,7 @@ async def offer(request):
 ```
 """
 
+from throttle.client import MarkerFields, Reservation, ThrottleClient
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
 from throttle.envelope import ThrottledWebSocket, personalized_event
@@ -46,6 +47,7 @@ __all__ = [
     "FallbackRequest",
     "Marker",
     "MarkerError",
+    "MarkerFields",
     "MemoryStore",
     "Observation",
     "Policy",
@@ -53,9 +55,11 @@ __all__ = [
     "PolicyProblem",
     "Reason",
     "RedisStore",
+    "Reservation",
     "SegmentContent",
     "Store",
     "StoreUnavailable",
+    "ThrottleClient",
     "ThrottleError",
     "ThrottleMiddleware",
     "ThrottledWebSocket",
