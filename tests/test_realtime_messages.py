@@ -376,3 +376,44 @@ def test_a_failure_to_decide_sends_nothing_and_keeps_the_socket() -> None:
     messages = received(socket_app(handler), 2)
     assert messages[0]["text"] == "still open"
     assert json.loads(messages[1]["text"]) == {"decisions": ["internal-error"]}
+
+
+def test_a_refused_text_without_segment_content_sends_nothing_and_a_bad_body_is_refused() -> None:
+    async def handler(throttled: ThrottledWebSocket, websocket: WebSocket) -> list[str]:
+        await throttled.send_text("SECRET", marker=personalization("live"))
+        message = {
+            "type": "websocket.send",
+            "text": 42,
+            "segment_text": "public",
+            "personalization": personalization("live"),
+        }
+        await websocket.send(message)
+        return [message["throttle.decision"].reason.value]
+
+    messages = received(socket_app(handler), 2)  # nobody signed in: the first is refused
+    assert messages[0]["text"] == "public"
+    assert json.loads(messages[1]["text"]) == {"decisions": ["invalid-marker"]}
+
+
+def test_blank_lines_between_events_and_an_unfinished_event_pass_unless_marked() -> None:
+    assert through([b"\n\ndata: a\n\n\n", b"data: unfinished"], who="ana")[0] == (
+        b"\n\ndata: a\n\n\ndata: unfinished"
+    )
+    assert through([b"data: a\n\n", MARKER + b"\ndata: " + SECRET], who="ana")[0] == (
+        b"data: a\n\n"
+    )
+
+
+def test_a_body_that_is_not_bytes_is_dropped_and_the_stream_goes_on() -> None:
+    chunks: list[Any] = [b"data: a\n\n" + MARKER + b"\ndata: " + SECRET, "not bytes", b"\n\n"]
+    body, _ = through([*chunks, b"data: b\n\n"], who="ana")
+    assert body == b"data: a\n\ndata: b\n\n"
+
+
+def test_a_marker_arriving_after_the_limit_in_pieces_drops_the_rest_of_its_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(realtime, "MAX_EVENT_BYTES", 16)
+    chunks = [b"data: 0123456789abcdef\n", b"personali", b"zation: x", b"\ndata: " + SECRET]
+    body, _ = through([*chunks, b"\n\ndata: next\n\n"], who="ana")
+    assert body == b"data: 0123456789abcdef\ndata: next\n\n"
