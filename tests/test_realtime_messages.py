@@ -282,7 +282,9 @@ def socket_app(
     return Starlette(routes=[WebSocketRoute("/ws", endpoint)], middleware=middleware)
 
 
-def received(app: Starlette, count: int) -> list[Any]:
+def received(
+    app: Starlette, count: int, headers: list[tuple[bytes, bytes]] | None = None
+) -> list[Any]:
     """The first `count` messages the app sends on a socket after accepting it."""
     sent: list[Message] = []
 
@@ -295,7 +297,7 @@ def received(app: Starlette, count: int) -> list[Any]:
         async def send(message: Message) -> None:
             sent.append(message)
 
-        scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b"",
+        scope = {"type": "websocket", "path": "/ws", "headers": headers or [], "query_string": b"",
                  "subprotocols": []}  # fmt: skip
         await app(scope, receive, send)
 
@@ -417,3 +419,16 @@ def test_a_marker_arriving_after_the_limit_in_pieces_drops_the_rest_of_its_event
     chunks = [b"data: 0123456789abcdef\n", b"personali", b"zation: x", b"\ndata: " + SECRET]
     body, _ = through([*chunks, b"\n\ndata: next\n\n"], who="ana")
     assert body == b"data: 0123456789abcdef\ndata: next\n\n"
+
+
+def test_the_handshakes_gpc_signal_holds_for_every_message_on_the_socket() -> None:
+    async def handler(throttled: ThrottledWebSocket, websocket: WebSocket) -> list[Any]:
+        inferred = personalization("live", inferred=True)
+        first = await throttled.send_text("SECRET", segment="public", marker=inferred)
+        second = await throttled.send_text("SECRET", segment="public", marker=inferred)
+        return [d.reason.value if d else None for d in (first, second)]
+
+    app = socket_app(handler, policy=policy(), identify=lambda scope: "ana")
+    messages = received(app, 3, headers=[(b"sec-gpc", b"1")])
+    assert [m["text"] for m in messages[:2]] == ["public", "public"]
+    assert json.loads(messages[2]["text"]) == {"decisions": ["consent", "consent"]}
