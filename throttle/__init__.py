@@ -33,11 +33,13 @@ from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
 from throttle.store import MemoryStore, RedisStore, Store, open_store
+from throttle.support import DataRequest, admin_routes
 
 __all__ = [
     "DECISION_HEADER",
     "DECISION_SCOPE_KEY",
     "ConfigurationError",
+    "DataRequest",
     "Decision",
     "Engine",
     "Factor",
@@ -57,6 +59,7 @@ __all__ = [
     "StoreUnavailable",
     "ThrottleError",
     "ThrottleMiddleware",
+    "admin_routes",
     "authenticated_user",
     "load_policy",
     "open_store",

@@ -1,6 +1,6 @@
 """The `throttle` command. One subcommand per job: `init` writes the default policy, `check`
 validates policy files, `simulate` replays traffic through them, `audit` summarizes what was
-decided, `bench` measures the middleware.
+decided, `person` carries out a person's data request, `bench` measures the middleware.
 
 Each subcommand is a function that adds its parser and one that runs it, so check, simulate
 and audit can join `bench` without touching the others. Every command exits with the same
@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_check(commands)
     _add_simulate(commands)
     _add_audit(commands)
+    _add_person(commands)
     _add_bench(commands)
     return parser
 
@@ -316,6 +317,61 @@ def _audit(arguments: argparse.Namespace) -> int:
             min_decisions=int(arguments.min_decisions),
         )
     )
+
+
+def _add_person(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    person = commands.add_parser(
+        "person",
+        help="a person's data request, by support staff: export, erase, level, consents",
+        description=(
+            "Carry out a data request for one person, in the Redis the app uses: export "
+            "everything held about them, erase it, or read or change their level or "
+            "consents. Each request is written to the audit trail first (the action, the "
+            "operator, the time, the person's audit token; never their id)."
+        ),
+    )
+    person.add_argument("action", choices=("export", "erase", "level", "consents"))
+    person.add_argument("--id", required=True, metavar="USER", help="the person's user id")
+    person.add_argument("--operator", metavar="NAME", help="who makes the request (default: $USER)")
+    person.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the app's policy file (repeat for a base and its overrides, in layer order)",
+    )
+    person.add_argument("--store", metavar="URL", help="the app's Redis (default: $REDIS_URL)")
+    person.add_argument("--prefix", default="throttle:", help="the store's key prefix")
+    person.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding the app's secret (default: $THROTTLE_SECRET)",
+    )
+    person.add_argument(
+        "--set",
+        metavar="LEVEL",
+        choices=("off", "minimal", "standard", "full"),
+        help="level: set it",
+    )
+    person.add_argument("--give", metavar="CATEGORY", help="consents: record explicit consent")
+    person.add_argument("--withdraw", metavar="CATEGORY", help="consents: withdraw it")
+    person.add_argument("--json", action="store_true", help="print the answer as JSON")
+    person.set_defaults(command=_person, name="person")
+
+
+def _person(arguments: argparse.Namespace) -> int:
+    from throttle.support import BadRequest, UsageError, person_command
+
+    try:
+        return person_command(arguments, sys.stdout)
+    except UsageError as error:
+        _say(f"throttle person: {error}")
+        return USAGE
+    except BadRequest as error:
+        _say(f"throttle person: {error}")
+        return BAD_INPUT
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -192,7 +192,7 @@ class ThrottleMiddleware:
             else None
         )
         opened = open_store(store) if isinstance(store, str) else store
-        self.engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
+        self.engine = Engine(loaded, opened, secret=secret_key(secret, opened), clock=clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.refusal is not None:
@@ -580,7 +580,9 @@ def _built_by_a_framework() -> bool:
     return caller.f_code.co_name == "build_middleware_stack"
 
 
-def _secret(secret: str | bytes | None, store: Store) -> bytes:
+def secret_key(secret: str | bytes | None, store: Store) -> bytes:
+    """The key pseudonyms are made with: `secret`, else $THROTTLE_SECRET; random for a store
+    no other process reads; `ConfigurationError` when missing for a shared one, or short."""
     if secret is None:
         secret = os.environ.get("THROTTLE_SECRET") or None
     if secret is None:
