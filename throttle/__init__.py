@@ -25,6 +25,7 @@ from throttle.message import Marker, parse_marker, personalization
 from throttle.middleware import (
     DECISION_HEADER,
     DECISION_SCOPE_KEY,
+    MARKET_SCOPE_KEY,
     ThrottleMiddleware,
     authenticated_user,
 )
@@ -38,6 +39,7 @@ from throttle.support import DataRequest, admin_routes
 __all__ = [
     "DECISION_HEADER",
     "DECISION_SCOPE_KEY",
+    "MARKET_SCOPE_KEY",
     "ConfigurationError",
     "DataRequest",
     "Decision",

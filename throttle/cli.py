@@ -193,13 +193,28 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="an override file layered on each POLICY (repeat for more, in order); the "
         "summary is then the effective policy",
     )
+    check.add_argument(
+        "--markets",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a market's override file, or a directory of them (one market per file, named "
+        "by its stem), each layered on each POLICY and checked in turn (repeatable)",
+    )
     check.set_defaults(command=_check, name="check")
 
 
 def _check(arguments: argparse.Namespace) -> int:
     from throttle.check import check
+    from throttle.markets import market_files
 
-    return check(arguments.policies, sys.stdout, overrides=arguments.overrides)
+    markets = market_files(arguments.markets) if arguments.markets else {}
+    status = check(arguments.policies, sys.stdout, overrides=arguments.overrides)
+    for name, path in markets.items():
+        print(f"\nmarket {name}:", file=sys.stdout)
+        layers = [*arguments.overrides, str(path)]
+        status = max(status, check(arguments.policies, sys.stdout, overrides=layers))
+    return status
 
 
 def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -232,6 +247,15 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="a second policy file, replayed beside POLICY; the report shows both and the change",
     )
     simulate.add_argument(
+        "--markets",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a market's override file, or a directory of them (one market per file, named "
+        "by its stem), layered on POLICY (and on OTHER): each trace line's market chooses "
+        "(repeatable)",
+    )
+    simulate.add_argument(
         "--html", type=Path, metavar="FILE", help="also write the report as a page with charts"
     )
     simulate.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -245,12 +269,21 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _simulate(arguments: argparse.Namespace) -> int:
+    from throttle.markets import market_files
     from throttle.policy import load_policy
     from throttle.simulate import simulate
 
+    files = market_files(arguments.markets) if arguments.markets else {}
     policies = [load_policy(arguments.policy, *arguments.overrides)]
+    markets = [
+        {
+            name: load_policy(arguments.policy, *arguments.overrides, path)
+            for name, path in files.items()
+        }
+    ]
     if arguments.against:
         policies.append(load_policy(arguments.against))
+        markets.append({name: load_policy(arguments.against, path) for name, path in files.items()})
     return simulate(
         policies,
         arguments.trace,
@@ -258,6 +291,7 @@ def _simulate(arguments: argparse.Namespace) -> int:
         html_path=arguments.html,
         as_json=arguments.json,
         skip_bad_lines=arguments.skip_bad_lines,
+        markets=markets,
     )
 
 

@@ -3,6 +3,9 @@
 The self-service privacy routes (`privacy.py`), the support staff's admin routes and
 `throttle person` (`support.py`) all answer with these, so a person and the staff acting on
 their request see and change the same things the same way. Nothing here knows HTTP.
+
+`market` names the market whose policy gives the default level and the special categories
+(`None`: the default policy); a person's state is the same in every market.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ class UnknownLevel(ValueError):
         super().__init__(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
 
 
-async def level(engine: Engine, person: str, *, gpc_now: bool = False) -> dict[str, Any]:
+async def level(
+    engine: Engine, person: str, *, gpc_now: bool = False, market: str | None = None
+) -> dict[str, Any]:
     """Their level, whether they chose it, what each level means, and their GPC opt-out."""
     choices = await engine.choices_of(person)
-    chosen_level, chosen = engine.level_in(choices)
+    chosen_level, chosen = engine.level_in(choices, market)
     return {
         "level": chosen_level,
         "chosen": chosen,
@@ -61,9 +66,9 @@ def check_level(value: object) -> str:
     return value
 
 
-def check_category(engine: Engine, category: str) -> str:
+def check_category(engine: Engine, category: str, market: str | None = None) -> str:
     """`category` when the policy names it as a special category, or `UnknownCategory`."""
-    if category not in engine.policy.special:
+    if category not in engine.policy_for(market).special:
         raise UnknownCategory(category)
     return category
 
@@ -75,15 +80,18 @@ async def set_level(engine: Engine, person: str, value: object) -> dict[str, Any
     return {"level": chosen, "chosen": True, "meaning": LEVEL_WORDS[chosen]}
 
 
-async def consents(engine: Engine, person: str) -> dict[str, Any]:
+async def consents(engine: Engine, person: str, *, market: str | None = None) -> dict[str, Any]:
     """Each special category, its legal source, and whether they gave explicit consent."""
     given = (await engine.choices_of(person)).get("s") or {}
-    return {"categories": _categories(engine, given)}
+    return {"categories": _categories(engine, given, market)}
 
 
-async def give_consent(engine: Engine, person: str, category: str) -> dict[str, Any]:
+async def give_consent(
+    engine: Engine, person: str, category: str, *, market: str | None = None
+) -> dict[str, Any]:
     """Record explicit consent to one special category, with its time."""
-    await engine.consent(person, check_category(engine, category), given=True)
+    checked = check_category(engine, category, market)
+    await engine.consent(person, checked, given=True, market=market)
     given = (await engine.choices_of(person)).get("s") or {}
     since = given.get(category)  # gone again if erased or withdrawn meanwhile
     return {
@@ -93,9 +101,12 @@ async def give_consent(engine: Engine, person: str, category: str) -> dict[str, 
     }
 
 
-async def withdraw_consent(engine: Engine, person: str, category: str) -> dict[str, Any]:
+async def withdraw_consent(
+    engine: Engine, person: str, category: str, *, market: str | None = None
+) -> dict[str, Any]:
     """Withdraw consent to one special category: as easy as giving it (Art. 7(3))."""
-    await engine.consent(person, check_category(engine, category), given=False)
+    checked = check_category(engine, category, market)
+    await engine.consent(person, checked, given=False, market=market)
     return {"category": category, "consented": False}
 
 
@@ -112,14 +123,19 @@ async def why(engine: Engine, person: str, *, zone: str | None) -> dict[str, Any
 
 
 async def export(
-    engine: Engine, person: str, *, zone: str | None, gpc_now: bool = False
+    engine: Engine,
+    person: str,
+    *,
+    zone: str | None,
+    gpc_now: bool = False,
+    market: str | None = None,
 ) -> dict[str, Any]:
     """Everything held about them (GDPR Art. 15)."""
     pseudonym = engine.pseudonym(person)
     state = await engine.state_of(person) or {}
     recent = _readable(await engine.recent(person))
     choices = state.get("p") or {}
-    chosen_level, chosen = engine.level_in(choices)
+    chosen_level, chosen = engine.level_in(choices, market)
     given = choices.get("s") or {}
     return {
         "about": "Everything throttle holds about you. You are known to it only by a keyed "
@@ -152,10 +168,10 @@ async def export(
     }
 
 
-async def erase(engine: Engine, person: str) -> dict[str, Any]:
+async def erase(engine: Engine, person: str, *, market: str | None = None) -> dict[str, Any]:
     """Erase everything held about them (GDPR Art. 17), in one write."""
     erased = await engine.erase(person)
-    default = engine.policy.levels.default
+    default = engine.policy_for(market).levels.default
     return {
         "deleted": {
             "state": erased.state,
@@ -180,7 +196,7 @@ def opt_out(choices: dict[str, Any], *, gpc_now: bool) -> dict[str, Any]:
     }
 
 
-def _categories(engine: Engine, given: dict[str, int]) -> dict[str, Any]:
+def _categories(engine: Engine, given: dict[str, int], market: str | None) -> dict[str, Any]:
     return {
         name: {
             "source": category.source,
@@ -188,7 +204,7 @@ def _categories(engine: Engine, given: dict[str, int]) -> dict[str, Any]:
             "consented": name in given,
             "since": _time(given[name]) if name in given else None,
         }
-        for name, category in engine.policy.special.items()
+        for name, category in engine.policy_for(market).special.items()
     }
 
 

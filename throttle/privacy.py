@@ -168,11 +168,18 @@ def _gpc_now(request: Request) -> bool:
     return gpc_opt_out(request.scope.get("headers", ()))
 
 
+def _market(request: Request, middleware: ThrottleMiddleware) -> str | None:
+    """The request's market, whose policy gives the default level and the categories."""
+    return middleware.market_of(request.scope)
+
+
 async def get_level(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Their level, whether they chose it, what each level means, and their GPC opt-out."""
-    return 200, await personal_data.level(middleware.engine, person, gpc_now=_gpc_now(request))
+    return 200, await personal_data.level(
+        middleware.engine, person, gpc_now=_gpc_now(request), market=_market(request, middleware)
+    )
 
 
 async def set_level(
@@ -192,23 +199,28 @@ async def consents(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Each special category, its legal source, and whether they gave explicit consent."""
-    return 200, await personal_data.consents(middleware.engine, person)
+    market = _market(request, middleware)
+    return 200, await personal_data.consents(middleware.engine, person, market=market)
 
 
 async def give_consent(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Give explicit consent to one special category; recorded with its time."""
-    category = _category(request, middleware)
-    return 200, await personal_data.give_consent(middleware.engine, person, category)
+    market = _market(request, middleware)
+    category = _category(request, middleware, market)
+    return 200, await personal_data.give_consent(middleware.engine, person, category, market=market)
 
 
 async def withdraw_consent(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Withdraw consent to one special category: as easy as giving it (Art. 7(3))."""
-    category = _category(request, middleware)
-    return 200, await personal_data.withdraw_consent(middleware.engine, person, category)
+    market = _market(request, middleware)
+    category = _category(request, middleware, market)
+    return 200, await personal_data.withdraw_consent(
+        middleware.engine, person, category, market=market
+    )
 
 
 async def opt_in(
@@ -233,7 +245,11 @@ async def access(
     """Everything held about them (GDPR Art. 15)."""
     zone = middleware.zone(request.scope)
     return 200, await personal_data.export(
-        middleware.engine, person, zone=zone, gpc_now=_gpc_now(request)
+        middleware.engine,
+        person,
+        zone=zone,
+        gpc_now=_gpc_now(request),
+        market=_market(request, middleware),
     )
 
 
@@ -241,12 +257,13 @@ async def erase(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Erase everything held about them (GDPR Art. 17)."""
-    return 200, await personal_data.erase(middleware.engine, person)
+    market = _market(request, middleware)
+    return 200, await personal_data.erase(middleware.engine, person, market=market)
 
 
-def _category(request: Request, middleware: ThrottleMiddleware) -> str:
+def _category(request: Request, middleware: ThrottleMiddleware, market: str | None) -> str:
     category = str(request.path_params["category"])
     try:
-        return personal_data.check_category(middleware.engine, category)
+        return personal_data.check_category(middleware.engine, category, market)
     except personal_data.UnknownCategory as unknown:
         raise Refusal(404, str(unknown)) from None

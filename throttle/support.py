@@ -23,6 +23,9 @@ app = Starlette(routes=[..., Mount("/admin/people", routes=admin_routes())], mid
     POST /level     {"id": "user-42"} or with "level": "off"           read or set their level
     POST /consents  {"id": "user-42"} or with "give" or "withdraw": "health"
 
+Each body may name the person's `"market"`, whose policy gives the default level and the
+special categories (see `throttle.markets`); without one, the default policy's.
+
 The id travels in the body, never in the URL, so it stays out of access logs.
 """
 
@@ -112,26 +115,35 @@ async def carry_out(
     *,
     operator: str,
     value: str | None = None,
+    market: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """Record a data request in the audit trail, then carry it out; returns what the person's
-    own privacy route would answer.
+    own privacy route would answer. `market` names the market whose policy gives the default
+    level and the special categories (`None`: the default policy).
 
     Raises `BadRequest` (nothing recorded, nothing done) for an unknown action, an id or an
     operator that cannot be one, or a level or category the policy does not know; and
     `StoreUnavailable` when the store cannot be reached (nothing done, or, when the store
     failed after the entry was written, the action may not have been).
     """
-    value = _checked(engine, action, person, operator, value)
+    if market is not None and market not in engine.markets:
+        raise BadRequest(f"no market {market!r}; the markets are {', '.join(engine.markets)}")
+    value = _checked(engine, action, person, operator, value, market)
     limits = _trail_limits(engine)
     token = await engine.store.token_of(engine.pseudonym(person))
     request = DataRequest(math.floor(clock() * 1000), token, action, value, operator)
     await engine.store.append_request(request.pack(), limits)
-    return await _ACT[action](engine, person, value)
+    return await _ACT[action](engine, person, value, market)
 
 
 def _checked(
-    engine: Engine, action: str, person: object, operator: object, value: object
+    engine: Engine,
+    action: str,
+    person: object,
+    operator: object,
+    value: object,
+    market: str | None,
 ) -> str | None:
     if action not in ACTIONS:
         raise BadRequest(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
@@ -153,7 +165,7 @@ def _checked(
         if needs == "category":
             if not isinstance(value, str):
                 raise BadRequest(f"{action} needs a special category")
-            return personal_data.check_category(engine, value)
+            return personal_data.check_category(engine, value, market)
     except (personal_data.UnknownLevel, personal_data.UnknownCategory) as error:
         raise BadRequest(str(error)) from None
     if value is not None:
@@ -168,35 +180,38 @@ def _trail_limits(engine: Engine) -> AuditLimits:
     return AuditLimits(audit.max_entries, max_age_ms, audit.per_person, max_age_ms)
 
 
-async def _export(engine: Engine, person: str, value: str | None) -> dict[str, Any]:
-    return await personal_data.export(engine, person, zone=None)
+Act = Callable[[Engine, str, "str | None", "str | None"], Awaitable[dict[str, Any]]]
 
 
-async def _erase(engine: Engine, person: str, value: str | None) -> dict[str, Any]:
-    return await personal_data.erase(engine, person)
+async def _export(engine: Engine, person: str, value: str | None, market: str | None) -> Any:
+    return await personal_data.export(engine, person, zone=None, market=market)
 
 
-async def _level(engine: Engine, person: str, value: str | None) -> dict[str, Any]:
-    return await personal_data.level(engine, person)
+async def _erase(engine: Engine, person: str, value: str | None, market: str | None) -> Any:
+    return await personal_data.erase(engine, person, market=market)
 
 
-async def _set_level(engine: Engine, person: str, value: str | None) -> dict[str, Any]:
+async def _level(engine: Engine, person: str, value: str | None, market: str | None) -> Any:
+    return await personal_data.level(engine, person, market=market)
+
+
+async def _set_level(engine: Engine, person: str, value: str | None, market: str | None) -> Any:
     return await personal_data.set_level(engine, person, value)
 
 
-async def _consents(engine: Engine, person: str, value: str | None) -> dict[str, Any]:
-    return await personal_data.consents(engine, person)
+async def _consents(engine: Engine, person: str, value: str | None, market: str | None) -> Any:
+    return await personal_data.consents(engine, person, market=market)
 
 
-async def _give(engine: Engine, person: str, value: str | None) -> dict[str, Any]:
-    return await personal_data.give_consent(engine, person, str(value))
+async def _give(engine: Engine, person: str, value: str | None, market: str | None) -> Any:
+    return await personal_data.give_consent(engine, person, str(value), market=market)
 
 
-async def _withdraw(engine: Engine, person: str, value: str | None) -> dict[str, Any]:
-    return await personal_data.withdraw_consent(engine, person, str(value))
+async def _withdraw(engine: Engine, person: str, value: str | None, market: str | None) -> Any:
+    return await personal_data.withdraw_consent(engine, person, str(value), market=market)
 
 
-_ACT: dict[str, Callable[[Engine, str, str | None], Awaitable[dict[str, Any]]]] = {
+_ACT: dict[str, Act] = {
     "export": _export,
     "erase": _erase,
     "level": _level,
@@ -237,11 +252,14 @@ def _routes(operator: Operator, required: str | None) -> list[BaseRoute]:
                 if not isinstance(sent, dict) or "id" not in sent:
                     raise Refusal(400, 'send a JSON object with the person\'s "id"')
                 action, value = choose(sent)
+                market = sent.get("market")
+                if market is not None and not isinstance(market, str):
+                    raise Refusal(400, "market must be a market's name")
                 person = sent["id"]
                 if isinstance(person, int) and not isinstance(person, bool):
                     person = str(person)  # as `identify` may return an int id
                 result = await carry_out(
-                    middleware.engine, action, person, operator=who, value=value
+                    middleware.engine, action, person, operator=who, value=value, market=market
                 )
             except Refusal as refusal:
                 return answer(refusal.status, {"error": refusal.message})
@@ -263,7 +281,7 @@ def _routes(operator: Operator, required: str | None) -> list[BaseRoute]:
 
 
 def _only(sent: dict[str, Any], action: str, *allowed: str) -> tuple[str, Any]:
-    extra = set(sent) - {"id", *allowed}
+    extra = set(sent) - {"id", "market", *allowed}
     if extra:
         raise Refusal(400, f"unknown keys {', '.join(sorted(map(str, extra)))}")
     return action, None
