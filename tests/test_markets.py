@@ -244,6 +244,14 @@ async def test_markets_through_a_real_server(
             None: "shop",
         }
         assert policy_of(by_country["de"]) == f"shop-eu@{eu.version}"
+        unreadable = await http.get(
+            "/offer?marker=((", headers={"x-test-user": "cleo", "x-country": "fr"}
+        )
+        assert unreadable.headers["personalization-decision"].startswith(
+            "segment;reason=invalid-marker"
+        )
+        assert policy_of(unreadable).startswith("shop-eu@")
+        assert unreadable.json() == {"for": "everyone in the eu"}
         logged = " ".join(r.getMessage() for r in caplog.records)
         assert "no policy for market 'zz'" in logged and "market() failed" in logged
 

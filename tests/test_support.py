@@ -352,3 +352,30 @@ async def test_the_admin_routes_answer_503_when_the_store_is_down(
                 f"/admin/people/{path}", json={"id": ANA_ID}, headers={"x-staff": "sam"}
             )
             assert response.status_code == 503, path
+
+
+def test_throttle_person_says_what_it_did_in_words(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("THROTTLE_SECRET", SECRET.decode())
+    monkeypatch.setenv("USER", "sam")
+    common = ["--id", ANA_ID, "--policy", str(POLICY_FILE), "--store", redis_url]
+
+    def said(*argv: str) -> str:
+        assert main(["person", *argv, *common]) == 0
+        return capsys.readouterr().out
+
+    assert said("level") == "level: standard (the policy's default)\nopt-out: none\n"
+    assert said("level", "--set", "minimal") == "level: minimal (set)\n"
+    assert said("level").startswith("level: minimal (chosen)\n")
+    assert said("consents", "--give", "health").startswith("health: consented since 20")
+    listed = said("consents")
+    assert "health                              consented since" in listed
+    assert "genetic                             not consented" in listed
+    assert said("consents", "--withdraw", "health") == "health: not consented\n"
+    exported = said("export")
+    assert "level:      minimal (chosen 20" in exported and "recent decisions: 0" in exported
+    assert said("erase").startswith("erased: their record and choices, with 0 recent")
+    assert said("erase") == "nothing was held about this person\n"
+    with pytest.raises(ValueError, match="not a data request"):
+        DataRequest.unpack(b"\xc1")

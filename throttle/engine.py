@@ -435,18 +435,18 @@ class Engine:
             )
         return self._personalized(snapshot, plan, Reason.ALLOWED, content)
 
-    def invalid_marker(self, person: str | None = None) -> Decision:
+    def invalid_marker(self, person: str | None = None, market: str | None = None) -> Decision:
         """The decision for a response whose marker cannot be read: segment content for everyone."""
-        snapshot = self._snapshot
+        snapshot = self._snapshot if market is None else self._snapshot_for(market)
         decision = _blank(snapshot, Reason.INVALID_MARKER, "marker")
         self._record_unplanned(snapshot, decision, person)
         if self._observers:
             self._observed(decision, "", self._monotonic(), person is not None)
         return decision
 
-    def internal_error(self) -> Decision:
+    def internal_error(self, market: str | None = None) -> Decision:
         """The decision when deciding itself failed: the privacy-safe side, segment content."""
-        snapshot = self._snapshot
+        snapshot = self._snapshot if market is None else self._snapshot_for(market)
         decision = _blank(snapshot, Reason.INTERNAL_ERROR, None)
         self._record_unplanned(snapshot, decision, None)
         if self._observers:

@@ -313,11 +313,12 @@ class ThrottleMiddleware:
         if self._watcher is not None or self._market_watcher is not None:
             self._reload()
         person = self.person(scope)
+        market = scope[MARKET_SCOPE_KEY] = self.market_of(scope)
         try:
             marker = parse_marker(marker_value)
         except MarkerError as error:
             self._logs.warning("marker", "throttle: invalid Personalization header: %s", error)
-            return self.engine.invalid_marker(person)
+            return self.engine.invalid_marker(person, market)
         try:
             headers = scope.get("headers", ())
             gpc = gpc_opt_out(headers)
@@ -327,13 +328,12 @@ class ThrottleMiddleware:
                     "tcf", "throttle: unreadable euconsent-v2 cookie: %s", unreadable
                 )
             zone = self.zone(scope) if self.engine.uses_time_zones else None
-            market = scope[MARKET_SCOPE_KEY] = self.market_of(scope)
             decision = await self.engine.decide(
                 marker, person=person, gpc=gpc, zone=zone, purposes=purposes, market=market
             )
         except Exception:
             self._logs.warning("decide", "throttle: deciding failed", exc_info=True)
-            return self.engine.internal_error()
+            return self.engine.internal_error(market)
         if decision.unknown_signals:
             self._report_unknown(decision)
         return decision

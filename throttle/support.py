@@ -228,18 +228,18 @@ Operator = Callable[[Scope], "str | None"]
 
 
 def admin_routes(
-    *, operator: Operator = authenticated_user, scope: str | None = ADMIN_SCOPE
+    *, operator: Operator = authenticated_user, required_scope: str | None = ADMIN_SCOPE
 ) -> list[BaseRoute]:
     """The routes support staff and data-request platforms call, for a `Mount` behind
     `ThrottleMiddleware` and the app's own authentication.
 
     - `operator(scope) -> str | None`: who is asking; by default Starlette's authenticated
       user. Nobody: 401.
-    - `scope`: the credential scope (Starlette's `request.auth.scopes`) a caller must hold,
+    - `required_scope`: the credential scope (Starlette's `request.auth.scopes`) a caller must hold,
       `"throttle:admin"` by default, so that a signed-in customer never reaches another
       person's data (403 without it); `None` leaves authorization wholly to the app.
     """
-    return _routes(operator, scope)
+    return _routes(operator, required_scope)
 
 
 def _routes(operator: Operator, required: str | None) -> list[BaseRoute]:
