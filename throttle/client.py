@@ -144,7 +144,7 @@ class ThrottleClient:
         )
         self._setup(engine, hold)
         if reload_interval is not None and base is not None:
-            self._watcher = PolicyWatcher(policy, loaded, interval=reload_interval)
+            self._watcher = PolicyWatcher(base, loaded, interval=reload_interval)
             if sources:
                 self._market_watcher = MarketWatcher(
                     base, sources, by_market, interval=reload_interval
