@@ -29,6 +29,7 @@ from throttle.middleware import (
     authenticated_user,
 )
 from throttle.observe import Observation
+from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
@@ -47,6 +48,8 @@ __all__ = [
     "MarkerError",
     "MemoryStore",
     "Observation",
+    "OpsConfig",
+    "OpsState",
     "Policy",
     "PolicyError",
     "PolicyProblem",
