@@ -10,6 +10,7 @@ async def offer(request):
 ```
 """
 
+from throttle.dashboard import dashboard_routes
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
 from throttle.errors import (
@@ -61,6 +62,7 @@ __all__ = [
     "ThrottleError",
     "ThrottleMiddleware",
     "authenticated_user",
+    "dashboard_routes",
     "load_policy",
     "open_store",
     "parse_marker",

@@ -87,8 +87,9 @@ class Minute:
     - `start`: the minute's first second (epoch seconds, a multiple of 60).
     - `decisions`: how many were made; `outcomes` and `reasons` split them.
     - `fallbacks`: how many did not deliver personalized content (segment or category
-      content stood in); `fallback_reasons`, `fallback_rules`, `campaign_fallbacks` and
-      `segment_fallbacks` split them; `campaigns` and `segments` split every decision.
+      content stood in); `fallback_outcomes`, `fallback_reasons`, `fallback_rules`,
+      `campaign_fallbacks` and `segment_fallbacks` split them; `campaigns` and `segments`
+      split every decision.
     - `shadowed`: delivered only because the policy or the rule is in shadow mode (they would
       have been refused); `shadow_rules` by rule.
     - `policies`: decisions by `name@version` of the policy that made them.
@@ -100,6 +101,7 @@ class Minute:
     shadowed: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    fallback_outcomes: dict[str, int] = field(default_factory=dict)
     fallback_reasons: dict[str, int] = field(default_factory=dict)
     fallback_rules: dict[str, int] = field(default_factory=dict)
     campaigns: dict[str, int] = field(default_factory=dict)
@@ -136,6 +138,7 @@ class Minute:
 _MAPS = {
     "o": "outcomes",
     "r": "reasons",
+    "fo": "fallback_outcomes",
     "fr": "fallback_reasons",
     "fu": "fallback_rules",
     "c": "campaigns",
@@ -232,6 +235,10 @@ class OpsState:
         self._closed = False
         engine.observe(self.observe)
 
+    def now(self) -> float:
+        """The time by this state's clock (epoch seconds), for reading the latest minutes."""
+        return self._clock()
+
     @property
     def shared(self) -> bool:
         """Whether the state is in Redis (every worker's), or in this process only."""
@@ -275,7 +282,13 @@ class OpsState:
         ]
         rule = self._rule(decision.rule)
         if not decision.delivers_personalized:
-            names += ["f", f"fr:{decision.reason.value}", f"fc:{campaign}", f"fs:{segment}"]
+            names += [
+                "f",
+                f"fo:{decision.outcome}",
+                f"fr:{decision.reason.value}",
+                f"fc:{campaign}",
+                f"fs:{segment}",
+            ]
             if rule:
                 names.append(f"fu:{rule}")
         elif decision.shadow and decision.outcome != "personalized":
