@@ -196,3 +196,26 @@ def test_config_is_checked() -> None:
         OpsConfig(campaigns="spring-sale")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="segments"):
         OpsConfig(segments=0)
+
+
+async def test_a_flush_costs_redis_a_command_per_counter_not_per_decision(
+    redis_server: RedisServer, redis_url: str, clock: ManualClock
+) -> None:
+    engine = Engine(policy(TWO_PER_HOUR), RedisStore(redis_url), secret=SECRET, clock=clock)
+    ops = OpsState(engine, clock=clock)
+    admin = redis_server.client()
+    try:
+        for index in range(300):
+            await engine.decide(marker(segment="eu/de"), person=f"person-{index % 50}")
+        admin.config_resetstat()
+        await ops.flush()
+        stats: dict[str, dict[str, int]] = admin.info("commandstats")  # type: ignore[assignment]
+        (minute,) = await ops.minutes(clock(), clock())
+    finally:
+        admin.close()
+        await ops.aclose()
+        await engine.aclose()
+    assert minute.decisions == 300
+    counters = len(minute.outcomes) + len(minute.reasons) + len(minute.campaigns) + 20
+    assert stats["cmdstat_hincrby"]["calls"] <= counters
+    assert stats["cmdstat_exec"]["calls"] == 1  # one transaction for everything
