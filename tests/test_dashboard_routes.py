@@ -18,9 +18,11 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Mount, Route
 
 from tests.apps import HeaderUser, offer
-from tests.helpers import SECRET, policy
+from tests.conftest import ManualClock
+from tests.helpers import SECRET, marker, policy
 from tests.redis_server import RedisServer, free_port
-from throttle import OpsConfig, ThrottleMiddleware, dashboard_routes
+from throttle import Engine, MemoryStore, OpsConfig, OpsState, ThrottleMiddleware, dashboard_routes
+from throttle.dashboard import _Day
 
 SHOP = policy(
     '[[caps]]\nname = "two"\nper = "user"\nlimit = 2\nwindow = "1h"\n'
@@ -165,3 +167,21 @@ async def _event(lines: AsyncIterator[str]) -> dict[str, object]:
         pass
     seen: dict[str, object] = json.loads(line.removeprefix("data: "))
     return seen
+
+
+async def test_the_day_read_by_its_last_hour_is_the_day_read_whole(clock: ManualClock) -> None:
+    engine = Engine(SHOP, MemoryStore(), secret=SECRET, clock=clock)
+    ops = OpsState(engine, clock=clock)
+    day = _Day()
+    try:
+        await engine.decide(marker(), person="ana")
+        assert sum(m.decisions for m in await day.minutes(ops)) == 1  # read whole
+        for _ in range(3):
+            clock.advance(50 * 60)  # each time, what was the last hour is older than an hour
+            await engine.decide(marker(), person="ana")
+            spliced = await day.minutes(ops)  # the last hour only, within a minute of the first
+            whole = await ops.minutes(clock() - 1439 * 60, clock())
+            assert spliced == whole and len(whole) == 1440
+        assert sum(m.decisions for m in spliced) == 4
+    finally:
+        await ops.aclose()
