@@ -72,6 +72,9 @@ async def test_the_page_is_one_self_contained_document() -> None:
     # Nothing is loaded from anywhere else: no CDN, works offline.
     assert re.findall(r'(?:src|href)="(?!data:)[^"]*"', page.text) == []
     assert "{{" not in page.text
+    async with client(shop()) as http:
+        head = await http.head("/ops/events")
+    assert head.status_code == 200 and head.content == b""
 
 
 async def test_the_figures_are_what_was_decided() -> None:

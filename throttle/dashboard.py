@@ -97,6 +97,9 @@ def dashboard_routes(*, interval: float = 2.0) -> list[BaseRoute]:
     async def events(request: Request) -> Response:
         if (refusal := _refusal(request)) is not None:
             return refusal
+        headers = {**_NO_STORE, "x-accel-buffering": "no"}
+        if request.method == "HEAD":  # nothing to stream for 30 s to a client that reads none
+            return Response(media_type="text/event-stream", headers=headers)
         ops = _ops(request)
 
         async def stream() -> AsyncIterator[bytes]:
@@ -112,7 +115,6 @@ def dashboard_routes(*, interval: float = 2.0) -> list[BaseRoute]:
                     return
                 await asyncio.sleep(interval)
 
-        headers = {**_NO_STORE, "x-accel-buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
     return [
