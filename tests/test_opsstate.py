@@ -106,7 +106,7 @@ async def test_labels_are_bounded(store: Store, clock: ManualClock) -> None:
 
 
 async def test_two_workers_on_one_redis_see_the_same_figures(
-    redis_url: str, clock: ManualClock
+    redis_server: RedisServer, redis_url: str, clock: ManualClock
 ) -> None:
     states = []
     for _ in range(2):
@@ -126,10 +126,19 @@ async def test_two_workers_on_one_redis_see_the_same_figures(
         seen = [await state.minutes(clock(), clock()) for state in states]
         reloads = [await state.reloads() for state in states]
         workers = [await state.workers() for state in states]
+        pseudonym = first.engine.pseudonym("ana").encode()
+        admin = redis_server.client()
+        keys = admin.keys("*{ops}*")
+        stored = repr(
+            [admin.hgetall(k) if admin.type(k) == b"hash" else admin.zrange(k, 0, -1) for k in keys]
+        ).encode()
+        admin.close()
     finally:
         for state in states:
             await state.aclose()
             await state.engine.aclose()
+    assert len(keys) == 3  # this minute, the reloads, the workers: nothing per person
+    assert b"ana" not in stored and pseudonym not in stored
     assert seen[0] == seen[1]
     (minute,) = seen[0]
     assert minute.decisions == 5
