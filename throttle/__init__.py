@@ -11,6 +11,7 @@ async def offer(request):
 """
 
 from throttle.client import MarkerFields, Reservation, ThrottleClient
+from throttle.dashboard import dashboard_routes
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
 from throttle.errors import (
@@ -31,6 +32,7 @@ from throttle.middleware import (
     authenticated_user,
 )
 from throttle.observe import Observation
+from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
@@ -53,6 +55,8 @@ __all__ = [
     "MarkerFields",
     "MemoryStore",
     "Observation",
+    "OpsConfig",
+    "OpsState",
     "Policy",
     "PolicyError",
     "PolicyProblem",
@@ -67,6 +71,7 @@ __all__ = [
     "ThrottleMiddleware",
     "admin_routes",
     "authenticated_user",
+    "dashboard_routes",
     "load_policy",
     "open_store",
     "parse_marker",

@@ -37,6 +37,7 @@ from throttle.fallback import (
 from throttle.faults import LogLimiter
 from throttle.markets import MarketSet, MarketWatcher, check_market, load_markets, market_sources
 from throttle.message import parse_marker
+from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
@@ -136,6 +137,8 @@ class ThrottleMiddleware:
     - `market(scope) -> str | None`: which market a request belongs to; `None`, an unknown name
       (logged) or an exception (logged) gets the default `policy`. A `str` names one market
       for every request, checked at start-up.
+    - `ops`: `True` or an `OpsConfig` keeps the shared ops state (`self.ops`, an `OpsState`)
+      that the dashboard and alerts read: per-minute counts of decisions, reloads, store health.
 
     A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
     When a framework builds the middleware itself (Starlette's and FastAPI's
@@ -161,8 +164,10 @@ class ThrottleMiddleware:
         freeze_gc: bool = True,
         markets: MarketSet | None = None,
         market: str | ChooseMarket | None = None,
+        ops: bool | OpsConfig = False,
     ) -> None:
         self.app = app
+        self.ops: OpsState | None = None
         self.freeze_gc = freeze_gc
         # Why this middleware cannot work, when a framework built it and start-up must say so.
         self.refusal: str | None = None
@@ -173,6 +178,9 @@ class ThrottleMiddleware:
             _refuse_async(self.identify)
             _refuse_async(market, "market")
             self._configure(policy, store, secret, reload_interval, clock, markets)
+            if ops is not False:
+                self.ops = OpsState(self.engine, ops if ops is not True else None, clock=clock)
+                self.ops.reloaded(None, self.engine.policy)
         except Exception as error:
             if not _built_by_a_framework():
                 raise
@@ -284,11 +292,16 @@ class ThrottleMiddleware:
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def send_and_close(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete" and self.freeze_gc:
-                # What start-up made lives as long as the process: keeping it out of the
-                # collector's sight makes every full collection, a latency spike, cheaper.
-                gc.freeze()
+            if message["type"] == "lifespan.startup.complete":
+                if self.ops is not None:
+                    self.ops.start()
+                if self.freeze_gc:
+                    # What start-up made lives as long as the process: keeping it out of the
+                    # collector's sight makes every full collection, a latency spike, cheaper.
+                    gc.freeze()
             elif message["type"] == "lifespan.shutdown.complete":
+                if self.ops is not None:
+                    await self.ops.aclose()
                 await self.engine.aclose()
             await send(message)
 
@@ -313,7 +326,10 @@ class ThrottleMiddleware:
             self._logs.warning("reload", "throttle: policy reload failed", exc_info=True)
             return
         if reloaded is not None:
+            previous = self.engine.policy
             self.engine.policy = reloaded
+            if self.ops is not None:
+                self.ops.reloaded(previous, reloaded)
         if self._market_watcher is not None:
             try:
                 changed = self._market_watcher.poll()
@@ -321,7 +337,10 @@ class ThrottleMiddleware:
                 self._logs.warning("reload", "throttle: policy reload failed", exc_info=True)
                 return
             for name, policy in changed.items():
+                previous = self.engine.policy_for(name)
                 self.engine.set_market(name, policy)
+                if self.ops is not None:
+                    self.ops.reloaded(previous, policy)
 
     async def decide(self, scope: Scope, marker_value: bytes) -> Decision:
         if self._watcher is not None or self._market_watcher is not None:
