@@ -11,6 +11,7 @@ async def offer(request):
 """
 
 from throttle.client import MarkerFields, Reservation, ThrottleClient
+from throttle.dashboard import dashboard_routes
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
 from throttle.envelope import ThrottledWebSocket, personalized_event
@@ -27,19 +28,24 @@ from throttle.message import Marker, parse_marker, personalization
 from throttle.middleware import (
     DECISION_HEADER,
     DECISION_SCOPE_KEY,
+    MARKET_SCOPE_KEY,
     ThrottleMiddleware,
     authenticated_user,
 )
 from throttle.observe import Observation
+from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
 from throttle.store import MemoryStore, RedisStore, Store, open_store
+from throttle.support import DataRequest, admin_routes
 
 __all__ = [
     "DECISION_HEADER",
     "DECISION_SCOPE_KEY",
+    "MARKET_SCOPE_KEY",
     "ConfigurationError",
+    "DataRequest",
     "Decision",
     "Engine",
     "Factor",
@@ -50,6 +56,8 @@ __all__ = [
     "MarkerFields",
     "MemoryStore",
     "Observation",
+    "OpsConfig",
+    "OpsState",
     "Policy",
     "PolicyError",
     "PolicyProblem",
@@ -63,7 +71,9 @@ __all__ = [
     "ThrottleError",
     "ThrottleMiddleware",
     "ThrottledWebSocket",
+    "admin_routes",
     "authenticated_user",
+    "dashboard_routes",
     "load_policy",
     "open_store",
     "parse_marker",

@@ -160,6 +160,11 @@ class RedisStore:
         self.guard: StoreGuard | None = None
         self._logs = LogLimiter(log=logger)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The redis-py client for work off the decision path (the ops state's writes)."""
+        return self._client
+
     def attach(self, guard: StoreGuard) -> None:
         """Report faults met off the decision path (side writes) to the engine's guard."""
         self.guard = guard
@@ -717,6 +722,22 @@ class RedisStore:
             pipe.delete(self.person_key(person), self.choices_key(person))
             raw, deleted = await pipe.execute()
         return Erasure(state=bool(deleted), decisions=len(_recent_of(decode_record(raw))))
+
+    async def token_of(self, person: str) -> str:
+        async with _unavailable_on_error():
+            await self._write_pending_now()  # a token a waiting decision is about to give them
+            raw: Any = await self._client.get(self.person_key(person))
+            token = decode_record(raw).get("k")
+        return token if isinstance(token, str) else ""
+
+    async def append_request(self, entry: bytes, audit: AuditLimits) -> None:
+        async with _unavailable_on_error():
+            pipe = self._client.pipeline(transaction=True)
+            # Beside the decisions' appends (`d`), under a field of its own (`r`).
+            pipe.xadd(self._audit_key, {b"r": entry})
+            # A trail this starts expires like one the decisions start.
+            pipe.pexpire(self._audit_key, audit.max_age_ms, nx=True)
+            await pipe.execute()
 
     async def aclose(self) -> None:
         self._closed = True
