@@ -432,3 +432,32 @@ def test_the_handshakes_gpc_signal_holds_for_every_message_on_the_socket() -> No
     messages = received(app, 3, headers=[(b"sec-gpc", b"1")])
     assert [m["text"] for m in messages[:2]] == ["public", "public"]
     assert json.loads(messages[2]["text"]) == {"decisions": ["consent", "consent"]}
+
+
+def test_the_market_scope_key_is_the_middlewares() -> None:
+    from throttle import middleware
+
+    assert realtime.MARKET_SCOPE_KEY == middleware.MARKET_SCOPE_KEY
+
+
+def test_a_markets_policy_decides_its_messages_and_says_whether_decisions_show() -> None:
+    quiet_market = {"de": NO_HEADER}
+
+    async def handler(throttled: ThrottledWebSocket, websocket: WebSocket) -> list[Any]:
+        marker = personalization("live")
+        sent = [
+            await throttled.send_json({"o": "SECRET"}, segment={"o": "public"}, marker=marker),
+            await throttled.send_json({"o": "SECRET"}, segment={"o": "public"}, marker=marker),
+            await throttled.send_text("SECRET", marker=5),  # type: ignore[arg-type]
+        ]
+        return [(d.reason.value, d.policy_version) for d in sent if d]
+
+    app = socket_app(
+        handler, identify=lambda scope: "ana", markets=quiet_market, market=lambda scope: "de"
+    )
+    messages = received(app, 3)
+    # The market's policy shows no decisions: no field is added.
+    assert [json.loads(m["text"]) for m in messages[:2]] == [{"o": "SECRET"}, {"o": "public"}]
+    decided = json.loads(messages[2]["text"])["decisions"]
+    assert decided == [[reason, NO_HEADER.version] for reason in
+                       ("allowed", "frequency-cap", "invalid-marker")]  # fmt: skip

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from throttle.middleware import ThrottleMiddleware
 
 EVENT_STREAM = "text/event-stream"
+# throttle.middleware.MARKET_SCOPE_KEY (that module imports this one): the deciding market.
+MARKET_SCOPE_KEY = "throttle.market"
 # A marked event is held whole until its blank line; one longer than this is dropped (marked)
 # or passed on as it comes (unmarked), so a stream cannot make the middleware hold unbounded.
 MAX_EVENT_BYTES = 1024 * 1024
@@ -87,7 +89,8 @@ class SocketSender:
             decision, outgoing = await self._decide(message)
         except Exception:  # the socket outlives any failure to decide: nothing is sent
             _logs.warning("socket", "throttle: deciding a WebSocket message failed", exc_info=True)
-            decision, outgoing = self.middleware.engine.internal_error(), None
+            market = self.middleware.market_of(self.scope)
+            decision, outgoing = self.middleware.engine.internal_error(market), None
         self.scope[MESSAGE_DECISION_KEY] = decision
         with contextlib.suppress(TypeError):  # an immutable mapping: the scope has it too
             message[MESSAGE_DECISION_KEY] = decision
@@ -105,7 +108,7 @@ class SocketSender:
                 "throttle: a marked WebSocket message without a str or bytes body, or with a "
                 "marker that is not a str or bytes, is sent as its segment version",
             )
-            decision = middleware.engine.invalid_marker(middleware.person(self.scope))
+            decision = _unreadable(middleware, self.scope)
         else:
             decision = await middleware.decide(self.scope, marker)
         if decision.delivers_personalized and personalized is not None:
@@ -117,7 +120,7 @@ class SocketSender:
         if content is None:
             return decision, None
         field = message.get(DECISION_FIELD_KEY)
-        show = middleware.engine.policy.decisions.header
+        show = _shows_decisions(middleware, self.scope)
         if isinstance(content, str) and isinstance(field, str) and show:
             shown = middleware.decision_header(decision).decode("ascii")
             content = with_decision_field(content, field, shown)
@@ -142,6 +145,17 @@ class SocketSender:
             return content.body.decode("utf-8")
         except UnicodeDecodeError:
             return content.body
+
+
+def _unreadable(middleware: ThrottleMiddleware, scope: Scope) -> Decision:
+    """The decision on a message whose marker or body cannot be read."""
+    market = scope[MARKET_SCOPE_KEY] = middleware.market_of(scope)
+    return middleware.engine.invalid_marker(middleware.person(scope), market)
+
+
+def _shows_decisions(middleware: ThrottleMiddleware, scope: Scope) -> bool:
+    """Whether the policy that decided (the market's, or the default) sends decisions."""
+    return middleware.engine.policy_for(scope.get(MARKET_SCOPE_KEY)).decisions.header
 
 
 def _version(text: object, data: object) -> str | bytes | None:
@@ -296,7 +310,7 @@ class EventStream:
                 MAX_EVENT_BYTES,
             )
             self.mode = self._DROP
-            decision = self.middleware.engine.invalid_marker(self.middleware.person(self.scope))
+            decision = _unreadable(self.middleware, self.scope)
             self.scope[MESSAGE_DECISION_KEY] = decision
             out += await self._refused(decision, [], [], None, b"\n")
             # The dropped line goes on in the next chunk, unless it ended (a CR kept pending).
@@ -376,7 +390,7 @@ class EventStream:
         terminator: bytes,
     ) -> bytes:
         lines = list(kept)
-        if self.middleware.engine.policy.decisions.header:
+        if _shows_decisions(self.middleware, self.scope):
             shown = self.middleware.decision_header(decision)
             lines.append(DECISION_EVENT_FIELD + b": " + shown + b"\n")
             if field is not None:
