@@ -23,6 +23,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from throttle.alerts import AlertMonitor, httpx_module
 from throttle.consent import gpc_opt_out, tcf_purposes
 from throttle.decision import Decision
 from throttle.engine import Engine
@@ -193,6 +194,11 @@ class ThrottleMiddleware:
         )
         opened = open_store(store) if isinstance(store, str) else store
         self.engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
+        if loaded.alerts.webhook is not None:
+            httpx_module()  # a webhook that could never be posted to stops start-up
+        self.alerts = AlertMonitor(self.engine, clock=clock)
+        if self._watcher is not None:
+            self._watcher.on_refused = self.alerts.reload_rejected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.refusal is not None:
@@ -204,6 +210,8 @@ class ThrottleMiddleware:
                 if support is not None:
                     await _gpc_json(scope, send, support.last_update)
                     return
+            if not self.alerts.started:  # without a lifespan, the first request starts it
+                self.alerts.start()
             scope[MIDDLEWARE_SCOPE_KEY] = self
             await self.app(scope, receive, _Responder(self, scope, send))
         elif scope["type"] == "lifespan":
@@ -240,7 +248,10 @@ class ThrottleMiddleware:
                 # What start-up made lives as long as the process: keeping it out of the
                 # collector's sight makes every full collection, a latency spike, cheaper.
                 gc.freeze()
+            if message["type"] == "lifespan.startup.complete":
+                self.alerts.start()
             elif message["type"] == "lifespan.shutdown.complete":
+                await self.alerts.aclose()
                 await self.engine.aclose()
             await send(message)
 
