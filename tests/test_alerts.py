@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,10 @@ min_rate = 0.2
 
 
 def rate_policy(**keys: Any) -> Policy:
-    condition = {"name": "c", "kind": "refusal-rate", "per": "campaign", "window": "2m",
-                 "baseline": "10m", "factor": 3.0, "min_decisions": 10, "min_rate": 0.2, **keys}  # fmt: skip
+    condition = {
+        "name": "c", "kind": "refusal-rate", "per": "campaign", "window": "2m",
+        "baseline": "10m", "factor": 3.0, "min_decisions": 10, "min_rate": 0.2, **keys,
+    }  # fmt: skip
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in condition.items())
     return policy(f'[alerts]\nresolution = "1m"\n[[alerts.conditions]]\n{lines}\n')
 
@@ -144,9 +147,11 @@ def test_subjects_of_one_bucket_are_bounded() -> None:
          '\nwindow = "1m"\n', 9, 'alerts.conditions."x".window: window (1m) is shorter than '
          "alerts.resolution (5m)"),
         ('[alerts]\nresolution = "1s"\n[[alerts.conditions]]\nname = "x"\nkind = "fallback-rate"'
-         '\nbaseline = "1d"\n', 9, 'alerts.conditions."x".baseline: window and baseline span 86,700 buckets of 1s; at most 10,080'),
+         '\nbaseline = "1d"\n', 9, 'alerts.conditions."x".baseline: window and baseline span '
+         "86,700 buckets of 1s; at most 10,080"),
         ('[[alerts.conditions]]\nname = "x"\nkind = "reload-rejected"\n[[alerts.conditions]]\n'
-         'name = "x"\nkind = "store-failing"\n', 8, 'alerts.conditions."x".name: two conditions are named \'x\''),
+         'name = "x"\nkind = "store-failing"\n', 8,
+         "alerts.conditions.\"x\".name: two conditions are named 'x'"),
         ('[[alerts.conditions]]\nname = "x"\nkind = "rate"\n', 6, "alerts.conditions.\"x\".kind"),
     ],
 )  # fmt: skip
@@ -237,7 +242,9 @@ async def test_an_unreachable_webhook_is_retried_a_bounded_number_of_times(
 ) -> None:
     clock = ManualClock()
     down = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-    rules = policy(SPIKE.format(url=down).replace('quiet = "1h"', 'quiet = "1h"\nattempts = 3\nbackoff = "10ms"'))  # fmt: skip
+    rules = policy(
+        SPIKE.format(url=down).replace("[[alerts.", 'attempts = 3\nbackoff = "10ms"\n[[alerts.')
+    )
     engine = Engine(rules, MemoryStore(), secret=SECRET, clock=clock)
     monitor = AlertMonitor(engine, clock=clock)
     await spike(engine, clock)
@@ -296,7 +303,7 @@ async def test_without_the_store_the_workers_of_one_machine_agree_through_a_lock
         assert await workers[0].claim("another:alert:key", 60)
     finally:
         await gone.aclose()
-    assert len(list(tmp_path.iterdir())) == 2  # named by hashes, never by the subject
+    assert len(os.listdir(tmp_path)) == 2  # named by hashes, never by the subject
 
 
 async def test_a_store_failing_longer_than_after_fires_once(
