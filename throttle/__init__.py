@@ -10,6 +10,7 @@ async def offer(request):
 ```
 """
 
+from throttle.dashboard import dashboard_routes
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
 from throttle.errors import (
@@ -29,6 +30,7 @@ from throttle.middleware import (
     authenticated_user,
 )
 from throttle.observe import Observation
+from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
@@ -47,6 +49,8 @@ __all__ = [
     "MarkerError",
     "MemoryStore",
     "Observation",
+    "OpsConfig",
+    "OpsState",
     "Policy",
     "PolicyError",
     "PolicyProblem",
@@ -58,6 +62,7 @@ __all__ = [
     "ThrottleError",
     "ThrottleMiddleware",
     "authenticated_user",
+    "dashboard_routes",
     "load_policy",
     "open_store",
     "parse_marker",

@@ -37,6 +37,7 @@ from throttle.fallback import (
 )
 from throttle.faults import LogLimiter
 from throttle.message import parse_marker
+from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
@@ -124,6 +125,8 @@ class ThrottleMiddleware:
     - `freeze_gc`: once the app has started (lifespan), `gc.freeze()` the objects start-up made,
       so full garbage collections skip them and stay short (the p99 tail under load); `False`
       leaves the collector alone.
+    - `ops`: `True` or an `OpsConfig` keeps the shared ops state (`self.ops`, an `OpsState`)
+      that the dashboard and alerts read: per-minute counts of decisions, reloads, store health.
 
     A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
     When a framework builds the middleware itself (Starlette's and FastAPI's
@@ -147,8 +150,10 @@ class ThrottleMiddleware:
         reload_interval: float | None = 2.0,
         clock: Callable[[], float] = time.time,
         freeze_gc: bool = True,
+        ops: bool | OpsConfig = False,
     ) -> None:
         self.app = app
+        self.ops: OpsState | None = None
         self.freeze_gc = freeze_gc
         # Why this middleware cannot work, when a framework built it and start-up must say so.
         self.refusal: str | None = None
@@ -157,6 +162,9 @@ class ThrottleMiddleware:
         try:
             _refuse_async(self.identify)
             self._configure(policy, store, secret, reload_interval, clock)
+            if ops is not False:
+                self.ops = OpsState(self.engine, ops if ops is not True else None, clock=clock)
+                self.ops.reloaded(None, self.engine.policy)
         except Exception as error:
             if not _built_by_a_framework():
                 raise
@@ -244,14 +252,18 @@ class ThrottleMiddleware:
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def send_and_close(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete" and self.freeze_gc:
-                # What start-up made lives as long as the process: keeping it out of the
-                # collector's sight makes every full collection, a latency spike, cheaper.
-                gc.freeze()
             if message["type"] == "lifespan.startup.complete":
+                if self.ops is not None:
+                    self.ops.start()
                 self.alerts.start()
+                if self.freeze_gc:
+                    # What start-up made lives as long as the process: keeping it out of the
+                    # collector's sight makes every full collection, a latency spike, cheaper.
+                    gc.freeze()
             elif message["type"] == "lifespan.shutdown.complete":
                 await self.alerts.aclose()
+                if self.ops is not None:
+                    await self.ops.aclose()
                 await self.engine.aclose()
             await send(message)
 
@@ -266,7 +278,10 @@ class ThrottleMiddleware:
             self._logs.warning("reload", "throttle: policy reload failed", exc_info=True)
             return
         if reloaded is not None:
+            previous = self.engine.policy
             self.engine.policy = reloaded
+            if self.ops is not None:
+                self.ops.reloaded(previous, reloaded)
 
     async def decide(self, scope: Scope, marker_value: bytes) -> Decision:
         if self._watcher is not None:

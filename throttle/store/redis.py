@@ -158,6 +158,11 @@ class RedisStore:
         self.guard: StoreGuard | None = None
         self._logs = LogLimiter(log=logger)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The redis-py client for work off the decision path (the ops state's writes)."""
+        return self._client
+
     def attach(self, guard: StoreGuard) -> None:
         """Report faults met off the decision path (side writes) to the engine's guard."""
         self.guard = guard
