@@ -24,6 +24,7 @@ from throttle.check import check
 from throttle.cli import main
 from throttle.decision import Decision, Reason
 from throttle.errors import PolicyError
+from throttle.opsstate import OpsState
 from throttle.reload import PolicyWatcher
 from throttle.store import MemoryStore, RedisStore
 
@@ -36,6 +37,9 @@ window = "1d"
 
 [creepiness]
 repetition = {{ weight = 0.0, window = "1h" }}
+
+[fallback.content.sale]
+body = "{{}}"
 
 [alerts]
 webhook = "{url}"
@@ -103,22 +107,25 @@ def decision(outcome: str, reason: Reason, rule: str | None, campaign: str = "sa
     return Decision(outcome, reason, rule, 0.1, (), campaign, "web", None, False, "p", "v")  # type: ignore[arg-type]
 
 
-def test_rules_count_out_of_every_decision_and_segments_leave_a_persons_choices_out() -> None:
+def test_rules_count_out_of_every_decision_and_segments_by_their_top_level() -> None:
     counted = Bucket()
     for _ in range(6):
         counted.add(decision("personalized", Reason.ALLOWED, None), "eu/de")
     for _ in range(3):
-        counted.add(decision("segment", Reason.FREQUENCY_CAP, "daily"), "eu/de")
-    counted.add(decision("segment", Reason.PREFERENCE, "level.off"), "eu/de")
-    assert counted.decisions == 10
-    assert counted.counts[("campaign", "sale")] == [10, 4]
+        counted.add(decision("segment", Reason.FREQUENCY_CAP, "daily"), "eu/de/berlin")
+    counted.add(decision("segment", Reason.PREFERENCE, "level.off"), "")
+    shadow = decision("segment", Reason.FREQUENCY_CAP, "daily")._replace(shadow=True)
+    counted.add(shadow, "eu")  # delivered all the same: not a refusal
+    assert counted.decisions == 11
+    assert counted.counts[("campaign", "sale")] == [11, 4]
     assert counted.counts[("rule", "daily")] == [0, 3]
-    assert counted.counts[("segment", "eu/de")] == [9, 3]  # the person's own "off" left out
+    assert counted.counts[("segment", "eu")] == [10, 3]
+    assert counted.counts[("segment", "*")] == [1, 1]
     alerts = rate_policy(per="rule", min_decisions=5).alerts
     baseline = {n: Bucket(decisions=10) for n in range(10)}
     [rise] = risen(alerts, alerts.conditions[0], {**baseline, 11: counted}, 11)
     assert (rise.subject, rise.decisions, rise.hits, rise.baseline_decisions) == (
-        "daily", 10, 3, 100,
+        "daily", 11, 3, 100,
     )  # fmt: skip
 
 
@@ -199,24 +206,31 @@ async def spike(engine: Engine, clock: ManualClock) -> None:
         clock.advance(5)
 
 
-async def test_a_spike_posts_one_alert_and_the_quiet_period_holds_for_every_monitor() -> None:
+@pytest.mark.parametrize("counts", ["this process's", "the shared ops state's"])
+async def test_a_spike_posts_one_alert_and_the_quiet_period_holds_for_every_monitor(
+    counts: str,
+) -> None:
     clock = ManualClock()
     store = MemoryStore()
     with Receiver() as hook:
         rules = policy(SPIKE.format(url=hook.url))
         engine = Engine(rules, store, secret=SECRET, clock=clock)
-        monitor = AlertMonitor(engine, clock=clock)
+        ops = OpsState(engine, clock=clock) if counts != "this process's" else None
+        monitor = AlertMonitor(engine, clock=clock, ops=ops)
+        assert monitor.source is (monitor.counts if ops is None else monitor.shared)
         await spike(engine, clock)
         [alert] = await monitor.tick()
         assert await asyncio.to_thread(hook.wait_for, 1)
         # Another worker on the same store sees the same spike, and stays quiet.
-        other = AlertMonitor(Engine(rules, store, secret=SECRET, clock=clock), clock=clock)
+        other = AlertMonitor(Engine(rules, store, secret=SECRET, clock=clock), clock=clock, ops=ops)
         other.counts.buckets = monitor.counts.buckets
         assert await other.tick() == []
         assert await monitor.tick() == []
         clock.advance(3600)  # the quiet period is over, but so is the spike
         assert await monitor.tick() == []
         await monitor.aclose()
+        if ops is not None:
+            await ops.aclose()
     [body] = hook.bodies
     assert body == {
         "alert": "campaign-refusals",

@@ -38,7 +38,7 @@ from throttle.fallback import (
 from throttle.faults import LogLimiter
 from throttle.message import parse_marker
 from throttle.opsstate import OpsConfig, OpsState
-from throttle.policy import Policy, load_policy
+from throttle.policy import RATE_KINDS, Policy, load_policy
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
 
@@ -127,6 +127,7 @@ class ThrottleMiddleware:
       leaves the collector alone.
     - `ops`: `True` or an `OpsConfig` keeps the shared ops state (`self.ops`, an `OpsState`)
       that the dashboard and alerts read: per-minute counts of decisions, reloads, store health.
+      A policy with rate alerts keeps it whatever `ops` says (its campaigns named by `ops`).
 
     A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
     When a framework builds the middleware itself (Starlette's and FastAPI's
@@ -162,9 +163,12 @@ class ThrottleMiddleware:
         try:
             _refuse_async(self.identify)
             self._configure(policy, store, secret, reload_interval, clock)
-            if ops is not False:
-                self.ops = OpsState(self.engine, ops if ops is not True else None, clock=clock)
+            if ops is not False or _counts_rates(self.engine.policy):
+                # Rate alerts read the fleet's counts from the ops state, so they keep one.
+                self.ops = OpsState(self.engine, ops if isinstance(ops, OpsConfig) else None,
+                                    clock=clock)  # fmt: skip
                 self.ops.reloaded(None, self.engine.policy)
+                self.alerts.read_from(self.ops)
         except Exception as error:
             if not _built_by_a_framework():
                 raise
@@ -604,6 +608,11 @@ def _built_by_a_framework() -> bool:
     stack on the first ASGI event (Starlette and FastAPI name it `build_middleware_stack`)."""
     caller = sys._getframe(2)  # 0: this function, 1: __init__, 2: whoever called the class
     return caller.f_code.co_name == "build_middleware_stack"
+
+
+def _counts_rates(policy: Policy) -> bool:
+    """Whether the policy has alerts on rates, which need the fleet's counts."""
+    return any(condition.kind in RATE_KINDS for condition in policy.alerts.conditions)
 
 
 def _secret(secret: str | bytes | None, store: Store) -> bytes:

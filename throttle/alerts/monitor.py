@@ -1,7 +1,9 @@
 """The live side of alerts: watches one engine, and delivers what its policy's `[alerts]` ask.
 
 Each worker runs one monitor, a background task that every `tick` seconds:
-- reads the rate counts (`source`) and applies `rates.risen` to each rate condition;
+- reads the rate counts and applies `rates.risen` to each rate condition: the fleet's, from
+  the shared ops state (`throttle.opsstate`) when the middleware keeps one and the policy
+  counts per minute; otherwise this process's own, counted here;
 - looks at the engine's store guard for a store failing longer than a condition's `after`;
 - takes the reloads its policy watcher refused since the last tick;
 then claims each alert's quiet period (`quiet.QuietPeriods`) and, if this worker got it,
@@ -21,11 +23,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from throttle.alerts.quiet import QuietPeriods
-from throttle.alerts.rates import Bucket, LocalCounts, kept_buckets, risen
+from throttle.alerts.rates import Bucket, LocalCounts, SharedCounts, kept_buckets, risen
 from throttle.alerts.webhook import WebhookSender
 from throttle.engine import Engine
 from throttle.faults import LogLimiter
 from throttle.observe import Observation
+from throttle.opsstate import OpsState
 from throttle.policy import (
     RATE_KINDS,
     AlertCondition,
@@ -114,14 +117,16 @@ class AlertMonitor:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         lock_dir: Path | None = None,
+        ops: OpsState | None = None,
     ) -> None:
         self.engine = engine
         self._clock = clock
         self._monotonic = monotonic
         alerts = engine.policy.alerts
         self.counts = LocalCounts(alerts.resolution, kept_buckets(alerts))
+        self.shared = SharedCounts(ops) if ops is not None else None
         self.source: RateSource = self.counts
-        self._counting = self.counts.keep > 1
+        self._counting = False
         prefix = getattr(engine.store, "prefix", "")
         self.quiet = QuietPeriods(
             engine.store,
@@ -129,7 +134,8 @@ class AlertMonitor:
             lock_dir=lock_dir,
             clock=clock,
         )
-        self._shape = (alerts.resolution, self.counts.keep)
+        self._shape: tuple[float, int] | None = None
+        self._follow(alerts)
         self._refusals: list[tuple[str, str, str]] = []
         self._asked_until: dict[str, float] = {}
         self._sender: WebhookSender | None = None
@@ -183,9 +189,10 @@ class AlertMonitor:
         found: list[Alert] = []
         now = self._clock()
         current = int(now // alerts.resolution)
+        buckets = await self._buckets(alerts, current)
         for condition in alerts.conditions:
             if condition.kind in RATE_KINDS:
-                found += await self._rates(alerts, condition, current)
+                found += self._rates(alerts, condition, buckets, current)
             elif condition.kind == "store-failing":
                 found += self._store_failing(condition)
             else:
@@ -197,17 +204,49 @@ class AlertMonitor:
                 delivered.append(alert)
         return delivered
 
-    def _follow(self, alerts: Alerts) -> None:
-        """A reload may change the bucket length or how many buckets the conditions read."""
-        shape = (alerts.resolution, kept_buckets(alerts))
-        if shape != self._shape:
-            self.counts.reshape(*shape)
-            self._shape = shape
-            self._counting = shape[1] > 1
+    def read_from(self, ops: OpsState) -> None:
+        """Read rates from the fleet's shared ops state (when the policy counts per minute)."""
+        self.shared = SharedCounts(ops)
+        self._shape = None
+        self._follow(self.engine.policy.alerts)
 
-    async def _rates(self, alerts: Alerts, condition: AlertCondition, current: int) -> list[Alert]:
-        w, b = alerts.buckets(condition.window), alerts.buckets(condition.baseline)
-        buckets = await self.source.read(current - w - b + 1, current)
+    def _follow(self, alerts: Alerts) -> None:
+        """A reload may change the bucket length or how many buckets the conditions read, and
+        with them where the counts come from."""
+        shape = (alerts.resolution, kept_buckets(alerts))
+        if shape == self._shape:
+            return
+        self._shape = shape
+        self.counts.reshape(*shape)
+        shared = self.shared is not None and alerts.resolution == self.shared.resolution
+        self.source = self.shared if shared and self.shared is not None else self.counts
+        # This process counts only for itself, and only while a condition reads the counts.
+        self._counting = shape[1] > 1 and self.source is self.counts
+
+    async def _buckets(self, alerts: Alerts, current: int) -> Mapping[int, Bucket]:
+        """Every bucket the rate conditions read, up to `current`; none when the source cannot
+        be read (the shared state lives in the store, which may be what is failing)."""
+        span = self._shape[1] if self._shape is not None else 1
+        if span <= 1:
+            return {}
+        try:
+            async with asyncio.timeout(max(1.0, self.engine.policy.store.timeout)):
+                return await self.source.read(current - span + 2, current)
+        except Exception as error:
+            self._logs.warning(
+                "read",
+                "throttle: alert rates cannot be read now (%s); rate conditions wait",
+                f"{type(error).__name__}: {error}",
+            )
+            return {}
+
+    def _rates(
+        self,
+        alerts: Alerts,
+        condition: AlertCondition,
+        buckets: Mapping[int, Bucket],
+        current: int,
+    ) -> list[Alert]:
         return [
             Alert(
                 condition.name,

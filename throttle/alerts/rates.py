@@ -1,15 +1,16 @@
 """Rates over time: decisions counted in buckets, and the rule that says a rate has risen.
 
 A bucket is `alerts.resolution` long (a minute by default) and numbered by its start:
-`floor(t / resolution)`. Each bucket counts, for one process or for the fleet:
+`floor(t / resolution)`. Each bucket counts what the shared ops state (`throttle.opsstate`)
+counts, with the same words, so that the fleet's minutes and one process's buckets mean the
+same thing:
 
-- per campaign: decisions, and refusals (any outcome but personalized: segment or category
-  content, shadow refusals included, as enforcing would send them);
+- per campaign: decisions, and refusals (the person did not get the personalized content:
+  segment or category content stood in; a shadow refusal, delivered all the same, is not one);
 - per rule (a cap's name, `creepiness.threshold`, `consent.gpc`, ...): the refusals it made,
   out of every decision of the bucket;
-- per segment the message was written for: the decisions the policy made (a person's own
-  choices, the law and faults left out, as `throttle audit`'s fairness view does) and how
-  many of them fell back.
+- per segment (the top level of the segment the message was written for, `*` for everyone):
+  decisions, and how many of them fell back (refusals, by another name).
 
 `risen` is a pure function of those counts, so the live monitor, `throttle simulate` and the
 tests all apply the same rule.
@@ -20,13 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from throttle.audit_summary import segment_label
-from throttle.decision import Decision, Reason
+from throttle.decision import Decision
+from throttle.opsstate import EVERYONE, MINUTE, Minute, OpsState
 from throttle.policy import RATE_KINDS, AlertCondition, Alerts, format_duration
 
-# Decisions that judge the policy itself; a person's choices, the law and faults are not
-# counted in a segment's fallback rate (the same as `throttle audit`'s fairness view).
-JUDGED = frozenset(r for r in Reason if r.kind in ("limit", "granted"))
 # Past this many subjects of one kind in one bucket, the rest are counted together: a
 # campaign name is free text, and a process's memory must stay bounded whatever it is sent.
 MAX_SUBJECTS = 1000
@@ -58,18 +56,42 @@ class Bucket:
 
     def add(self, decision: Decision, segment: str) -> None:
         self.decisions += 1
-        refused = decision.outcome != "personalized"
-        campaign = decision.campaign if decision.campaign is not None else "(unknown)"
+        refused = not decision.delivers_personalized
+        campaign = decision.campaign if decision.campaign is not None else "-"
         self.count("campaign", campaign, decided=1, hit=refused)
-        if refused and decision.rule is not None:
+        if refused and decision.rule:
             self.count("rule", decision.rule, decided=0, hit=1)
-        if decision.reason in JUDGED:
-            self.count("segment", segment_label(segment), decided=1, hit=refused)
+        self.count("segment", segment.partition("/")[0] or EVERYONE, decided=1, hit=refused)
 
-    def merge(self, other: Bucket) -> None:
-        self.decisions += other.decisions
-        for (per, subject), (decided, hit) in other.counts.items():
-            self.count(per, subject, decided=decided, hit=hit)
+    @classmethod
+    def of_minute(cls, minute: Minute) -> Bucket:
+        """The fleet's minute from the shared ops state, as a bucket."""
+        bucket = cls(decisions=minute.decisions)
+        for campaign, decided in minute.campaigns.items():
+            hit = minute.campaign_fallbacks.get(campaign, 0)
+            bucket.count("campaign", campaign, decided=decided, hit=hit)
+        for rule, hit in minute.fallback_rules.items():
+            bucket.count("rule", rule, decided=0, hit=hit)
+        for segment, decided in minute.segments.items():
+            hit = minute.segment_fallbacks.get(segment, 0)
+            bucket.count("segment", segment, decided=decided, hit=hit)
+        return bucket
+
+
+class SharedCounts:
+    """The fleet's counts: the shared ops state's minutes, every worker's decisions summed.
+
+    Its buckets are minutes, so it serves a policy whose `alerts.resolution` is 1m.
+    """
+
+    resolution = float(MINUTE)
+
+    def __init__(self, ops: OpsState) -> None:
+        self.ops = ops
+
+    async def read(self, first: int, last: int) -> Mapping[int, Bucket]:
+        minutes = await self.ops.minutes(first * MINUTE, last * MINUTE)
+        return {minute.start // MINUTE: Bucket.of_minute(minute) for minute in minutes}
 
 
 class LocalCounts:
