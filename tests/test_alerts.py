@@ -172,7 +172,11 @@ def test_a_bad_alerts_table_is_refused_with_its_line_and_words(
     assert out.getvalue().startswith(f"{path}:{line}: {problem}"), out.getvalue()
 
 
-README_EXAMPLE = Path("README.md").read_text().split("```toml\n[alerts]")[1].split("```")[0]
+README = Path("README.md").read_text()
+README_EXAMPLE = README.split("```toml\n[alerts]")[1].split("```")[0]
+README_BODY = json.loads(
+    README.split("**The webhook** gets")[1].split("```json\n")[1].split("```")[0]
+)
 
 
 def test_the_readme_example_loads_and_check_explains_each_alert_in_words(tmp_path: Path) -> None:
@@ -249,6 +253,8 @@ async def test_a_spike_posts_one_alert_and_the_quiet_period_holds_for_every_moni
         "quiet_seconds": 3600.0,
     }  # fmt: skip
     assert alert.summary.startswith("campaign 'sale': refusal rate 100% over the last 5m")
+    assert list(body) == list(README_BODY)  # the README shows the body as it is
+    assert list(body["figures"]) == list(README_BODY["figures"])
 
 
 async def test_an_unreachable_webhook_is_retried_a_bounded_number_of_times(
@@ -405,7 +411,12 @@ def test_simulate_reports_the_alerts_a_trace_would_have_fired(
     )
     assert fired["figures"]["rate"] >= 0.6
     assert 1_800_007_200 < fired["t"] <= 1_800_007_200 + 600
-    assert main(["simulate", str(rules), str(trace)]) == 0
+    page = tmp_path / "report.html"
+    assert main(["simulate", str(rules), str(trace), "--html", str(page)]) == 0
+    assert "would have fired: 1</h2>" in page.read_text()
+    assert "<td>campaign-refusals</td><td>campaign &#x27;sale&#x27;: refusal rate" in (
+        page.read_text()
+    )
     text = capsys.readouterr().out
     assert "alerts shop @" in text and "would have fired: 1 (each at most once per 1d)" in text
     assert "campaign-refusals  campaign 'sale': refusal rate" in text

@@ -127,6 +127,7 @@ class AlertMonitor:
         self.shared = SharedCounts(ops) if ops is not None else None
         self.source: RateSource = self.counts
         self._counting = False
+        self._observing = False
         prefix = getattr(engine.store, "prefix", "")
         self.quiet = QuietPeriods(
             engine.store,
@@ -145,7 +146,6 @@ class AlertMonitor:
         self._wake: asyncio.Event | None = None
         self._logs = LogLimiter(log=logger)
         self.fired: list[Alert] = []
-        engine.observe(self._observe)
 
     @property
     def started(self) -> bool:
@@ -220,8 +220,12 @@ class AlertMonitor:
         self.counts.reshape(*shape)
         shared = self.shared is not None and alerts.resolution == self.shared.resolution
         self.source = self.shared if shared and self.shared is not None else self.counts
-        # This process counts only for itself, and only while a condition reads the counts.
+        # This process counts only for itself, and only while a condition reads the counts;
+        # until one does, decisions do not even call it.
         self._counting = shape[1] > 1 and self.source is self.counts
+        if self._counting and not self._observing:
+            self.engine.observe(self._observe)
+            self._observing = True
 
     async def _buckets(self, alerts: Alerts, current: int) -> Mapping[int, Bucket]:
         """Every bucket the rate conditions read, up to `current`; none when the source cannot

@@ -73,7 +73,16 @@ class QuietPeriods:
                     type(error).__name__,
                     self.lock_dir,
                 )
-        return await asyncio.to_thread(self._claim_on_machine, name, seconds)
+        try:
+            return await asyncio.to_thread(self._claim_on_machine, name, seconds)
+        except OSError as error:  # better twice than never: this worker delivers
+            self._logs.warning(
+                "lock",
+                "throttle: alert quiet periods cannot be kept in %s (%s); delivering anyway",
+                self.lock_dir,
+                error,
+            )
+            return True
 
     def _claim_on_machine(self, name: str, seconds: float) -> bool:
         """One lock file per key holds when its quiet period ends; `flock` makes reading and
