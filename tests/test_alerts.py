@@ -9,22 +9,27 @@ import io
 import json
 import logging
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
+import jsonschema
 import pytest
 
+from tests.apps import storefront
 from tests.conftest import ManualClock
 from tests.helpers import SECRET, marker, policy
 from tests.redis_server import RedisServer, free_port
 from tests.webhook_receiver import Receiver
-from throttle import Engine, Policy
+from throttle import Engine, Policy, ThrottleMiddleware
 from throttle.alerts import AlertMonitor, Bucket, QuietPeriods, WebhookSender, risen
 from throttle.check import check
 from throttle.cli import main
 from throttle.decision import Decision, Reason
 from throttle.errors import PolicyError
 from throttle.opsstate import OpsState
+from throttle.policy import json_schema
 from throttle.reload import PolicyWatcher
 from throttle.store import MemoryStore, RedisStore
 
@@ -182,6 +187,7 @@ README_BODY = json.loads(
 def test_the_readme_example_loads_and_check_explains_each_alert_in_words(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text(f'[policy]\nname = "shop"\n\n[alerts]{README_EXAMPLE}')
+    jsonschema.validate(tomllib.loads(path.read_text()), json_schema())  # editors agree
     out = io.StringIO()
     assert check([str(path)], out) == 0
     text = out.getvalue()
@@ -438,3 +444,31 @@ def test_the_tick_follows_the_smallest_thing_to_notice() -> None:
     fast = policy('[alerts]\nresolution = "1s"\n[[alerts.conditions]]\nname = "s"\n'
                   'kind = "store-failing"\nafter = "100ms"\n').alerts  # fmt: skip
     assert tick_seconds(fast) == 0.2
+
+
+async def test_the_middleware_starts_its_monitor_and_a_bad_edit_reaches_the_webhook(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shop.toml"
+    with Receiver() as hook:
+        path.write_text(
+            f'[policy]\nname = "shop"\n[alerts]\nwebhook = "{hook.url}"\n'
+            '[[alerts.conditions]]\nname = "bad-reload"\nkind = "reload-rejected"\n'
+        )
+        app = storefront(policy=str(path), store="memory://", reload_interval=0.01)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+            assert (await http.get("/offer", headers={"x-test-user": "ana"})).status_code == 200
+            path.write_text(path.read_text() + "[[caps]]\n")
+            for _ in range(200):  # at most 10 s: the watcher looks on a request's way
+                await asyncio.sleep(0.05)
+                await http.get("/offer", headers={"x-test-user": "ana"})
+                if hook.posts:
+                    break
+        middleware = app.middleware_stack
+        while not isinstance(middleware, ThrottleMiddleware):
+            middleware = middleware.app  # type: ignore[union-attr]
+        await middleware.alerts.aclose()
+    [body] = hook.bodies
+    assert body["key"] == f"bad-reload:reload-rejected:{path}"
+    assert "caps[0].name: is required; add it" in body["summary"]
