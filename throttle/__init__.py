@@ -10,6 +10,7 @@ async def offer(request):
 ```
 """
 
+from throttle.client import MarkerFields, Reservation, ThrottleClient
 from throttle.dashboard import dashboard_routes
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
@@ -47,6 +48,7 @@ __all__ = [
     "FallbackRequest",
     "Marker",
     "MarkerError",
+    "MarkerFields",
     "MemoryStore",
     "Observation",
     "OpsConfig",
@@ -56,9 +58,11 @@ __all__ = [
     "PolicyProblem",
     "Reason",
     "RedisStore",
+    "Reservation",
     "SegmentContent",
     "Store",
     "StoreUnavailable",
+    "ThrottleClient",
     "ThrottleError",
     "ThrottleMiddleware",
     "authenticated_user",

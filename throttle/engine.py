@@ -35,6 +35,7 @@ from throttle.store.base import (
     Choice,
     Delivery,
     Erasure,
+    Hold,
     Store,
     outcome_key,
 )
@@ -132,6 +133,11 @@ class Engine:
                 self._logs.warning("observer", "an observer of decisions failed", exc_info=True)
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """Seconds since the epoch, as the decisions count time."""
+        return self._clock
+
+    @property
     def uses_time_zones(self) -> bool:
         """Whether the policy counts time in people's zones (calendar caps, quiet hours)."""
         return self._snapshot.local is not None
@@ -167,30 +173,60 @@ class Engine:
 
         Every decision is appended to the audit trail, the person named by a random token.
         """
+        decision, _ = await self.ask(marker, person=person, gpc=gpc, zone=zone, purposes=purposes)
+        return decision
+
+    async def ask(
+        self,
+        marker: Marker,
+        *,
+        person: str | None,
+        gpc: bool = False,
+        zone: str | None = None,
+        purposes: frozenset[int] | None = None,
+        dry_run: bool = False,
+        hold: Hold | None = None,
+    ) -> tuple[Decision, bool]:
+        """`decide`, as a preflight or a reservation (what `ThrottleClient` builds on); with
+        whether the store counted the message as the reservation `hold`.
+
+        - `dry_run`: decide as for real and change nothing: no counter, budget, choice,
+          audience, recent decision, trail entry or observation.
+        - `hold`: count the message as this reservation, which `Store.settle` commits or
+          releases.
+
+        Without the store, neither fails open: the answer is segment content.
+        """
         started = self._monotonic() if self._observers else 0.0
         snapshot = self._snapshot
         plan = snapshot.plan(marker)
         pseudonym = self.pseudonym(person) if person is not None else None
         if pseudonym is None:
             decision = await self._decide_for_nobody(snapshot, plan, gpc, zone, purposes)
+            if dry_run:
+                return decision, False
             if snapshot.audit is not None:
                 self._record(snapshot, decision, marker, "")
             if self._observers:
                 self._observed(decision, marker.segment, started, False)
-            return decision
-        if gpc:
+            return decision, False
+        if gpc and not dry_run:
             self._restrict(pseudonym)
-        decision, token = await self._decide_for(snapshot, plan, pseudonym, gpc, zone, purposes)
-        if token is not None:  # the store decided, and wrote it into the person's record
+        decision, outcome = await self._decide_for(
+            snapshot, plan, pseudonym, gpc, zone, purposes, dry_run, hold
+        )
+        if dry_run:
+            return decision, False
+        if outcome is not None:  # the store decided, and wrote it into the person's record
             if snapshot.audit is not None:
-                self._record(snapshot, decision, marker, token)
+                self._record(snapshot, decision, marker, outcome.token)
         else:
             if gpc:
                 await self._keep_opt_out(pseudonym)
             self._remember(snapshot, decision, marker, pseudonym)
         if self._observers:
             self._observed(decision, marker.segment, started, True)
-        return decision
+        return decision, outcome is not None and outcome.reserved
 
     async def _decide_for_nobody(
         self,
@@ -235,8 +271,10 @@ class Engine:
         gpc: bool,
         zone: str | None,
         purposes: frozenset[int] | None,
-    ) -> tuple[Decision, str | None]:
-        """The decision, and the person's audit token when the store made it (None if not)."""
+        dry_run: bool = False,
+        hold: Hold | None = None,
+    ) -> tuple[Decision, StoreOutcome | None]:
+        """The decision, and the store's outcome when the store made it (None if not)."""
         refusal = self._gate(snapshot, plan, purposes)
         if refusal is not None:
             words = snapshot.words(*refusal)
@@ -246,7 +284,7 @@ class Engine:
         # a limit is reported and delivered, a person's no never is.
         local, quiet = self._quiet(snapshot, plan.marker, zone, now_ms)
         return await self._ask_store(
-            snapshot, plan, pseudonym, now_ms, local, gpc, quiet is not None
+            snapshot, plan, pseudonym, now_ms, local, gpc, quiet is not None, dry_run, hold
         )
 
     def _gate(
@@ -289,7 +327,9 @@ class Engine:
         local: LocalTime | None,
         gpc: bool,
         quiet: bool,
-    ) -> tuple[Decision, str | None]:
+        dry_run: bool = False,
+        hold: Hold | None = None,
+    ) -> tuple[Decision, StoreOutcome | None]:
         marker, content = plan.marker, plan.content
         wanted = self._audiences_of(marker.segment)
         delivery = Delivery(
@@ -297,7 +337,7 @@ class Engine:
             now_ms,
             content.milli,
             plan.limits,
-            wanted,
+            () if dry_run else wanted,
             self._stale(wanted),
             local.period_starts if local is not None and snapshot.calendar else (),
             plan.minimal_ok,
@@ -305,9 +345,11 @@ class Engine:
             plan.special,
             plan.forbidden_by_gpc,
             milli(marker.relevance) if marker.relevance is not None else -1,
-            gpc,
+            gpc and not dry_run,
             quiet,
-            plan.recent,
+            None if dry_run else plan.recent,
+            dry_run,
+            hold,
         )
         guard = self.guard
         outcome = None
@@ -325,6 +367,14 @@ class Engine:
             if quiet:  # no store needed to say it is their quiet hours; never failing open
                 words = snapshot.words(Reason.QUIET_HOURS, "quiet_hours")._replace(shadow=False)
                 return await self._segment(snapshot, plan, words, content), None
+            if dry_run or hold is not None:
+                # Nothing could be checked or counted: a preflight or a reservation never
+                # fails open, whatever on_error.
+                words = snapshot.words(Reason.STORE_UNAVAILABLE, "store.on_error")
+                words = words._replace(shadow=False)
+                return self._decision(
+                    snapshot, plan, words, content, self._resolve(snapshot, wanted)
+                ), None
             return await self._store_failed(snapshot, plan, pseudonym, wanted, gpc), None
         self._remember_open(pseudonym, outcome, sent_at)
         if outcome.segment_sizes:
@@ -341,7 +391,7 @@ class Engine:
         )
         words = plan.words[key]
         segment = None if words.outcome == "personalized" else self._resolve(snapshot, wanted)
-        return self._decision(snapshot, plan, words, scored, segment), outcome.token
+        return self._decision(snapshot, plan, words, scored, segment), outcome
 
     async def _store_failed(
         self, snapshot: Snapshot, plan: Plan, pseudonym: str, wanted: tuple[str, ...], gpc: bool

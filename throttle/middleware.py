@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +41,9 @@ from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import RATE_KINDS, Policy, load_policy
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
+
+if TYPE_CHECKING:
+    from throttle.client import ThrottleClient
 
 DECISION_SCOPE_KEY = "throttle.decision"
 GPC_JSON_PATH = "/.well-known/gpc.json"
@@ -181,6 +184,7 @@ class ThrottleMiddleware:
         self._kept: frozenset[bytes] = frozenset()
         self._headers: dict[tuple[object, ...], bytes] = {}
         self._reported: set[tuple[str, str]] = set()
+        self._client: ThrottleClient | None = None
 
     def _configure(
         self,
@@ -272,6 +276,16 @@ class ThrottleMiddleware:
             await send(message)
 
         return send_and_close
+
+    @property
+    def client(self) -> ThrottleClient:
+        """A `ThrottleClient` on this middleware's engine, for sends outside a response (email,
+        push, a job the request queues): the same caps and budget per person."""
+        if self._client is None:
+            from throttle.client import ThrottleClient  # the client builds on this module
+
+            self._client = ThrottleClient.from_middleware(self)
+        return self._client
 
     def _reload(self) -> None:
         if self._watcher is None:
