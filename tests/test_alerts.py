@@ -29,7 +29,7 @@ from throttle.cli import main
 from throttle.decision import Decision, Reason
 from throttle.errors import PolicyError
 from throttle.opsstate import OpsState
-from throttle.policy import json_schema
+from throttle.policy import json_schema, webhook_shown
 from throttle.reload import PolicyWatcher
 from throttle.store import MemoryStore, RedisStore
 
@@ -434,6 +434,18 @@ def test_a_policy_without_alerts_changes_nothing_in_check_or_simulate() -> None:
     assert out.getvalue().rstrip().endswith("alerts:      none")
     with pytest.raises(PolicyError):
         policy('[alerts]\nwebhook = "https://a.example/x"\nretries = 3\n')
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example.com/services/T0/B0/s3cret", "https://hooks.example.com/..."),
+        ("https://ops:s3cret@alerts.example.com", "https://alerts.example.com"),
+        ("http://127.0.0.1:8080/?token=s3cret", "http://127.0.0.1:8080/..."),
+    ],
+)
+def test_a_webhook_is_shown_without_what_may_be_its_password(url: str, shown: str) -> None:
+    assert webhook_shown(url) == shown
 
 
 def test_the_tick_follows_the_smallest_thing_to_notice() -> None:

@@ -579,8 +579,9 @@ def _redacted(url: str) -> str:
     parts = urlsplit(url)
     if not parts.netloc:
         return url[:16] + ("..." if len(url) > 16 else "")
-    host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}/..." if parts.path.strip("/") or parts.query else url
+    # A password in the address (https://user:pass@host) is left out too.
+    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    return f"{shown}/..." if parts.path.strip("/") or parts.query else shown
 
 
 def webhook_shown(url: str) -> str:
