@@ -192,7 +192,10 @@ def test_the_readme_example_loads_and_check_explains_each_alert_in_words(tmp_pat
     assert check([str(path)], out) == 0
     text = out.getvalue()
     assert "alerts:      posted as JSON to https://ops.example.com/... (4 attempts" in text
-    assert "each alert at most once per 30m across all workers" in text
+    assert (
+        "each alert at most once per 30m across all workers; rates are every worker's, "
+        "counted per minute"
+    ) in text
     assert "T0KEN" not in text  # a webhook's path often is its password
     assert (
         "campaign-refusals  when a campaign's refusal rate over the last 5m is at least 3 times "

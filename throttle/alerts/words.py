@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from throttle.opsstate import MINUTE
 from throttle.policy import AlertCondition, Alerts, format_duration, webhook_shown
 
 _WHOSE = {
@@ -38,9 +39,14 @@ def describe(alerts: Alerts) -> list[str]:
         if alerts.webhook is not None
         else "written to the log (no webhook)"
     )
+    counted = (
+        "rates are every worker's, counted per minute"
+        if alerts.resolution == MINUTE
+        else f"rates are each worker's own, counted per {format_duration(alerts.resolution)}"
+    )
     lines = [
         f"{where}; each alert at most once per {format_duration(alerts.quiet)} across all "
-        f"workers; rates counted per {format_duration(alerts.resolution)}"
+        f"workers; {counted}"
     ]
     width = max(len(condition.name) for condition in alerts.conditions)
     lines += [
