@@ -8,8 +8,7 @@ from throttle.policy import AlertCondition, Alerts, format_duration, webhook_sho
 _WHOSE = {
     "campaign": "a campaign's refusal rate",
     "rule": "a rule's refusal rate (its refusals out of every decision)",
-    "segment": "a segment's fallback rate (decisions the policy made, a person's own "
-    "choices left out)",
+    "segment": "a segment's fallback rate (by its top level: eu for eu/de/berlin)",
 }
 
 
