@@ -166,18 +166,17 @@ class AlertMonitor:
         """Start the background task in the running event loop (once)."""
         if self._task is None:
             self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(self._run(self._wake))
 
-    async def _run(self) -> None:
-        assert self._wake is not None
+    async def _run(self, wake: asyncio.Event) -> None:
         while True:
             try:
                 await self.tick()
             except Exception:  # a monitor's fault must never stop the app, nor its alerts
                 self._logs.warning("tick", "throttle: evaluating alerts failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick_seconds(self.engine.policy.alerts))
-            self._wake.clear()
+                await asyncio.wait_for(wake.wait(), tick_seconds(self.engine.policy.alerts))
+            wake.clear()
 
     async def tick(self) -> list[Alert]:
         """Evaluate every condition once and deliver what fired; returns what this worker
