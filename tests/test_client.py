@@ -287,6 +287,29 @@ async def test_a_client_picks_up_an_edited_policy_file(tmp_path: Any, clock: Man
         ThrottleClient(policy=[])
 
 
+async def test_a_client_decides_by_each_markets_policy_and_reloads_each(
+    tmp_path: Any, clock: ManualClock
+) -> None:
+    base = tmp_path / "base.toml"
+    base.write_text('[policy]\nname = "shop"\n[[caps]]\nname = "daily"\nper = "user"\n'
+                    'limit = 3\nwindow = "1d"\n')  # fmt: skip
+    markets = tmp_path / "markets"
+    markets.mkdir()
+    (markets / "eu.toml").write_text('[policy]\nname = "shop-eu"\n[[caps]]\nname = "daily"\n'
+                                     "limit = 1\n")  # fmt: skip
+    client = ThrottleClient(policy=base, markets=markets, clock=clock, reload_interval=0.0)
+    first = await client.decide("ana", EMAIL, market="eu")
+    assert (first.policy, first.outcome) == ("shop-eu", "personalized")
+    # One person's caps across markets: the EU's cap of 1 is used up, the base's is not.
+    assert (await client.preflight("ana", EMAIL, market="eu")).reason is Reason.FREQUENCY_CAP
+    held = await client.reserve("ana", EMAIL)
+    assert held.allowed and held.decision.policy == "shop"
+    (markets / "eu.toml").write_text('[policy]\nname = "shop-eu"\n[[caps]]\nname = "daily"\n'
+                                     "limit = 3\n# more room\n")  # fmt: skip
+    assert (await client.preflight("ana", EMAIL, market="eu")).outcome == "personalized"
+    await client.aclose()
+
+
 @pytest.mark.redis_only
 async def test_a_preflight_on_redis_renews_no_expiry(
     redis_url: str, redis_server: RedisServer, clock: ManualClock

@@ -4,7 +4,6 @@ and the page in a real browser (Debian's chromium, driven by Playwright)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -219,8 +218,6 @@ async def test_the_dashboard_shows_what_two_workers_decided_and_updates_live(
     await page.get_by_role("button", name="Last hour").click()
     await page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if target := os.environ.get("THROTTLE_DASHBOARD_SCREENSHOT"):
-        shutil.copyfile(shot, target)
 
     # A phone, and the polling fallback: the same figures, nothing wider than the screen.
     phone = await browser.new_context(

@@ -106,7 +106,7 @@ async def test_labels_are_bounded(store: Store, clock: ManualClock) -> None:
 
 
 async def test_two_workers_on_one_redis_see_the_same_figures(
-    redis_url: str, clock: ManualClock
+    redis_server: RedisServer, redis_url: str, clock: ManualClock
 ) -> None:
     states = []
     for _ in range(2):
@@ -126,10 +126,19 @@ async def test_two_workers_on_one_redis_see_the_same_figures(
         seen = [await state.minutes(clock(), clock()) for state in states]
         reloads = [await state.reloads() for state in states]
         workers = [await state.workers() for state in states]
+        pseudonym = first.engine.pseudonym("ana").encode()
+        admin = redis_server.client()
+        keys = admin.keys("*{ops}*")
+        stored = repr(
+            [admin.hgetall(k) if admin.type(k) == b"hash" else admin.zrange(k, 0, -1) for k in keys]
+        ).encode()
+        admin.close()
     finally:
         for state in states:
             await state.aclose()
             await state.engine.aclose()
+    assert len(keys) == 3  # this minute, the reloads, the workers: nothing per person
+    assert b"ana" not in stored and pseudonym not in stored
     assert seen[0] == seen[1]
     (minute,) = seen[0]
     assert minute.decisions == 5
@@ -196,3 +205,26 @@ def test_config_is_checked() -> None:
         OpsConfig(campaigns="spring-sale")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="segments"):
         OpsConfig(segments=0)
+
+
+async def test_a_flush_costs_redis_a_command_per_counter_not_per_decision(
+    redis_server: RedisServer, redis_url: str, clock: ManualClock
+) -> None:
+    engine = Engine(policy(TWO_PER_HOUR), RedisStore(redis_url), secret=SECRET, clock=clock)
+    ops = OpsState(engine, clock=clock)
+    admin = redis_server.client()
+    try:
+        for index in range(300):
+            await engine.decide(marker(segment="eu/de"), person=f"person-{index % 50}")
+        admin.config_resetstat()
+        await ops.flush()
+        stats: dict[str, dict[str, int]] = admin.info("commandstats")  # type: ignore[assignment]
+        (minute,) = await ops.minutes(clock(), clock())
+    finally:
+        admin.close()
+        await ops.aclose()
+        await engine.aclose()
+    assert minute.decisions == 300
+    counters = len(minute.outcomes) + len(minute.reasons) + len(minute.campaigns) + 20
+    assert stats["cmdstat_hincrby"]["calls"] <= counters
+    assert stats["cmdstat_exec"]["calls"] == 1  # one transaction for everything

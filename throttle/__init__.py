@@ -27,6 +27,7 @@ from throttle.message import Marker, parse_marker, personalization
 from throttle.middleware import (
     DECISION_HEADER,
     DECISION_SCOPE_KEY,
+    MARKET_SCOPE_KEY,
     ThrottleMiddleware,
     authenticated_user,
 )
@@ -36,11 +37,14 @@ from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
 from throttle.store import MemoryStore, RedisStore, Store, open_store
+from throttle.support import DataRequest, admin_routes
 
 __all__ = [
     "DECISION_HEADER",
     "DECISION_SCOPE_KEY",
+    "MARKET_SCOPE_KEY",
     "ConfigurationError",
+    "DataRequest",
     "Decision",
     "Engine",
     "Factor",
@@ -65,6 +69,7 @@ __all__ = [
     "ThrottleClient",
     "ThrottleError",
     "ThrottleMiddleware",
+    "admin_routes",
     "authenticated_user",
     "dashboard_routes",
     "load_policy",

@@ -23,8 +23,9 @@ from typing import Any, TypedDict, Unpack
 from throttle.decision import Decision
 from throttle.engine import Engine
 from throttle.errors import ConfigurationError, StoreUnavailable
+from throttle.markets import MarketSet, MarketWatcher, load_markets, market_sources
 from throttle.message import Marker
-from throttle.middleware import ThrottleMiddleware, _secret
+from throttle.middleware import ThrottleMiddleware, secret_key
 from throttle.policy import Policy, load_policy
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
@@ -35,6 +36,8 @@ __all__ = ["MarkerFields", "Reservation", "ThrottleClient"]
 # Longest id a person may have, as the middleware's `identify` (an email address is 254).
 _MAX_ID_LENGTH = 1024
 _RESERVATION_BYTES = 8
+# Messages described by keyword fields, kept as Markers so the engine plans each one once.
+_MARKERS_REMEMBERED = 1024
 # A commit or release waits this long at least, whatever the policy's store timeout (made for
 # a request's path): it comes after a send that took its own time, and failing it costs a
 # count (a commit's message stops counting when its hold runs out).
@@ -105,6 +108,8 @@ class ThrottleClient:
     ```
     - `policy`, `store`, `secret`, `clock`: as `ThrottleMiddleware` takes them; give the same
       ones as the web app, and caps and budgets are one per person across both.
+    - `markets`: policies per market, as `ThrottleMiddleware` takes them; each call then names
+      its `market=` (`None`: the base policy decides).
     - `hold`: how long, in seconds, a reservation counts unless committed or released.
     - `reload_interval`: how often to look for an edited policy file (`None`: never).
 
@@ -116,6 +121,7 @@ class ThrottleClient:
     """
 
     _watcher: PolicyWatcher | None
+    _market_watcher: MarketWatcher | None
 
     def __init__(
         self,
@@ -123,16 +129,26 @@ class ThrottleClient:
         policy: str | Path | Sequence[str | Path] | Policy,
         store: str | Store = "memory://",
         secret: str | bytes | None = None,
+        markets: MarketSet | None = None,
         hold: float = 300.0,
         reload_interval: float | None = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         loaded = _load(policy)
+        base = _base_files(policy)
+        sources = market_sources(markets) if markets is not None else {}
+        by_market = load_markets(base, sources)
         opened = open_store(store) if isinstance(store, str) else store
-        engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
+        engine = Engine(
+            loaded, opened, secret=secret_key(secret, opened), clock=clock, markets=by_market
+        )
         self._setup(engine, hold)
-        if reload_interval is not None and not isinstance(policy, Policy):
-            self._watcher = PolicyWatcher(policy, loaded, interval=reload_interval)
+        if reload_interval is not None and base is not None:
+            self._watcher = PolicyWatcher(base, loaded, interval=reload_interval)
+            if sources:
+                self._market_watcher = MarketWatcher(
+                    base, sources, by_market, interval=reload_interval
+                )
 
     @classmethod
     def from_engine(cls, engine: Engine, *, hold: float = 300.0) -> ThrottleClient:
@@ -157,6 +173,8 @@ class ThrottleClient:
         self.hold = float(hold)
         self._clock = engine.clock
         self._watcher = None
+        self._market_watcher = None
+        self._markers: dict[tuple[tuple[str, Any], ...], Marker] = {}
 
     @property
     def policy(self) -> Policy:
@@ -170,6 +188,7 @@ class ThrottleClient:
         *,
         zone: str | None = None,
         purposes: frozenset[int] | None = None,
+        market: str | None = None,
         **fields: Unpack[MarkerFields],
     ) -> Decision:
         """Decide one message for one person, and count it when it is delivered, exactly as
@@ -177,10 +196,13 @@ class ThrottleClient:
 
         `message` is a `Marker`, or give `personalization()`'s keyword fields instead
         (`campaign=` at least). `zone` is the person's IANA time zone (calendar caps, quiet
-        hours), `purposes` their TCF consent when the policy needs one.
+        hours), `purposes` their TCF consent when the policy needs one, `market` whose policy
+        decides (see `markets`).
         """
         marker, person = self._prepared(person, message, fields)
-        return await self.engine.decide(marker, person=person, zone=zone, purposes=purposes)
+        return await self.engine.decide(
+            marker, person=person, zone=zone, purposes=purposes, market=market
+        )
 
     async def preflight(
         self,
@@ -190,6 +212,7 @@ class ThrottleClient:
         *,
         zone: str | None = None,
         purposes: frozenset[int] | None = None,
+        market: str | None = None,
         **fields: Unpack[MarkerFields],
     ) -> Decision:
         """What `decide` would answer now, without recording anything: no counter, budget,
@@ -198,7 +221,7 @@ class ThrottleClient:
         (another message may take the last slot in between)."""
         marker, person = self._prepared(person, message, fields)
         decision, _ = await self.engine.ask(
-            marker, person=person, zone=zone, purposes=purposes, dry_run=True
+            marker, person=person, zone=zone, purposes=purposes, market=market, dry_run=True
         )
         return decision
 
@@ -211,6 +234,7 @@ class ThrottleClient:
         hold: float | None = None,
         zone: str | None = None,
         purposes: frozenset[int] | None = None,
+        market: str | None = None,
         **fields: Unpack[MarkerFields],
     ) -> Reservation:
         """Decide and, when allowed, count the message at once as a reservation: `commit` it
@@ -227,6 +251,7 @@ class ThrottleClient:
             person=person,
             zone=zone,
             purposes=purposes,
+            market=market,
             hold=Hold(reservation, max(1, math.ceil(seconds * 1000))),
         )
         token = f"{self.engine.pseudonym(person)}.{reservation}"
@@ -254,6 +279,7 @@ class ThrottleClient:
         hold: float | None = None,
         zone: str | None = None,
         purposes: frozenset[int] | None = None,
+        market: str | None = None,
         **fields: Unpack[MarkerFields],
     ) -> AsyncIterator[Reservation]:
         """`reserve`, then `commit` when the block ends normally and `release` when it raises.
@@ -265,7 +291,7 @@ class ThrottleClient:
         ```
         """
         reservation = await self.reserve(
-            person, message, hold=hold, zone=zone, purposes=purposes, **fields
+            person, message, hold=hold, zone=zone, purposes=purposes, market=market, **fields
         )
         try:
             yield reservation
@@ -315,7 +341,15 @@ class ThrottleClient:
             for name in ("signals", "tags"):  # lists, as personalization() takes them
                 if name in given:
                     given[name] = tuple(given[name])
-            message = Marker(**given)
+            # The engine plans a message once per Marker object: the same fields give the
+            # same Marker, so a worker sending one campaign to many people plans it once.
+            key = tuple(sorted(given.items()))
+            message = self._markers.get(key)
+            if message is None:
+                message = Marker(**given)
+                if len(self._markers) >= _MARKERS_REMEMBERED:
+                    self._markers.clear()
+                self._markers[key] = message
         elif fields:
             raise TypeError("give the message as a Marker or as keyword fields, not both")
         elif not isinstance(message, Marker):
@@ -325,10 +359,13 @@ class ThrottleClient:
     def _reload(self, watcher: PolicyWatcher) -> None:
         try:
             reloaded = watcher.poll()
+            by_market = self._market_watcher.poll() if self._market_watcher is not None else {}
         except Exception:  # a policy edit never costs a send; the middleware logs the same way
             return
         if reloaded is not None:
             self.engine.policy = reloaded
+        for market, policy in by_market.items():
+            self.engine.set_market(market, policy)
 
     async def _settle(self, reservation: Reservation | str, *, commit: bool) -> bool:
         if isinstance(reservation, Reservation):
@@ -349,6 +386,15 @@ class ThrottleClient:
             now_ms=math.floor(self._clock() * 1000),
             timeout=max(engine.policy.store.timeout, _SETTLE_TIMEOUT_SECONDS),
         )
+
+
+def _base_files(policy: str | Path | Sequence[str | Path] | Policy) -> tuple[Path, ...] | None:
+    """The base policy's files, which markets' overrides layer on (`None`: given as a Policy)."""
+    if isinstance(policy, Policy):
+        return None
+    if isinstance(policy, str | Path):
+        return (Path(policy),)
+    return tuple(Path(path) for path in policy)
 
 
 def _load(policy: str | Path | Sequence[str | Path] | Policy) -> Policy:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import time
 import weakref
@@ -46,6 +47,8 @@ _RELOADS_SHOWN = 10
 _STREAM_SECONDS = 30.0
 # One read of the state serves every viewer of this worker for this long.
 _FRESH_SECONDS = 1.0
+# The whole day is read again this often; in between only the last hour, which is what changes.
+_DAY_REREAD_SECONDS = 60.0
 _NO_STORE = {"cache-control": "no-store"}
 _PAGE = files("throttle").joinpath("dashboard.html").read_text(encoding="utf-8")
 
@@ -61,13 +64,17 @@ def dashboard_routes(*, interval: float = 2.0) -> list[BaseRoute]:
     cache: weakref.WeakKeyDictionary[OpsState, tuple[float, dict[str, Any]]] = (
         weakref.WeakKeyDictionary()
     )
+    days: weakref.WeakKeyDictionary[OpsState, _Day] = weakref.WeakKeyDictionary()
 
     async def view(ops: OpsState) -> dict[str, Any]:
         now = time.monotonic()
         known = cache.get(ops)
         if known is not None and now - known[0] < _FRESH_SECONDS:
             return known[1]
-        seen = await summary(ops)
+        day = days.get(ops)
+        if day is None:
+            day = days[ops] = _Day()
+        seen = await summary(ops, await day.minutes(ops))
         cache[ops] = (now, seen)
         return seen
 
@@ -90,6 +97,9 @@ def dashboard_routes(*, interval: float = 2.0) -> list[BaseRoute]:
     async def events(request: Request) -> Response:
         if (refusal := _refusal(request)) is not None:
             return refusal
+        headers = {**_NO_STORE, "x-accel-buffering": "no"}
+        if request.method == "HEAD":  # nothing to stream for 30 s to a client that reads none
+            return Response(media_type="text/event-stream", headers=headers)
         ops = _ops(request)
 
         async def stream() -> AsyncIterator[bytes]:
@@ -105,7 +115,6 @@ def dashboard_routes(*, interval: float = 2.0) -> list[BaseRoute]:
                     return
                 await asyncio.sleep(interval)
 
-        headers = {**_NO_STORE, "x-accel-buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
     return [
@@ -152,11 +161,33 @@ def _unreadable(error: Exception) -> str:
     return f"the ops state cannot be read right now ({type(error).__name__})"
 
 
-async def summary(ops: OpsState) -> dict[str, Any]:
-    """What the page shows: the last hour by minute, the last day by quarter hour, the top
-    refusing rules and campaigns, fallbacks by segment, store health, reloads, shadow mode."""
+class _Day:
+    """The last day's minutes, read whole once a minute and by its last hour in between: a
+    minute older than an hour no longer changes (its workers wrote it long ago)."""
+
+    def __init__(self) -> None:
+        self._minutes: list[Minute] = []
+        self._read_at = -_DAY_REREAD_SECONDS
+
+    async def minutes(self, ops: OpsState) -> list[Minute]:
+        now = ops.now()
+        since = now - (_DAY_MINUTES - 1) * MINUTE
+        if time.monotonic() - self._read_at >= _DAY_REREAD_SECONDS or not self._minutes:
+            self._minutes = await ops.minutes(since, now)
+            self._read_at = time.monotonic()
+            return self._minutes
+        recent = await ops.minutes(now - (_HOUR_MINUTES - 1) * MINUTE, now)
+        first = math.floor(since / MINUTE) * MINUTE
+        older = [m for m in self._minutes if first <= m.start < recent[0].start]
+        self._minutes = older + recent
+        return self._minutes
+
+
+async def summary(ops: OpsState, minutes: list[Minute]) -> dict[str, Any]:
+    """What the page shows, from the last day's `minutes`: the last hour by minute, the day by
+    quarter hour, the top refusing rules and campaigns, fallbacks by segment, store health,
+    reloads, shadow mode."""
     now = ops.now()
-    minutes = await ops.minutes(now - (_DAY_MINUTES - 1) * MINUTE, now)
     reloads = await ops.reloads()
     workers = await ops.workers()
     hour = minutes[-_HOUR_MINUTES:]

@@ -81,6 +81,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         audit: bool = True,
+        markets: Mapping[str, Policy] | None = None,
     ) -> None:
         self.store = store
         self._audit_wanted = audit
@@ -102,6 +103,8 @@ class Engine:
         self._audience_tag = self.pseudonym("\0audiences")[:8]
         self._audiences: dict[str, tuple[int, float]] = {}
         self._snapshot = Snapshot(policy, audit=audit)
+        # Policies per market, by name; `policy` decides for no market or an unknown one.
+        self._markets = {name: Snapshot(p, audit=audit) for name, p in (markets or {}).items()}
         self.guard = StoreGuard(retry_after=policy.store.retry_after, clock=monotonic)
         # A store that writes on the side reports what it meets there to the same guard.
         attach = getattr(store, "attach", None)
@@ -118,6 +121,38 @@ class Engine:
         # and swapped in at once.
         self._snapshot = Snapshot(policy, audit=self._audit_wanted)
         self.guard.retry_after = policy.store.retry_after
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """The names of the markets with a policy of their own."""
+        return tuple(self._markets)
+
+    def policy_for(self, market: str | None) -> Policy:
+        """The policy that decides for `market`: its own, else (None, unknown) the default."""
+        snapshot = self._markets.get(market) if market is not None else None
+        return (snapshot or self._snapshot).policy
+
+    def set_market(self, market: str, policy: Policy) -> None:
+        """Swap in a market's policy (a reload); a decision under way keeps the one it read."""
+        if market not in self._markets:
+            raise KeyError(f"no market {market!r}; the markets are {', '.join(self._markets)}")
+        self._markets = {**self._markets, market: Snapshot(policy, audit=self._audit_wanted)}
+
+    def _snapshot_for(self, market: str | None) -> Snapshot:
+        if market is None:
+            return self._snapshot
+        snapshot = self._markets.get(market)
+        if snapshot is None:
+            # An app's market function may meet a market nobody configured (a new country):
+            # the default policy decides, and the logs say so once a minute.
+            self._logs.warning(
+                "market",
+                "throttle: no policy for market %r; the default policy %s decides",
+                market[:64],
+                self._snapshot.name,
+            )
+            return self._snapshot
+        return snapshot
 
     def observe(self, observer: Observer) -> None:
         """Call `observer` with an `Observation` after every decision this engine makes."""
@@ -139,8 +174,10 @@ class Engine:
 
     @property
     def uses_time_zones(self) -> bool:
-        """Whether the policy counts time in people's zones (calendar caps, quiet hours)."""
-        return self._snapshot.local is not None
+        """Whether a policy counts time in people's zones (calendar caps, quiet hours)."""
+        return self._snapshot.local is not None or any(
+            snapshot.local is not None for snapshot in self._markets.values()
+        )
 
     def pseudonym(self, person: str) -> str:
         """The keyed hash that stands for a person in the store; the raw id never leaves.
@@ -162,6 +199,7 @@ class Engine:
         gpc: bool = False,
         zone: str | None = None,
         purposes: frozenset[int] | None = None,
+        market: str | None = None,
     ) -> Decision:
         """Decide one message for one person (`None`: not signed in).
 
@@ -170,10 +208,14 @@ class Engine:
           `None` means the policy's zone.
         - `purposes`: the TCF purposes the person consented to, from their consent string;
           `None` when the request carries none.
+        - `market`: whose policy decides (see `markets`); `None`, or a market without a
+          policy (logged), the default policy. A person's state is the same in every market.
 
         Every decision is appended to the audit trail, the person named by a random token.
         """
-        decision, _ = await self.ask(marker, person=person, gpc=gpc, zone=zone, purposes=purposes)
+        decision, _ = await self.ask(
+            marker, person=person, gpc=gpc, zone=zone, purposes=purposes, market=market
+        )
         return decision
 
     async def ask(
@@ -184,6 +226,7 @@ class Engine:
         gpc: bool = False,
         zone: str | None = None,
         purposes: frozenset[int] | None = None,
+        market: str | None = None,
         dry_run: bool = False,
         hold: Hold | None = None,
     ) -> tuple[Decision, bool]:
@@ -198,7 +241,7 @@ class Engine:
         Without the store, neither fails open: the answer is segment content.
         """
         started = self._monotonic() if self._observers else 0.0
-        snapshot = self._snapshot
+        snapshot = self._snapshot if market is None else self._snapshot_for(market)
         plan = snapshot.plan(marker)
         pseudonym = self.pseudonym(person) if person is not None else None
         if pseudonym is None:
@@ -445,18 +488,18 @@ class Engine:
             )
         return self._personalized(snapshot, plan, Reason.ALLOWED, content)
 
-    def invalid_marker(self, person: str | None = None) -> Decision:
+    def invalid_marker(self, person: str | None = None, market: str | None = None) -> Decision:
         """The decision for a response whose marker cannot be read: segment content for everyone."""
-        snapshot = self._snapshot
+        snapshot = self._snapshot if market is None else self._snapshot_for(market)
         decision = _blank(snapshot, Reason.INVALID_MARKER, "marker")
         self._record_unplanned(snapshot, decision, person)
         if self._observers:
             self._observed(decision, "", self._monotonic(), person is not None)
         return decision
 
-    def internal_error(self) -> Decision:
+    def internal_error(self, market: str | None = None) -> Decision:
         """The decision when deciding itself failed: the privacy-safe side, segment content."""
-        snapshot = self._snapshot
+        snapshot = self._snapshot if market is None else self._snapshot_for(market)
         decision = _blank(snapshot, Reason.INTERNAL_ERROR, None)
         self._record_unplanned(snapshot, decision, None)
         if self._observers:
@@ -487,9 +530,12 @@ class Engine:
         self._known_open.pop(pseudonym, None)
         return await self.store.erase(pseudonym)
 
-    async def consent(self, person: str, category: str, *, given: bool) -> None:
-        """Record a person's explicit consent to a special category, or its withdrawal."""
-        if category not in self.policy.special:
+    async def consent(
+        self, person: str, category: str, *, given: bool, market: str | None = None
+    ) -> None:
+        """Record a person's explicit consent to a special category (of `market`'s policy), or
+        its withdrawal."""
+        if category not in self.policy_for(market).special:
             raise ValueError(f"{category!r} is not a special category of the policy")
         await self._choose(
             self.pseudonym(person), Choice("consent" if given else "withdraw", category)
@@ -501,15 +547,16 @@ class Engine:
         self._restricted_at.pop(pseudonym, None)
         await self._choose(pseudonym, Choice("opt-in"))
 
-    async def level_of(self, person: str) -> tuple[str, bool]:
+    async def level_of(self, person: str, market: str | None = None) -> tuple[str, bool]:
         """A person's level, and whether they chose it (False: the policy's default)."""
-        return self.level_in(await self.choices_of(person))
+        return self.level_in(await self.choices_of(person), market)
 
-    def level_in(self, choices: dict[str, Any]) -> tuple[str, bool]:
-        """The level a person's choices (from `choices_of`) give, and whether they chose it."""
+    def level_in(self, choices: dict[str, Any], market: str | None = None) -> tuple[str, bool]:
+        """The level a person's choices (from `choices_of`) give, and whether they chose it;
+        when they chose none, the default of `market`'s policy."""
         if "l" in choices:
             return _LEVEL_NAMES[choices["l"]], True
-        return self.policy.levels.default, False
+        return self.policy_for(market).levels.default, False
 
     async def choices_of(self, person: str) -> dict[str, Any]:
         """What the person's state holds of their choices: `l` level and `u` when, `g` when

@@ -221,8 +221,11 @@ class OpsState:
         self._workers_key = f"{base}workers"
         self.worker = f"{socket.gethostname()}/{os.getpid()}"
         self._logs = LogLimiter(log=logger)
-        # Minute -> field -> count, not yet written (or, in process, everything kept).
-        self._pending: dict[int, Counter[str]] = {}
+        # Minute -> a decision's fields -> how many decisions had them: the decision path
+        # counts once per decision; a flush spreads the counts over the fields.
+        self._pending: dict[int, dict[tuple[str, ...], int]] = {}
+        # Minute -> field -> count: what a failed write left, and (in process) everything kept.
+        self._unwritten: dict[int, Counter[str]] = {}
         self._kept: dict[int, Counter[str]] = {}
         self._local_reloads: list[Reload] = []
         self._pending_reloads: list[Reload] = []
@@ -262,11 +265,10 @@ class OpsState:
                 self._labels.clear()
             self._labels[key] = fields
         minute = math.floor(self._clock() / MINUTE) * MINUTE
-        counts = self._pending.get(minute)
-        if counts is None:
-            counts = self._pending[minute] = Counter()
-        for name in fields:
-            counts[name] += 1
+        groups = self._pending.get(minute)
+        if groups is None:
+            groups = self._pending[minute] = {}
+        groups[fields] = groups.get(fields, 0) + 1
 
     def _fields(self, observation: Observation) -> tuple[str, ...]:
         decision = observation.decision
@@ -360,7 +362,7 @@ class OpsState:
 
     async def flush(self) -> None:
         """Write this process's counts, reloads and health now (the background task's work)."""
-        pending, self._pending = self._pending, {}
+        pending = self._counts()
         reloads, self._pending_reloads = self._pending_reloads, []
         if self._redis is None:
             for minute, counts in pending.items():
@@ -376,6 +378,17 @@ class OpsState:
                 "flush", "throttle: writing the ops state failed: %s", _describe(error)
             )
             self._restore(pending, reloads)
+
+    def _counts(self) -> dict[int, Counter[str]]:
+        """What is unwritten, by minute and field; counting starts again."""
+        grouped, self._pending = self._pending, {}
+        counts, self._unwritten = self._unwritten, {}
+        for minute, groups in grouped.items():
+            fields_counted = counts.setdefault(minute, Counter())
+            for fields, decisions in groups.items():
+                for name in fields:
+                    fields_counted[name] += decisions
+        return counts
 
     def _timeout(self) -> float:
         return max(self.engine.policy.store.timeout, 1.0)
@@ -400,9 +413,9 @@ class OpsState:
 
     def _restore(self, pending: dict[int, Counter[str]], reloads: list[Reload]) -> None:
         for minute, counts in pending.items():
-            self._pending.setdefault(minute, Counter()).update(counts)
-        for minute in sorted(self._pending)[:-_PENDING_MINUTES]:
-            del self._pending[minute]
+            self._unwritten.setdefault(minute, Counter()).update(counts)
+        for minute in sorted(self._unwritten)[:-_PENDING_MINUTES]:
+            del self._unwritten[minute]
         self._pending_reloads[:0] = reloads
         del self._pending_reloads[:-_MAX_RELOADS]
 

@@ -418,4 +418,13 @@ class Store(Protocol):
         """Delete everything held about one person, in one write."""
         ...
 
+    async def token_of(self, person: str) -> str:
+        """The random token that names the person in the audit trail, "" when none is held."""
+        ...
+
+    async def append_request(self, entry: bytes, audit: AuditLimits) -> None:
+        """Append a data request made by support staff (a packed entry naming the person by
+        their token) to the audit trail now, and return once it is written."""
+        ...
+
     async def aclose(self) -> None: ...

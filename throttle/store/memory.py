@@ -69,6 +69,8 @@ class MemoryStore:
         self._audiences: dict[str, dict[str, int]] = {}
         # The audit trail, oldest first: (time ms, packed entry).
         self._trail: deque[tuple[int, bytes]] = deque()
+        # Data requests made by support staff, as the trail keeps them, oldest first.
+        self._requests: deque[bytes] = deque()
         self._now_ms = 0
         self._until_sweep = _SWEEP_EVERY
         # Claimed names (alerts' quiet periods) and when, by the monotonic clock, they lapse.
@@ -81,6 +83,10 @@ class MemoryStore:
     def trail(self) -> list[bytes]:
         """The audit trail's entries, oldest first."""
         return [entry for _, entry in self._trail]
+
+    def requests(self) -> list[bytes]:
+        """The data requests support staff made, packed, oldest first."""
+        return list(self._requests)
 
     def _record(self, person: str, now_ms: int) -> _Record | None:
         held = self._people.get(person)
@@ -283,6 +289,15 @@ class MemoryStore:
             decisions=len(record.recent) if record is not None and held else 0,
         )
 
+    async def token_of(self, person: str) -> str:
+        record = self._record(person, self._now_ms)
+        return record.token if record is not None else ""
+
+    async def append_request(self, entry: bytes, audit: AuditLimits) -> None:
+        self._requests.append(entry)
+        while len(self._requests) > audit.max_entries:
+            self._requests.popleft()
+
     async def claim(self, name: str, ttl_ms: int) -> bool:
         """Whether this call is the first to claim `name` for `ttl_ms` in this process: what
         Redis's SET NX PX does for every process (alerts' quiet periods)."""
@@ -300,6 +315,7 @@ class MemoryStore:
         self._choices.clear()
         self._audiences.clear()
         self._trail.clear()
+        self._requests.clear()
 
 
 class _Decided(NamedTuple):

@@ -723,6 +723,22 @@ class RedisStore:
             raw, deleted = await pipe.execute()
         return Erasure(state=bool(deleted), decisions=len(_recent_of(decode_record(raw))))
 
+    async def token_of(self, person: str) -> str:
+        async with _unavailable_on_error():
+            await self._write_pending_now()  # a token a waiting decision is about to give them
+            raw: Any = await self._client.get(self.person_key(person))
+            token = decode_record(raw).get("k")
+        return token if isinstance(token, str) else ""
+
+    async def append_request(self, entry: bytes, audit: AuditLimits) -> None:
+        async with _unavailable_on_error():
+            pipe = self._client.pipeline(transaction=True)
+            # Beside the decisions' appends (`d`), under a field of its own (`r`).
+            pipe.xadd(self._audit_key, {b"r": entry})
+            # A trail this starts expires like one the decisions start.
+            pipe.pexpire(self._audit_key, audit.max_age_ms, nx=True)
+            await pipe.execute()
+
     async def claim(self, name: str, ttl_ms: int) -> bool:
         """Whether this call is the first to claim `name` for `ttl_ms`, across every process on
         this Redis (SET NX PX): alerts' quiet periods. Raises `StoreUnavailable`."""
