@@ -34,6 +34,8 @@ class StoreGuard:
         self._clock = clock
         self._paused_until = 0.0
         self._failures = 0
+        # When (by `clock`) the current burst of failures began; None while the store answers.
+        self.failing_since: float | None = None
         self._late = 0
         # The last late answer counted: decisions that shared one late batch share its error,
         # and count as one late answer.
@@ -64,6 +66,7 @@ class StoreGuard:
                 extra={"fell_back": self._failures},
             )
             self._failures = 0
+            self.failing_since = None
 
     def failed(self, error: BaseException) -> None:
         if isinstance(error, TimeoutError):
@@ -103,6 +106,7 @@ class StoreGuard:
 
     def _failed(self, why: str) -> None:
         if not self._failures:
+            self.failing_since = self._clock()
             logger.warning(
                 "throttle: store unavailable (%s); deciding by the policy's on_error rule "
                 "and retrying every %.1f s",

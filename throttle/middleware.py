@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from throttle.alerts import AlertMonitor, httpx_module
 from throttle.consent import gpc_opt_out, tcf_purposes
 from throttle.decision import Decision
 from throttle.engine import Engine
@@ -38,7 +39,7 @@ from throttle.faults import LogLimiter
 from throttle.markets import MarketSet, MarketWatcher, check_market, load_markets, market_sources
 from throttle.message import parse_marker
 from throttle.opsstate import OpsConfig, OpsState
-from throttle.policy import Policy, load_policy
+from throttle.policy import RATE_KINDS, Policy, load_policy
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
 
@@ -139,6 +140,7 @@ class ThrottleMiddleware:
       for every request, checked at start-up.
     - `ops`: `True` or an `OpsConfig` keeps the shared ops state (`self.ops`, an `OpsState`)
       that the dashboard and alerts read: per-minute counts of decisions, reloads, store health.
+      A policy with rate alerts keeps it whatever `ops` says (its campaigns named by `ops`).
 
     A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
     When a framework builds the middleware itself (Starlette's and FastAPI's
@@ -178,9 +180,12 @@ class ThrottleMiddleware:
             _refuse_async(self.identify)
             _refuse_async(market, "market")
             self._configure(policy, store, secret, reload_interval, clock, markets)
-            if ops is not False:
-                self.ops = OpsState(self.engine, ops if ops is not True else None, clock=clock)
+            if ops is not False or _counts_rates(self.engine.policy):
+                # Rate alerts read the fleet's counts from the ops state, so they keep one.
+                self.ops = OpsState(self.engine, ops if isinstance(ops, OpsConfig) else None,
+                                    clock=clock)  # fmt: skip
                 self.ops.reloaded(None, self.engine.policy)
+                self.alerts.read_from(self.ops)
         except Exception as error:
             if not _built_by_a_framework():
                 raise
@@ -229,6 +234,11 @@ class ThrottleMiddleware:
         self.engine = Engine(
             loaded, opened, secret=secret_key(secret, opened), clock=clock, markets=by_market
         )
+        if loaded.alerts.webhook is not None:
+            httpx_module()  # a webhook that could never be posted to stops start-up
+        self.alerts = AlertMonitor(self.engine, clock=clock)
+        if self._watcher is not None:
+            self._watcher.on_refused = self.alerts.reload_rejected
 
     def _markets(
         self, base: tuple[Path, ...] | None, markets: MarketSet | None, interval: float | None
@@ -260,6 +270,8 @@ class ThrottleMiddleware:
                 if support is not None:
                     await _gpc_json(scope, send, support.last_update)
                     return
+            if not self.alerts.started:  # without a lifespan, the first request starts it
+                self.alerts.start()
             scope[MIDDLEWARE_SCOPE_KEY] = self
             await self.app(scope, receive, _Responder(self, scope, send))
         elif scope["type"] == "lifespan":
@@ -295,11 +307,13 @@ class ThrottleMiddleware:
             if message["type"] == "lifespan.startup.complete":
                 if self.ops is not None:
                     self.ops.start()
+                self.alerts.start()
                 if self.freeze_gc:
                     # What start-up made lives as long as the process: keeping it out of the
                     # collector's sight makes every full collection, a latency spike, cheaper.
                     gc.freeze()
             elif message["type"] == "lifespan.shutdown.complete":
+                await self.alerts.aclose()
                 if self.ops is not None:
                     await self.ops.aclose()
                 await self.engine.aclose()
@@ -697,6 +711,11 @@ def _built_by_a_framework() -> bool:
     stack on the first ASGI event (Starlette and FastAPI name it `build_middleware_stack`)."""
     caller = sys._getframe(2)  # 0: this function, 1: __init__, 2: whoever called the class
     return caller.f_code.co_name == "build_middleware_stack"
+
+
+def _counts_rates(policy: Policy) -> bool:
+    """Whether the policy has alerts on rates, which need the fleet's counts."""
+    return any(condition.kind in RATE_KINDS for condition in policy.alerts.conditions)
 
 
 def secret_key(secret: str | bytes | None, store: Store) -> bytes:

@@ -739,6 +739,13 @@ class RedisStore:
             pipe.pexpire(self._audit_key, audit.max_age_ms, nx=True)
             await pipe.execute()
 
+    async def claim(self, name: str, ttl_ms: int) -> bool:
+        """Whether this call is the first to claim `name` for `ttl_ms`, across every process on
+        this Redis (SET NX PX): alerts' quiet periods. Raises `StoreUnavailable`."""
+        async with _unavailable_on_error():
+            claimed = await self._client.set(f"{self.prefix}claim:{name}", b"1", nx=True, px=ttl_ms)
+        return bool(claimed)
+
     async def aclose(self) -> None:
         self._closed = True
         _fail(self._pending, StoreUnavailable("the store is closed"))
