@@ -461,20 +461,30 @@ def test_the_tick_follows_the_smallest_thing_to_notice() -> None:
     assert tick_seconds(fast) == 0.2
 
 
+@pytest.mark.parametrize("edited", ["base", "market"])
 async def test_the_middleware_starts_its_monitor_and_a_bad_edit_reaches_the_webhook(
-    tmp_path: Path,
+    tmp_path: Path, edited: str
 ) -> None:
     path = tmp_path / "shop.toml"
+    eu = tmp_path / "eu.toml"
+    eu.write_text('[policy]\nname = "shop-eu"\n')
     with Receiver() as hook:
         path.write_text(
             f'[policy]\nname = "shop"\n[alerts]\nwebhook = "{hook.url}"\n'
             '[[alerts.conditions]]\nname = "bad-reload"\nkind = "reload-rejected"\n'
         )
-        app = storefront(policy=str(path), store="memory://", reload_interval=0.01)
+        app = storefront(
+            policy=str(path),
+            store="memory://",
+            reload_interval=0.01,
+            markets={"eu": eu},
+            market=lambda scope: "eu",
+        )
+        broken = path if edited == "base" else eu
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
             assert (await http.get("/offer", headers={"x-test-user": "ana"})).status_code == 200
-            path.write_text(path.read_text() + "[[caps]]\n")
+            broken.write_text(broken.read_text() + "[[caps]]\n")
             for _ in range(200):  # at most 10 s: the watcher looks on a request's way
                 await asyncio.sleep(0.05)
                 await http.get("/offer", headers={"x-test-user": "ana"})
@@ -485,5 +495,6 @@ async def test_the_middleware_starts_its_monitor_and_a_bad_edit_reaches_the_webh
             middleware = middleware.app  # type: ignore[union-attr]
         await middleware.alerts.aclose()
     [body] = hook.bodies
-    assert body["key"] == f"bad-reload:reload-rejected:{path}"
+    source = str(path) if edited == "base" else f"{path} + {eu}"
+    assert body["key"] == f"bad-reload:reload-rejected:{source}"
     assert "caps[0].name: is required; add it" in body["summary"]

@@ -239,6 +239,8 @@ class ThrottleMiddleware:
         self.alerts = AlertMonitor(self.engine, clock=clock)
         if self._watcher is not None:
             self._watcher.on_refused = self.alerts.reload_rejected
+        if self._market_watcher is not None and base is not None:
+            self._market_watcher.on_refused = _unless_in(base, self.alerts.reload_rejected)
 
     def _markets(
         self, base: tuple[Path, ...] | None, markets: MarketSet | None, interval: float | None
@@ -679,6 +681,20 @@ def _as_id(returned: object) -> tuple[str | None, str]:
     if len(person) > MAX_ID_LENGTH:
         return None, f"an id of {len(person)} characters, more than {MAX_ID_LENGTH}"
     return person, ""
+
+
+def _unless_in(
+    base: tuple[Path, ...], listener: Callable[[str, str, str], None]
+) -> Callable[[str, str, str], None]:
+    """A market watcher's listener that leaves refused edits of the base files to the base's
+    own watcher, so that one bad edit raises one alert, not one per market."""
+    names = tuple(f"{path}{after}" for path in base for after in (":", " is unreadable"))
+
+    def refused(source: str, kept_version: str, why: str) -> None:
+        if not any(line.strip().startswith(names) for line in why.splitlines()):
+            listener(source, kept_version, why)
+
+    return refused
 
 
 def _refuse_async(function: Identify | ChooseMarket | str | None, name: str = "identify") -> None:
