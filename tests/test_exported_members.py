@@ -10,7 +10,7 @@ def test_all_exports_every_public_name_and_only_those() -> None:
         "consent", "engine", "errors", "fallback", "faults", "message", "middleware", "periods",
         "policy", "simulate", "tcf", "audit", "audit_summary", "explain", "privacy",
         "reload", "bench", "check", "cli", "locate", "scoring", "store", "decision", "snapshot",
-        "observe",
+        "observe", "metrics", "logs", "tracing",
     }  # fmt: skip
     assert set(throttle.__all__) == public - modules
 

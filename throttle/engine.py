@@ -567,6 +567,22 @@ class Engine:
         self._known_open.pop(pseudonym, None)
         _bounded(self._restricted_at, _PEOPLE_REMEMBERED)[pseudonym] = self._monotonic()
 
+    def cache_sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and bound of each per-process memory, by name: the engine's, the compiled
+        policy's and the store's (for metrics: a memory at its bound starts again)."""
+        sizes = {
+            "people_open": (len(self._known_open), _PEOPLE_REMEMBERED),
+            "people_restricted": (len(self._restricted_at), _PEOPLE_REMEMBERED),
+            "people_touched": (len(self._touched), _PEOPLE_REMEMBERED),
+            "audiences": (len(self._audiences), _AUDIENCES_REMEMBERED),
+            "audit_tails": (len(self._audit_tails), _TAILS_REMEMBERED),
+            **self._snapshot.cache_sizes(),
+        }
+        store_sizes = getattr(self.store, "cache_sizes", None)
+        if callable(store_sizes):
+            sizes.update(store_sizes())
+        return sizes
+
     async def aclose(self) -> None:
         """Close the store (it writes what it holds back first)."""
         await self.store.aclose()

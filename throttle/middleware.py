@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +39,9 @@ from throttle.message import parse_marker
 from throttle.policy import Policy, load_policy
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
+
+if TYPE_CHECKING:
+    from throttle.metrics import Metrics
 
 DECISION_SCOPE_KEY = "throttle.decision"
 GPC_JSON_PATH = "/.well-known/gpc.json"
@@ -123,6 +126,9 @@ class ThrottleMiddleware:
     - `freeze_gc`: once the app has started (lifespan), `gc.freeze()` the objects start-up made,
       so full garbage collections skip them and stay short (the p99 tail under load); `False`
       leaves the collector alone.
+    - `metrics`: `True` (or a `throttle.metrics.Metrics` saying what to count) measures
+      decisions, the store and reloads in Prometheus metrics; serve them with
+      `throttle.metrics.metrics_app()`. Needs the `metrics` extra (prometheus-client).
 
     A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
     When a framework builds the middleware itself (Starlette's and FastAPI's
@@ -146,6 +152,7 @@ class ThrottleMiddleware:
         reload_interval: float | None = 2.0,
         clock: Callable[[], float] = time.time,
         freeze_gc: bool = True,
+        metrics: bool | Metrics = False,
     ) -> None:
         self.app = app
         self.freeze_gc = freeze_gc
@@ -156,6 +163,8 @@ class ThrottleMiddleware:
         try:
             _refuse_async(self.identify)
             self._configure(policy, store, secret, reload_interval, clock)
+            if metrics:
+                _instrument(self.engine, self._watcher, metrics)
         except Exception as error:
             if not _built_by_a_framework():
                 raise
@@ -221,7 +230,11 @@ class ThrottleMiddleware:
         now = time.monotonic()
         if now - self._refusal_logged >= 60.0:
             self._refusal_logged = now
-            logger.error("%s; answering 503 (the server runs without a lifespan)", self.refusal)
+            logger.error(
+                "%s; answering 503 (the server runs without a lifespan)",
+                self.refusal,
+                extra={"refusal": self.refusal},
+            )
         if scope["type"] == "http":
             body = b"Service Unavailable"
             headers = [
@@ -264,7 +277,12 @@ class ThrottleMiddleware:
         try:
             marker = parse_marker(marker_value)
         except MarkerError as error:
-            self._logs.warning("marker", "throttle: invalid Personalization header: %s", error)
+            self._logs.warning(
+                "marker",
+                "throttle: invalid Personalization header: %s",
+                error,
+                extra={"error": str(error)},
+            )
             return self.engine.invalid_marker(person)
         try:
             headers = scope.get("headers", ())
@@ -272,7 +290,10 @@ class ThrottleMiddleware:
             purposes, unreadable = tcf_purposes(headers)
             if unreadable is not None:
                 self._logs.warning(
-                    "tcf", "throttle: unreadable euconsent-v2 cookie: %s", unreadable
+                    "tcf",
+                    "throttle: unreadable euconsent-v2 cookie: %s",
+                    unreadable,
+                    extra={"error": unreadable},
                 )
             zone = self.zone(scope) if self.engine.uses_time_zones else None
             decision = await self.engine.decide(
@@ -296,6 +317,11 @@ class ThrottleMiddleware:
                     "throttle: signal %r has no weight in policy %s; scored at default_signal",
                     signal,
                     decision.policy,
+                    extra={
+                        "signal": signal,
+                        "policy": decision.policy,
+                        "version": decision.policy_version,
+                    },
                 )
 
     def zone(self, scope: Scope) -> str | None:
@@ -325,7 +351,10 @@ class ThrottleMiddleware:
             return None
         if person is None:
             self._logs.warning(
-                "identify-value", "throttle: identify() returned %s; counted as nobody", why
+                "identify-value",
+                "throttle: identify() returned %s; counted as nobody",
+                why,
+                extra={"why": why},
             )
         return person
 
@@ -356,6 +385,7 @@ class ThrottleMiddleware:
                     "throttle: the fallback provider returned %r, not a SegmentContent with a "
                     "bytes body and an ASCII media type; using the policy's content",
                     type(provided).__name__,
+                    extra={"returned": type(provided).__name__},
                 )
         return policy_content(self.engine.policy.fallback, campaign) or empty_document(media_type)
 
@@ -578,6 +608,16 @@ def _built_by_a_framework() -> bool:
     stack on the first ASGI event (Starlette and FastAPI name it `build_middleware_stack`)."""
     caller = sys._getframe(2)  # 0: this function, 1: __init__, 2: whoever called the class
     return caller.f_code.co_name == "build_middleware_stack"
+
+
+def _instrument(engine: Engine, watcher: PolicyWatcher | None, metrics: bool | Metrics) -> None:
+    try:
+        from throttle.metrics import Metrics
+    except ImportError as error:
+        raise ConfigurationError(
+            "metrics=True needs prometheus-client: pip install 'throttle-asgi[metrics]'"
+        ) from error
+    (metrics if isinstance(metrics, Metrics) else Metrics()).instrument(engine, watcher=watcher)
 
 
 def _secret(secret: str | bytes | None, store: Store) -> bytes:
