@@ -397,3 +397,23 @@ def test_multiprocess_mode_adds_up_processes_and_forgets_the_gauges_of_dead_ones
     assert after["throttle_policy_info"] == {}
     assert after["throttle_cache_max_entries"] == {}
     assert not list(tmp_path.glob("gauge_live*"))
+
+
+async def test_measuring_an_engine_twice_counts_each_decision_once() -> None:
+    engine, registry = instrumented("", MemoryStore())
+    instrument(engine, registry=registry)
+    await engine.decide(marker(), person="ana")
+    assert sum(samples(registry, "throttle_decisions_total").values()) == 1
+
+
+def test_spans_asked_for_without_opentelemetry_stop_startup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from throttle import tracing
+
+    monkeypatch.setattr(tracing, "trace", None)
+    engine = Engine(policy(), MemoryStore(), secret=SECRET)
+    with pytest.raises(ConfigurationError, match=r"throttle-asgi\[tracing\]"):
+        Metrics(registry=CollectorRegistry(), spans=True).instrument(engine)
+    Metrics(registry=CollectorRegistry()).instrument(engine)  # spans when installed: none
+    assert engine._observers and tracing.annotate not in engine._observers

@@ -54,12 +54,20 @@ from throttle.decision import Reason
 from throttle.engine import Engine
 from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.faults import LogLimiter
-from throttle.message import cached_markers
+from throttle.message import DECISIONS, cached_markers
 from throttle.observe import Observation
 from throttle.policy import Policy
 from throttle.reload import PolicyWatcher
 
-__all__ = ["Metrics", "fault_kind", "instrument", "metrics_app"]
+__all__ = [
+    "LiveProcessesCollector",
+    "Metrics",
+    "MetricsEndpoint",
+    "fault_kind",
+    "flush",
+    "instrument",
+    "metrics_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +84,7 @@ _MAX_LABEL_LENGTH = 100
 RULES = (
     "creepiness.threshold", "creepiness.budget", "creepiness.category_band", "consent.gpc",
     "consent.tcf", "consent.anonymous", "level.off", "level.minimal", "quiet_hours", "calculus",
-    "store.on_error", "marker", "decides.price", "decides.credit", "decides.eligibility",
+    "store.on_error", "marker", *(f"decides.{decides}" for decides in DECISIONS),
 )  # fmt: skip
 FAULT_KINDS = ("timeout", "connection", "server", "unavailable", "other")
 RELOAD_RESULTS = ("applied", "refused")
@@ -233,7 +241,18 @@ class Metrics:
         )
 
     def instrument(self, engine: Engine, *, watcher: PolicyWatcher | None = None) -> None:
-        """Measure `engine`'s decisions, its store and guard, and `watcher`'s reloads."""
+        """Measure `engine`'s decisions, its store and guard, and `watcher`'s reloads (once per
+        engine and registry: a second call changes nothing)."""
+        from throttle import tracing
+
+        if self.spans and not tracing.available():
+            raise ConfigurationError(
+                "spans=True needs opentelemetry-api: pip install 'throttle-asgi[tracing]'"
+            )
+        measured = _measured.setdefault(engine, set())
+        if self.registry in measured:
+            return
+        measured.add(self.registry)
         tools = _instruments_in(self.registry)
         logs = LogLimiter(log=logger)
         recorder = _Recorder(engine, tools, self, logs)
@@ -248,15 +267,12 @@ class Metrics:
             setattr(engine.store, "on_batch", _safely(logs, recorder.batch))  # noqa: B010
         if watcher is not None:
             watcher.on_result = _safely(logs, lambda result: tools.reloads.labels(result).inc())
-        if self.spans or self.spans is None:
-            from throttle import tracing
+        if self.spans is not False and tracing.available():
+            engine.observe(tracing.annotate)
 
-            if tracing.available():
-                engine.observe(tracing.annotate)
-            elif self.spans:
-                raise ConfigurationError(
-                    "spans=True needs opentelemetry-api: pip install 'throttle-asgi[tracing]'"
-                )
+
+# The registries each engine is measured in.
+_measured: weakref.WeakKeyDictionary[Engine, set[CollectorRegistry]] = weakref.WeakKeyDictionary()
 
 
 def instrument(
@@ -266,9 +282,10 @@ def instrument(
     campaigns: Iterable[str] = (),
     channels: Iterable[str] = (),
     registry: CollectorRegistry | None = None,
+    spans: bool | None = None,
 ) -> Metrics:
     """Measure an engine used without the middleware: `Metrics(...).instrument(engine)`."""
-    metrics = Metrics(campaigns=campaigns, channels=channels, registry=registry)
+    metrics = Metrics(campaigns=campaigns, channels=channels, registry=registry, spans=spans)
     metrics.instrument(engine, watcher=watcher)
     return metrics
 
