@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck check-redis clean
+.PHONY: demo test bench lint typecheck check-redis dashboard-screenshot clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: $(INSTALLED)
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
+
+# docs/dashboard.png, the README's picture of the ops dashboard: examples/dashboard.py's
+# simulated day, in Debian's chromium (/usr/bin/chromium).
+dashboard-screenshot: $(INSTALLED)
+	$(BIN)/python -m examples.dashboard --screenshot docs/dashboard.png
 
 # The tests start private redis-server processes on free loopback ports; they need the binary.
 check-redis:

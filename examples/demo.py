@@ -17,8 +17,18 @@ import redis.asyncio as aioredis
 import uvicorn
 from http_sfv.item import Item
 
-from examples.storefront import PASSWORD, create_app
-from throttle import DECISION_HEADER, Reason, RedisStore, Store, load_policy
+from examples.storefront import PASSWORD, PROFILES, create_app
+from throttle import (
+    DECISION_HEADER,
+    Decision,
+    Marker,
+    MemoryStore,
+    Reason,
+    RedisStore,
+    Store,
+    ThrottleClient,
+    load_policy,
+)
 
 POLICY = "policies/default.toml"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -156,6 +166,44 @@ async def consent_visit(base_url: str) -> None:
         await offer("after withdrawing it")
 
 
+def said(decision: Decision) -> str:
+    rule = f", {decision.rule}" if decision.rule else ""
+    return f"{decision.outcome} ({decision.reason.value}{rule})"
+
+
+async def email_visit(base_url: str, client: ThrottleClient) -> None:
+    """dev gets the spring sale on the web and by email: the campaign's daily cap of 3 counts
+    both channels, the web app's middleware and the email worker's client alike."""
+    print("-- dev: the spring sale on the web and by email, from a worker's ThrottleClient;")
+    print("   the campaign's cap of 3 a day counts both channels together")
+    email = Marker(
+        campaign="spring-sale",
+        channel="email",
+        segment=PROFILES["dev"].segment,
+        signals=("purchase_history",),
+        explained=True,
+    )
+    async with httpx.AsyncClient(base_url=base_url, timeout=5, auth=("dev", PASSWORD)) as http:
+
+        async def web() -> None:
+            outcome, reason, rule, _ = describe(await http.get("/offers/recommended"))
+            rule = f", {rule}" if rule else ""
+            print(f"   web    /offers/recommended: {outcome} ({reason}{rule})")
+
+        await web()
+        await web()
+        failed = await client.reserve("dev", email)
+        # The mail server refuses it: the reservation is released, its slot given back.
+        await client.release(failed)
+        print(f"   email  reserved ({said(failed.decision)}); the send failed: released")
+        print(f"   email  preflight, nothing counted: {said(await client.preflight('dev', email))}")
+        async with client.reserving("dev", email) as sent:
+            print(f"   email  reserved, sent, committed: {said(sent.decision)}")
+        await web()
+        refused = await client.preflight("dev", email)
+        print(f"   email  preflight: {said(refused)}: the email is not built")
+
+
 async def privacy_visit(base_url: str) -> None:
     """ana uses the privacy routes: why, level off, a copy of her data, erasure."""
     auth = ("ana", PASSWORD)
@@ -222,7 +270,11 @@ async def show_keys_and_clean_up(url: str, prefix: str) -> None:
 
 
 async def serve_and_visit(choice: StoreChoice) -> None:
-    app = create_app(store=choice.store, secret=choice.secret, policy=POLICY)
+    # The email worker's client shares the web app's store and secret: one cap per person.
+    store = MemoryStore() if isinstance(choice.store, str) else choice.store
+    secret = choice.secret or secrets.token_hex(32)
+    app = create_app(store=store, secret=secret, policy=POLICY)
+    client = ThrottleClient(policy=POLICY, store=store, secret=secret)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     sock = loopback_socket()
@@ -238,13 +290,13 @@ async def serve_and_visit(choice: StoreChoice) -> None:
         await visit(f"http://{host}:{port}")
         print()
         await consent_visit(f"http://{host}:{port}")
+        await email_visit(f"http://{host}:{port}", client)
         await privacy_visit(f"http://{host}:{port}")
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, timeout=10)
         sock.close()
-        if not isinstance(choice.store, str):  # closed at lifespan shutdown, unless none ran
-            await choice.store.aclose()
+        await store.aclose()  # closed at lifespan shutdown, unless none ran
 
 
 async def main() -> int:

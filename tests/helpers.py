@@ -41,6 +41,7 @@ async def trail(store: Store) -> list[AuditEntry]:
     return [
         entry
         for _, fields in rows
+        if b"r" not in fields  # a data request by support staff, not a decision
         for entry in AuditEntry.unpack_all(fields[b"d"])
         if entry is not None
     ]

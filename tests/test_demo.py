@@ -34,6 +34,7 @@ async def test_the_demo_runs_on_redis_and_shows_each_reason(
     output = capsys.readouterr().out
     assert f"store: Redis at {redis_url}" in output
     assert outcomes(output) == EXPECTED
+    email_shown(output)
     privacy_shown(output)
     keys = output.split("Person keys in Redis")[1].split("Removed")[0]
     # After ana's erasure: the records of ben, cleo and dev (their counters and recent
@@ -58,6 +59,22 @@ async def leftovers(url: str) -> list[bytes]:
 def test_the_legend_has_words_for_every_reason() -> None:
     for reason in demo.Reason:
         assert reason.value in demo.REASONS and reason.label in demo.REASONS
+
+
+def email_shown(output: str) -> None:
+    """dev's spring sale: two web offers, a failed email released, one sent, then the
+    campaign's daily cap refuses the web and the email alike."""
+    scene = output.split("-- dev: the spring sale on the web and by email")[1].split("-- ana")[0]
+    lines = [line.strip() for line in scene.splitlines()[2:] if line.strip()]
+    assert lines == [
+        "web    /offers/recommended: personalized (allowed)",
+        "web    /offers/recommended: personalized (allowed)",
+        "email  reserved (personalized (allowed)); the send failed: released",
+        "email  preflight, nothing counted: personalized (allowed)",
+        "email  reserved, sent, committed: personalized (allowed)",
+        "web    /offers/recommended: segment (frequency-cap, per-campaign-daily)",
+        "email  preflight: segment (frequency-cap, per-campaign-daily): the email is not built",
+    ]
 
 
 def privacy_shown(output: str) -> None:
@@ -85,4 +102,5 @@ async def test_the_demo_falls_back_to_memory_when_no_redis_answers(
     output = capsys.readouterr().out
     assert "so: memory://" in output
     assert outcomes(output) == EXPECTED
+    email_shown(output)
     privacy_shown(output)

@@ -10,7 +10,8 @@ def test_all_exports_every_public_name_and_only_those() -> None:
         "consent", "engine", "errors", "fallback", "faults", "message", "middleware", "periods",
         "policy", "simulate", "tcf", "audit", "audit_summary", "explain", "privacy",
         "reload", "bench", "check", "cli", "locate", "scoring", "store", "decision", "snapshot",
-        "observe", "metrics", "logs", "tracing",
+        "observe", "client", "personal_data", "support", "markets", "opsstate", "dashboard",
+        "metrics", "logs", "tracing",
     }  # fmt: skip
     assert set(throttle.__all__) == public - modules
 

@@ -106,7 +106,7 @@ async def test_hostile_campaigns_rules_and_channels_make_no_labels_and_no_ids_le
     # Rules come from the policy; a rule no policy names (a newer engine's) is "other".
     from throttle.metrics import _Vocabulary
 
-    labels = _Vocabulary(engine.policy, Metrics()).labels(
+    labels = _Vocabulary([engine.policy], Metrics()).labels(
         "segment", Reason.FREQUENCY_CAP, "cap-for-ana", None, None, False
     )
     assert labels == ("segment", "frequency-cap", "other", "none", "none", "false")
@@ -140,7 +140,7 @@ def test_a_policy_naming_too_many_campaigns_counts_the_rest_as_other(
     assert any("as 'other'" in r.getMessage() for r in caplog.records)
     from throttle.metrics import MAX_CAMPAIGNS, _Vocabulary
 
-    assert len(_Vocabulary(policy(many), Metrics()).campaigns) == MAX_CAMPAIGNS
+    assert len(_Vocabulary([policy(many)], Metrics()).campaigns) == MAX_CAMPAIGNS
 
 
 def test_observations_written_at_once_equal_observing_each() -> None:
@@ -236,7 +236,7 @@ async def test_reloads_by_result_and_the_policy_in_force(tmp_path: Path) -> None
     engine, registry = Engine(policy(), MemoryStore(), secret=SECRET), CollectorRegistry()
     clock = ManualClock(0.0)
     watcher = PolicyWatcher(path, engine.policy, interval=1.0, clock=clock)
-    instrument(engine, registry=registry, watcher=watcher)
+    instrument(engine, registry=registry, watchers=[watcher])
     first = engine.policy.version
     await engine.decide(marker(), person="ana")
 
@@ -417,3 +417,31 @@ def test_spans_asked_for_without_opentelemetry_stop_startup(
         Metrics(registry=CollectorRegistry(), spans=True).instrument(engine)
     Metrics(registry=CollectorRegistry()).instrument(engine)  # spans when installed: none
     assert engine._observers and tracing.annotate not in engine._observers
+
+
+async def test_each_markets_policy_names_its_rules_and_is_in_force() -> None:
+    german = policy(
+        '[[caps]]\nname = "de-daily"\nper = "user"\nlimit = 1\nwindow = "1d"\n' + NO_REPETITION,
+        name="de",
+    )
+    engine = Engine(policy(NO_REPETITION), MemoryStore(), secret=SECRET, markets={"de": german})
+    registry = CollectorRegistry()
+    instrument(engine, registry=registry)
+    for _ in range(2):
+        await engine.decide(marker(), person="ana", market="de")
+    assert value(registry, "throttle_decisions_total", outcome="segment", reason="frequency-cap",
+                 rule="de-daily", campaign="other", channel="web", shadow="false") == 1  # fmt: skip
+    info = samples(registry, "throttle_policy_info")
+    assert info == {
+        (("policy", "test"), ("version", engine.policy.version)): 1,
+        (("policy", "de"), ("version", german.version)): 1,
+    }
+    changed = policy(
+        '[[caps]]\nname = "de-weekly"\nper = "user"\nlimit = 1\nwindow = "7d"\n' + NO_REPETITION,
+        name="de",
+    )
+    engine.set_market("de", changed)
+    await engine.decide(marker(), person="ben", market="de")
+    info = samples(registry, "throttle_policy_info")
+    assert info[(("policy", "de"), ("version", german.version))] == 0
+    assert info[(("policy", "de"), ("version", changed.version))] == 1

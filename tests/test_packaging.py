@@ -52,7 +52,7 @@ def test_the_wheel_holds_every_module_and_data_file(wheel: Path) -> None:
         names = set(archive.namelist())
     source = {
         path.relative_to(ROOT).as_posix()
-        for pattern in ("*.py", "*.lua", "py.typed")
+        for pattern in ("*.py", "*.lua", "*.html", "py.typed")
         for path in (ROOT / "throttle").rglob(pattern)
     }
     assert source - names == set()

@@ -12,6 +12,7 @@ from tests.conftest import ManualClock
 from tests.helpers import SECRET, marker, policy
 from throttle import Engine
 from throttle.store import MemoryStore, RedisStore
+from throttle.store.base import Hold
 
 POLICY = policy(
     """
@@ -75,6 +76,9 @@ step = st.tuples(
     st.sampled_from([None, None, 0.1, 0.9]),  # relevance
     st.booleans(),  # inferred
     st.booleans(),  # transactional
+    # How it is sent: decided, a preflight, a reservation (held 30 min), or the person's
+    # oldest reservation still open committed or released instead.
+    st.sampled_from(["decide", "decide", "decide", "preflight", "reserve", "commit", "release"]),
 )
 runs = itertools.count()
 
@@ -93,10 +97,11 @@ async def test_memory_and_redis_stores_decide_every_sequence_alike(
     memory_clock, redis_clock = ManualClock(), ManualClock()
     on_memory = Engine(POLICY, MemoryStore(), secret=SECRET, clock=memory_clock)
     on_redis = Engine(POLICY, redis, secret=SECRET, clock=redis_clock)
+    reservations: dict[str, list[str]] = {}
     try:
         for step in steps:
             seconds, person, campaign, channel, signals, explained, tags, zone = step[:8]
-            choice, gpc, relevance, inferred, transactional = step[8:]
+            choice, gpc, relevance, inferred, transactional, sending = step[8:]
             memory_clock.advance(seconds)
             redis_clock.advance(seconds)
             message = marker(
@@ -114,8 +119,35 @@ async def test_memory_and_redis_stores_decide_every_sequence_alike(
                     await throttle.consent(person, "health", given=choice == "consent")
                 elif choice is not None:
                     await throttle.set_level(person, choice)
-            expected = await on_memory.decide(message, person=person, zone=zone, gpc=gpc)
-            got = await on_redis.decide(message, person=person, zone=zone, gpc=gpc)
+            pseudonym = on_memory.pseudonym(person)
+            if sending in ("commit", "release"):
+                open_ = reservations.setdefault(person, [])
+                held = open_.pop(0) if open_ else "none"
+                now_ms = int(memory_clock.now * 1000)
+                settled = [
+                    await store.settle(pseudonym, held, commit=sending == "commit", now_ms=now_ms)
+                    for store in (on_memory.store, redis)
+                ]
+                assert settled[0] == settled[1]
+                assert await redis.state(pseudonym) == await on_memory.store.state(pseudonym)
+                continue
+            hold = None
+            if sending == "reserve":
+                hold = Hold(f"r{next(runs)}", 1_800_000)
+                reservations.setdefault(person, []).append(hold.id)
+            asked = [
+                await throttle.ask(
+                    message,
+                    person=person,
+                    zone=zone,
+                    gpc=gpc,
+                    dry_run=sending == "preflight",
+                    hold=hold,
+                )
+                for throttle in (on_memory, on_redis)
+            ]
+            (expected, memory_reserved), (got, redis_reserved) = asked
+            assert memory_reserved == redis_reserved
             assert (got.outcome, got.reason, got.rule, got.score, got.factors, got.shadow) == (
                 expected.outcome,
                 expected.reason,
@@ -124,7 +156,6 @@ async def test_memory_and_redis_stores_decide_every_sequence_alike(
                 expected.factors,
                 expected.shadow,
             )
-            pseudonym = on_memory.pseudonym(person)
             assert await redis.state(pseudonym) == await on_memory.store.state(pseudonym)
     finally:
         await redis.aclose()

@@ -10,6 +10,8 @@ async def offer(request):
 ```
 """
 
+from throttle.client import MarkerFields, Reservation, ThrottleClient
+from throttle.dashboard import dashboard_routes
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
 from throttle.errors import (
@@ -25,19 +27,24 @@ from throttle.message import Marker, parse_marker, personalization
 from throttle.middleware import (
     DECISION_HEADER,
     DECISION_SCOPE_KEY,
+    MARKET_SCOPE_KEY,
     ThrottleMiddleware,
     authenticated_user,
 )
 from throttle.observe import Observation
+from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
 from throttle.store import MemoryStore, RedisStore, Store, open_store
+from throttle.support import DataRequest, admin_routes
 
 __all__ = [
     "DECISION_HEADER",
     "DECISION_SCOPE_KEY",
+    "MARKET_SCOPE_KEY",
     "ConfigurationError",
+    "DataRequest",
     "Decision",
     "Engine",
     "Factor",
@@ -45,19 +52,26 @@ __all__ = [
     "FallbackRequest",
     "Marker",
     "MarkerError",
+    "MarkerFields",
     "MemoryStore",
     "Observation",
+    "OpsConfig",
+    "OpsState",
     "Policy",
     "PolicyError",
     "PolicyProblem",
     "Reason",
     "RedisStore",
+    "Reservation",
     "SegmentContent",
     "Store",
     "StoreUnavailable",
+    "ThrottleClient",
     "ThrottleError",
     "ThrottleMiddleware",
+    "admin_routes",
     "authenticated_user",
+    "dashboard_routes",
     "load_policy",
     "open_store",
     "parse_marker",

@@ -118,6 +118,8 @@ class Reader:
         else:
             self._start = _after(rows[-1][0])
         for _, fields in rows:
+            if b"r" in fields:  # a data request by support staff, not a decision
+                continue
             # One append carries the entries of many decisions.
             for entry in AuditEntry.unpack_all(fields.get(b"d", b"")):
                 if entry is None or not _plausible(entry):

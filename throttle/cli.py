@@ -1,6 +1,6 @@
 """The `throttle` command. One subcommand per job: `init` writes the default policy, `check`
 validates policy files, `simulate` replays traffic through them, `audit` summarizes what was
-decided, `bench` measures the middleware.
+decided, `person` carries out a person's data request, `bench` measures the middleware.
 
 Each subcommand is a function that adds its parser and one that runs it, so check, simulate
 and audit can join `bench` without touching the others. Every command exits with the same
@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_check(commands)
     _add_simulate(commands)
     _add_audit(commands)
+    _add_person(commands)
     _add_bench(commands)
     return parser
 
@@ -192,13 +193,28 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="an override file layered on each POLICY (repeat for more, in order); the "
         "summary is then the effective policy",
     )
+    check.add_argument(
+        "--markets",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a market's override file, or a directory of them (one market per file, named "
+        "by its stem), each layered on each POLICY and checked in turn (repeatable)",
+    )
     check.set_defaults(command=_check, name="check")
 
 
 def _check(arguments: argparse.Namespace) -> int:
     from throttle.check import check
+    from throttle.markets import market_files
 
-    return check(arguments.policies, sys.stdout, overrides=arguments.overrides)
+    markets = market_files(arguments.markets) if arguments.markets else {}
+    status = check(arguments.policies, sys.stdout, overrides=arguments.overrides)
+    for name, path in markets.items():
+        print(f"\nmarket {name}:", file=sys.stdout)
+        layers = [*arguments.overrides, str(path)]
+        status = max(status, check(arguments.policies, sys.stdout, overrides=layers))
+    return status
 
 
 def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -231,6 +247,15 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="a second policy file, replayed beside POLICY; the report shows both and the change",
     )
     simulate.add_argument(
+        "--markets",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a market's override file, or a directory of them (one market per file, named "
+        "by its stem), layered on POLICY (and on OTHER): each trace line's market chooses "
+        "(repeatable)",
+    )
+    simulate.add_argument(
         "--html", type=Path, metavar="FILE", help="also write the report as a page with charts"
     )
     simulate.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -244,12 +269,21 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _simulate(arguments: argparse.Namespace) -> int:
+    from throttle.markets import market_files
     from throttle.policy import load_policy
     from throttle.simulate import simulate
 
+    files = market_files(arguments.markets) if arguments.markets else {}
     policies = [load_policy(arguments.policy, *arguments.overrides)]
+    markets = [
+        {
+            name: load_policy(arguments.policy, *arguments.overrides, path)
+            for name, path in files.items()
+        }
+    ]
     if arguments.against:
         policies.append(load_policy(arguments.against))
+        markets.append({name: load_policy(arguments.against, path) for name, path in files.items()})
     return simulate(
         policies,
         arguments.trace,
@@ -257,6 +291,7 @@ def _simulate(arguments: argparse.Namespace) -> int:
         html_path=arguments.html,
         as_json=arguments.json,
         skip_bad_lines=arguments.skip_bad_lines,
+        markets=markets,
     )
 
 
@@ -316,6 +351,61 @@ def _audit(arguments: argparse.Namespace) -> int:
             min_decisions=int(arguments.min_decisions),
         )
     )
+
+
+def _add_person(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    person = commands.add_parser(
+        "person",
+        help="a person's data request, by support staff: export, erase, level, consents",
+        description=(
+            "Carry out a data request for one person, in the Redis the app uses: export "
+            "everything held about them, erase it, or read or change their level or "
+            "consents. Each request is written to the audit trail first (the action, the "
+            "operator, the time, the person's audit token; never their id)."
+        ),
+    )
+    person.add_argument("action", choices=("export", "erase", "level", "consents"))
+    person.add_argument("--id", required=True, metavar="USER", help="the person's user id")
+    person.add_argument("--operator", metavar="NAME", help="who makes the request (default: $USER)")
+    person.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the app's policy file (repeat for a base and its overrides, in layer order)",
+    )
+    person.add_argument("--store", metavar="URL", help="the app's Redis (default: $REDIS_URL)")
+    person.add_argument("--prefix", default="throttle:", help="the store's key prefix")
+    person.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding the app's secret (default: $THROTTLE_SECRET)",
+    )
+    person.add_argument(
+        "--set",
+        metavar="LEVEL",
+        choices=("off", "minimal", "standard", "full"),
+        help="level: set it",
+    )
+    person.add_argument("--give", metavar="CATEGORY", help="consents: record explicit consent")
+    person.add_argument("--withdraw", metavar="CATEGORY", help="consents: withdraw it")
+    person.add_argument("--json", action="store_true", help="print the answer as JSON")
+    person.set_defaults(command=_person, name="person")
+
+
+def _person(arguments: argparse.Namespace) -> int:
+    from throttle.support import BadRequest, UsageError, person_command
+
+    try:
+        return person_command(arguments, sys.stdout)
+    except UsageError as error:
+        _say(f"throttle person: {error}")
+        return USAGE
+    except BadRequest as error:
+        _say(f"throttle person: {error}")
+        return BAD_INPUT
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -35,6 +35,7 @@ from throttle.store.base import (
     Choice,
     Delivery,
     Erasure,
+    Hold,
     Store,
     outcome_key,
 )
@@ -80,6 +81,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         audit: bool = True,
+        markets: Mapping[str, Policy] | None = None,
     ) -> None:
         self.store = store
         self._audit_wanted = audit
@@ -101,6 +103,8 @@ class Engine:
         self._audience_tag = self.pseudonym("\0audiences")[:8]
         self._audiences: dict[str, tuple[int, float]] = {}
         self._snapshot = Snapshot(policy, audit=audit)
+        # Policies per market, by name; `policy` decides for no market or an unknown one.
+        self._markets = {name: Snapshot(p, audit=audit) for name, p in (markets or {}).items()}
         self.guard = StoreGuard(retry_after=policy.store.retry_after, clock=monotonic)
         # A store that writes on the side reports what it meets there to the same guard.
         attach = getattr(store, "attach", None)
@@ -118,6 +122,39 @@ class Engine:
         self._snapshot = Snapshot(policy, audit=self._audit_wanted)
         self.guard.retry_after = policy.store.retry_after
 
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """The names of the markets with a policy of their own."""
+        return tuple(self._markets)
+
+    def policy_for(self, market: str | None) -> Policy:
+        """The policy that decides for `market`: its own, else (None, unknown) the default."""
+        snapshot = self._markets.get(market) if market is not None else None
+        return (snapshot or self._snapshot).policy
+
+    def set_market(self, market: str, policy: Policy) -> None:
+        """Swap in a market's policy (a reload); a decision under way keeps the one it read."""
+        if market not in self._markets:
+            raise KeyError(f"no market {market!r}; the markets are {', '.join(self._markets)}")
+        self._markets = {**self._markets, market: Snapshot(policy, audit=self._audit_wanted)}
+
+    def _snapshot_for(self, market: str | None) -> Snapshot:
+        if market is None:
+            return self._snapshot
+        snapshot = self._markets.get(market)
+        if snapshot is None:
+            # An app's market function may meet a market nobody configured (a new country):
+            # the default policy decides, and the logs say so once a minute.
+            self._logs.warning(
+                "market",
+                "throttle: no policy for market %r; the default policy %s decides",
+                market[:64],
+                self._snapshot.name,
+                extra={"market": market[:64], "policy": self._snapshot.name},
+            )
+            return self._snapshot
+        return snapshot
+
     def observe(self, observer: Observer) -> None:
         """Call `observer` with an `Observation` after every decision this engine makes."""
         self._observers = (*self._observers, observer)
@@ -132,9 +169,16 @@ class Engine:
                 self._logs.warning("observer", "an observer of decisions failed", exc_info=True)
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """Seconds since the epoch, as the decisions count time."""
+        return self._clock
+
+    @property
     def uses_time_zones(self) -> bool:
-        """Whether the policy counts time in people's zones (calendar caps, quiet hours)."""
-        return self._snapshot.local is not None
+        """Whether a policy counts time in people's zones (calendar caps, quiet hours)."""
+        return self._snapshot.local is not None or any(
+            snapshot.local is not None for snapshot in self._markets.values()
+        )
 
     def pseudonym(self, person: str) -> str:
         """The keyed hash that stands for a person in the store; the raw id never leaves.
@@ -156,6 +200,7 @@ class Engine:
         gpc: bool = False,
         zone: str | None = None,
         purposes: frozenset[int] | None = None,
+        market: str | None = None,
     ) -> Decision:
         """Decide one message for one person (`None`: not signed in).
 
@@ -164,33 +209,68 @@ class Engine:
           `None` means the policy's zone.
         - `purposes`: the TCF purposes the person consented to, from their consent string;
           `None` when the request carries none.
+        - `market`: whose policy decides (see `markets`); `None`, or a market without a
+          policy (logged), the default policy. A person's state is the same in every market.
 
         Every decision is appended to the audit trail, the person named by a random token.
         """
+        decision, _ = await self.ask(
+            marker, person=person, gpc=gpc, zone=zone, purposes=purposes, market=market
+        )
+        return decision
+
+    async def ask(
+        self,
+        marker: Marker,
+        *,
+        person: str | None,
+        gpc: bool = False,
+        zone: str | None = None,
+        purposes: frozenset[int] | None = None,
+        market: str | None = None,
+        dry_run: bool = False,
+        hold: Hold | None = None,
+    ) -> tuple[Decision, bool]:
+        """`decide`, as a preflight or a reservation (what `ThrottleClient` builds on); with
+        whether the store counted the message as the reservation `hold`.
+
+        - `dry_run`: decide as for real and change nothing: no counter, budget, choice,
+          audience, recent decision, trail entry or observation.
+        - `hold`: count the message as this reservation, which `Store.settle` commits or
+          releases.
+
+        Without the store, neither fails open: the answer is segment content.
+        """
         started = self._monotonic() if self._observers else 0.0
-        snapshot = self._snapshot
+        snapshot = self._snapshot if market is None else self._snapshot_for(market)
         plan = snapshot.plan(marker)
         pseudonym = self.pseudonym(person) if person is not None else None
         if pseudonym is None:
             decision = await self._decide_for_nobody(snapshot, plan, gpc, zone, purposes)
+            if dry_run:
+                return decision, False
             if snapshot.audit is not None:
                 self._record(snapshot, decision, marker, "")
             if self._observers:
                 self._observed(decision, marker.segment, started, False)
-            return decision
-        if gpc:
+            return decision, False
+        if gpc and not dry_run:
             self._restrict(pseudonym)
-        decision, token = await self._decide_for(snapshot, plan, pseudonym, gpc, zone, purposes)
-        if token is not None:  # the store decided, and wrote it into the person's record
+        decision, outcome = await self._decide_for(
+            snapshot, plan, pseudonym, gpc, zone, purposes, dry_run, hold
+        )
+        if dry_run:
+            return decision, False
+        if outcome is not None:  # the store decided, and wrote it into the person's record
             if snapshot.audit is not None:
-                self._record(snapshot, decision, marker, token)
+                self._record(snapshot, decision, marker, outcome.token)
         else:
             if gpc:
                 await self._keep_opt_out(pseudonym)
             self._remember(snapshot, decision, marker, pseudonym)
         if self._observers:
             self._observed(decision, marker.segment, started, True)
-        return decision
+        return decision, outcome is not None and outcome.reserved
 
     async def _decide_for_nobody(
         self,
@@ -235,8 +315,10 @@ class Engine:
         gpc: bool,
         zone: str | None,
         purposes: frozenset[int] | None,
-    ) -> tuple[Decision, str | None]:
-        """The decision, and the person's audit token when the store made it (None if not)."""
+        dry_run: bool = False,
+        hold: Hold | None = None,
+    ) -> tuple[Decision, StoreOutcome | None]:
+        """The decision, and the store's outcome when the store made it (None if not)."""
         refusal = self._gate(snapshot, plan, purposes)
         if refusal is not None:
             words = snapshot.words(*refusal)
@@ -246,7 +328,7 @@ class Engine:
         # a limit is reported and delivered, a person's no never is.
         local, quiet = self._quiet(snapshot, plan.marker, zone, now_ms)
         return await self._ask_store(
-            snapshot, plan, pseudonym, now_ms, local, gpc, quiet is not None
+            snapshot, plan, pseudonym, now_ms, local, gpc, quiet is not None, dry_run, hold
         )
 
     def _gate(
@@ -289,7 +371,9 @@ class Engine:
         local: LocalTime | None,
         gpc: bool,
         quiet: bool,
-    ) -> tuple[Decision, str | None]:
+        dry_run: bool = False,
+        hold: Hold | None = None,
+    ) -> tuple[Decision, StoreOutcome | None]:
         marker, content = plan.marker, plan.content
         wanted = self._audiences_of(marker.segment)
         delivery = Delivery(
@@ -297,7 +381,7 @@ class Engine:
             now_ms,
             content.milli,
             plan.limits,
-            wanted,
+            () if dry_run else wanted,
             self._stale(wanted),
             local.period_starts if local is not None and snapshot.calendar else (),
             plan.minimal_ok,
@@ -305,9 +389,11 @@ class Engine:
             plan.special,
             plan.forbidden_by_gpc,
             milli(marker.relevance) if marker.relevance is not None else -1,
-            gpc,
+            gpc and not dry_run,
             quiet,
-            plan.recent,
+            None if dry_run else plan.recent,
+            dry_run,
+            hold,
         )
         guard = self.guard
         outcome = None
@@ -325,6 +411,14 @@ class Engine:
             if quiet:  # no store needed to say it is their quiet hours; never failing open
                 words = snapshot.words(Reason.QUIET_HOURS, "quiet_hours")._replace(shadow=False)
                 return await self._segment(snapshot, plan, words, content), None
+            if dry_run or hold is not None:
+                # Nothing could be checked or counted: a preflight or a reservation never
+                # fails open, whatever on_error.
+                words = snapshot.words(Reason.STORE_UNAVAILABLE, "store.on_error")
+                words = words._replace(shadow=False)
+                return self._decision(
+                    snapshot, plan, words, content, self._resolve(snapshot, wanted)
+                ), None
             return await self._store_failed(snapshot, plan, pseudonym, wanted, gpc), None
         self._remember_open(pseudonym, outcome, sent_at)
         if outcome.segment_sizes:
@@ -341,7 +435,7 @@ class Engine:
         )
         words = plan.words[key]
         segment = None if words.outcome == "personalized" else self._resolve(snapshot, wanted)
-        return self._decision(snapshot, plan, words, scored, segment), outcome.token
+        return self._decision(snapshot, plan, words, scored, segment), outcome
 
     async def _store_failed(
         self, snapshot: Snapshot, plan: Plan, pseudonym: str, wanted: tuple[str, ...], gpc: bool
@@ -395,18 +489,18 @@ class Engine:
             )
         return self._personalized(snapshot, plan, Reason.ALLOWED, content)
 
-    def invalid_marker(self, person: str | None = None) -> Decision:
+    def invalid_marker(self, person: str | None = None, market: str | None = None) -> Decision:
         """The decision for a response whose marker cannot be read: segment content for everyone."""
-        snapshot = self._snapshot
+        snapshot = self._snapshot if market is None else self._snapshot_for(market)
         decision = _blank(snapshot, Reason.INVALID_MARKER, "marker")
         self._record_unplanned(snapshot, decision, person)
         if self._observers:
             self._observed(decision, "", self._monotonic(), person is not None)
         return decision
 
-    def internal_error(self) -> Decision:
+    def internal_error(self, market: str | None = None) -> Decision:
         """The decision when deciding itself failed: the privacy-safe side, segment content."""
-        snapshot = self._snapshot
+        snapshot = self._snapshot if market is None else self._snapshot_for(market)
         decision = _blank(snapshot, Reason.INTERNAL_ERROR, None)
         self._record_unplanned(snapshot, decision, None)
         if self._observers:
@@ -437,9 +531,12 @@ class Engine:
         self._known_open.pop(pseudonym, None)
         return await self.store.erase(pseudonym)
 
-    async def consent(self, person: str, category: str, *, given: bool) -> None:
-        """Record a person's explicit consent to a special category, or its withdrawal."""
-        if category not in self.policy.special:
+    async def consent(
+        self, person: str, category: str, *, given: bool, market: str | None = None
+    ) -> None:
+        """Record a person's explicit consent to a special category (of `market`'s policy), or
+        its withdrawal."""
+        if category not in self.policy_for(market).special:
             raise ValueError(f"{category!r} is not a special category of the policy")
         await self._choose(
             self.pseudonym(person), Choice("consent" if given else "withdraw", category)
@@ -451,15 +548,16 @@ class Engine:
         self._restricted_at.pop(pseudonym, None)
         await self._choose(pseudonym, Choice("opt-in"))
 
-    async def level_of(self, person: str) -> tuple[str, bool]:
+    async def level_of(self, person: str, market: str | None = None) -> tuple[str, bool]:
         """A person's level, and whether they chose it (False: the policy's default)."""
-        return self.level_in(await self.choices_of(person))
+        return self.level_in(await self.choices_of(person), market)
 
-    def level_in(self, choices: dict[str, Any]) -> tuple[str, bool]:
-        """The level a person's choices (from `choices_of`) give, and whether they chose it."""
+    def level_in(self, choices: dict[str, Any], market: str | None = None) -> tuple[str, bool]:
+        """The level a person's choices (from `choices_of`) give, and whether they chose it;
+        when they chose none, the default of `market`'s policy."""
         if "l" in choices:
             return _LEVEL_NAMES[choices["l"]], True
-        return self.policy.levels.default, False
+        return self.policy_for(market).levels.default, False
 
     async def choices_of(self, person: str) -> dict[str, Any]:
         """What the person's state holds of their choices: `l` level and `u` when, `g` when
@@ -569,15 +667,18 @@ class Engine:
 
     def cache_sizes(self) -> dict[str, tuple[int, int]]:
         """Entries and bound of each per-process memory, by name: the engine's, the compiled
-        policy's and the store's (for metrics: a memory at its bound starts again)."""
+        policy's (the fullest of the default's and the markets') and the store's (for metrics:
+        a memory at its bound starts again)."""
         sizes = {
             "people_open": (len(self._known_open), _PEOPLE_REMEMBERED),
             "people_restricted": (len(self._restricted_at), _PEOPLE_REMEMBERED),
             "people_touched": (len(self._touched), _PEOPLE_REMEMBERED),
             "audiences": (len(self._audiences), _AUDIENCES_REMEMBERED),
             "audit_tails": (len(self._audit_tails), _TAILS_REMEMBERED),
-            **self._snapshot.cache_sizes(),
         }
+        for snapshot in (self._snapshot, *self._markets.values()):
+            for name, size in snapshot.cache_sizes().items():
+                sizes[name] = max(sizes.get(name, size), size)
         store_sizes = getattr(self.store, "cache_sizes", None)
         if callable(store_sizes):
             sizes.update(store_sizes())

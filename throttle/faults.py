@@ -46,6 +46,11 @@ class StoreGuard:
     def failing(self) -> bool:
         return self._failures > 0
 
+    @property
+    def fell_back(self) -> int:
+        """Decisions made without the store in the current burst of failures (0 when fine)."""
+        return self._failures
+
     def available(self) -> bool:
         """Whether to try the store now; a call skipped during a pause counts as a failure."""
         if self._failures and self._clock() < self._paused_until:

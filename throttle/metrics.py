@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 try:
@@ -240,9 +240,10 @@ class Metrics:
             f"spans={self.spans!r})"
         )
 
-    def instrument(self, engine: Engine, *, watcher: PolicyWatcher | None = None) -> None:
-        """Measure `engine`'s decisions, its store and guard, and `watcher`'s reloads (once per
-        engine and registry: a second call changes nothing)."""
+    def instrument(self, engine: Engine, *, watchers: Iterable[PolicyWatcher] = ()) -> None:
+        """Measure `engine`'s decisions, its store and guard, and the reloads of `watchers`
+        (the policy files' and each market's; once per engine and registry: a second call
+        changes nothing)."""
         from throttle import tracing
 
         if self.spans and not tracing.available():
@@ -265,7 +266,7 @@ class Metrics:
         tools.guard_failing.set(int(guard.failing))
         if hasattr(engine.store, "on_batch"):  # a store that batches decisions (Redis)
             setattr(engine.store, "on_batch", _safely(logs, recorder.batch))  # noqa: B010
-        if watcher is not None:
+        for watcher in watchers:
             watcher.on_result = _safely(logs, lambda result: tools.reloads.labels(result).inc())
         if self.spans is not False and tracing.available():
             engine.observe(tracing.annotate)
@@ -278,7 +279,7 @@ _measured: weakref.WeakKeyDictionary[Engine, set[CollectorRegistry]] = weakref.W
 def instrument(
     engine: Engine,
     *,
-    watcher: PolicyWatcher | None = None,
+    watchers: Iterable[PolicyWatcher] = (),
     campaigns: Iterable[str] = (),
     channels: Iterable[str] = (),
     registry: CollectorRegistry | None = None,
@@ -286,7 +287,7 @@ def instrument(
 ) -> Metrics:
     """Measure an engine used without the middleware: `Metrics(...).instrument(engine)`."""
     metrics = Metrics(campaigns=campaigns, channels=channels, registry=registry, spans=spans)
-    metrics.instrument(engine, watcher=watcher)
+    metrics.instrument(engine, watchers=watchers)
     return metrics
 
 
@@ -310,30 +311,38 @@ def fault_kind(error: BaseException) -> str:
 
 
 class _Vocabulary:
-    """A policy's label values: each name it (or the Metrics) gives, the rest `other`."""
+    """The label values of the policies in force (the default's and each market's): each name
+    they (or the Metrics) give, the rest `other`."""
 
-    def __init__(self, policy: Policy, metrics: Metrics) -> None:
-        named = [c for c in policy.fallback.content if c != "*"]
+    def __init__(self, policies: Sequence[Policy], metrics: Metrics) -> None:
+        named = [c for policy in policies for c in policy.fallback.content if c != "*"]
         self.campaigns = _closed_set([*metrics.campaigns, *named], MAX_CAMPAIGNS)
-        quiet = policy.quiet_hours.channels if policy.quiet_hours is not None else ()
+        quiet = [
+            channel
+            for policy in policies
+            if policy.quiet_hours is not None
+            for channel in policy.quiet_hours.channels
+        ]
         self.channels = _closed_set([*DEFAULT_CHANNELS, *metrics.channels, *quiet], MAX_CHANNELS)
-        rules = [*RULES, *(f"special.{category}" for category in policy.special)]
-        self.rules = _closed_set([*rules, *(cap.name for cap in policy.caps)], MAX_RULES)
+        specials = [f"special.{category}" for policy in policies for category in policy.special]
+        caps = [cap.name for policy in policies for cap in policy.caps]
+        self.rules = _closed_set([*RULES, *specials, *caps], MAX_RULES)
         dropped = [
             kind
             for kind, given, kept in (
                 ("campaigns", named, self.campaigns),
-                ("rules", [c.name for c in policy.caps], self.rules),
+                ("rules", caps, self.rules),
             )
             if any(name not in kept for name in given)
         ]
         if dropped:
+            names = sorted({policy.name for policy in policies})
             logger.warning(
                 "throttle: metrics count some %s of policy %s as 'other' (too many, or names "
                 "too long)",
                 " and ".join(dropped),
-                policy.name,
-                extra={"labels": dropped, "policy": policy.name},
+                ", ".join(names),
+                extra={"labels": dropped, "policies": names},
             )
 
     def labels(
@@ -369,9 +378,10 @@ class _Recorder:
         self._tools = tools
         self._metrics = metrics
         self._logs = logs
-        self._policy = engine.policy
-        self._vocabulary = _Vocabulary(self._policy, metrics)
-        tools.policy.labels(self._policy.name, self._policy.version).set(1)
+        self._policies = _in_force(engine)
+        self._vocabulary = _Vocabulary(self._policies, metrics)
+        for policy in self._policies:
+            tools.policy.labels(policy.name, policy.version).set(1)
         # Decisions by their label sources (outcome, reason, rule, campaign, channel, shadow).
         self._decisions: dict[_DecisionKey, int] = {}
         self._seconds = _Observations(tools.decision_seconds)
@@ -412,9 +422,11 @@ class _Recorder:
         """Write what was counted since the last time into the metrics."""
         self._flush_scheduled = False
         try:
-            policy = self._engine.policy
-            if policy is not self._policy:
-                self._policy_changed(policy)
+            policies = _in_force(self._engine)
+            if any(a is not b for a, b in zip(policies, self._policies, strict=False)) or len(
+                policies
+            ) != len(self._policies):
+                self._policies_changed(policies)
             decisions, self._decisions = self._decisions, {}
             counter, vocabulary = self._tools.decisions, self._vocabulary
             labelled: dict[tuple[str, ...], int] = {}
@@ -430,12 +442,16 @@ class _Recorder:
         except Exception:  # a metric must never cost a decision
             self._logs.warning("flush", "throttle: writing metrics failed", exc_info=True)
 
-    def _policy_changed(self, policy: Policy) -> None:
+    def _policies_changed(self, policies: tuple[Policy, ...]) -> None:
         info = self._tools.policy
-        info.labels(self._policy.name, self._policy.version).set(0)
-        info.labels(policy.name, policy.version).set(1)
-        self._policy = policy
-        self._vocabulary = _Vocabulary(policy, self._metrics)
+        now = {(policy.name, policy.version) for policy in policies}
+        for policy in self._policies:
+            if (policy.name, policy.version) not in now:
+                info.labels(policy.name, policy.version).set(0)
+        for name, version in now:
+            info.labels(name, version).set(1)
+        self._policies = policies
+        self._vocabulary = _Vocabulary(policies, self._metrics)
 
     def _write_caches(self) -> None:
         tools = self._tools
@@ -446,6 +462,11 @@ class _Recorder:
         tools.cache_entries.labels("markers").set(markers)
         tools.marker_cache_bytes.set(held)
         tools.marker_cache_max_bytes.set(budget)
+
+
+def _in_force(engine: Engine) -> tuple[Policy, ...]:
+    """The engine's policies: the default, then each market's."""
+    return (engine.policy, *(engine.policy_for(market) for market in engine.markets))
 
 
 # Every recorder alive, so that a scrape and the process's exit write what they counted.

@@ -35,15 +35,20 @@ from throttle.fallback import (
     policy_content,
 )
 from throttle.faults import LogLimiter
+from throttle.markets import MarketSet, MarketWatcher, check_market, load_markets, market_sources
 from throttle.message import parse_marker
+from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
 
 if TYPE_CHECKING:
+    from throttle.client import ThrottleClient
     from throttle.metrics import Metrics
 
 DECISION_SCOPE_KEY = "throttle.decision"
+# The market whose policy decided (None: the default policy), for the app and outer middleware.
+MARKET_SCOPE_KEY = "throttle.market"
 GPC_JSON_PATH = "/.well-known/gpc.json"
 # The middleware itself, for routes behind it (the privacy routes) to reach its engine.
 MIDDLEWARE_SCOPE_KEY = "throttle"
@@ -72,6 +77,7 @@ MAX_ID_LENGTH = 1024
 # An int of at most this many bits has at most MAX_ID_LENGTH digits.
 _MAX_ID_BITS = 3401
 TimeZone = Callable[[Scope], "str | None"]
+ChooseMarket = Callable[[Scope], "str | None"]
 TIME_ZONE_HEADER = "time-zone"
 
 
@@ -126,6 +132,14 @@ class ThrottleMiddleware:
     - `freeze_gc`: once the app has started (lifespan), `gc.freeze()` the objects start-up made,
       so full garbage collections skip them and stay short (the p99 tail under load); `False`
       leaves the collector alone.
+    - `markets`: policies per market, each layered on `policy`: a directory of override files
+      (one market per file, named by its stem) or a mapping of market names to files or
+      `Policy` objects (see `throttle.markets`).
+    - `market(scope) -> str | None`: which market a request belongs to; `None`, an unknown name
+      (logged) or an exception (logged) gets the default `policy`. A `str` names one market
+      for every request, checked at start-up.
+    - `ops`: `True` or an `OpsConfig` keeps the shared ops state (`self.ops`, an `OpsState`)
+      that the dashboard and alerts read: per-minute counts of decisions, reloads, store health.
     - `metrics`: `True` (or a `throttle.metrics.Metrics` saying what to count) measures
       decisions, the store and reloads in Prometheus metrics; serve them with
       `throttle.metrics.metrics_app()`. Needs the `metrics` extra (prometheus-client).
@@ -152,19 +166,31 @@ class ThrottleMiddleware:
         reload_interval: float | None = 2.0,
         clock: Callable[[], float] = time.time,
         freeze_gc: bool = True,
+        markets: MarketSet | None = None,
+        market: str | ChooseMarket | None = None,
+        ops: bool | OpsConfig = False,
         metrics: bool | Metrics = False,
     ) -> None:
         self.app = app
+        self.ops: OpsState | None = None
         self.freeze_gc = freeze_gc
         # Why this middleware cannot work, when a framework built it and start-up must say so.
         self.refusal: str | None = None
         self._refusal_logged = -math.inf
         self.identify = identify or authenticated_user
+        self.market = market
         try:
             _refuse_async(self.identify)
-            self._configure(policy, store, secret, reload_interval, clock)
+            _refuse_async(market, "market")
+            self._configure(policy, store, secret, reload_interval, clock, markets)
+            if ops is not False:
+                self.ops = OpsState(self.engine, ops if ops is not True else None, clock=clock)
+                self.ops.reloaded(None, self.engine.policy)
             if metrics:
-                _instrument(self.engine, self._watcher, metrics)
+                watchers = [] if self._watcher is None else [self._watcher]
+                if self._market_watcher is not None:
+                    watchers += self._market_watcher.watchers
+                _instrument(self.engine, watchers, metrics)
         except Exception as error:
             if not _built_by_a_framework():
                 raise
@@ -173,10 +199,10 @@ class ThrottleMiddleware:
         self.time_zone = time_zone or time_zone_header
         self.fallback = fallback
         self._logs = LogLimiter(log=logger)
-        self._kept_for: Policy | None = None
-        self._kept: frozenset[bytes] = frozenset()
+        self._kept: dict[int, tuple[Policy, frozenset[bytes]]] = {}
         self._headers: dict[tuple[object, ...], bytes] = {}
         self._reported: set[tuple[str, str]] = set()
+        self._client: ThrottleClient | None = None
 
     def _configure(
         self,
@@ -185,6 +211,7 @@ class ThrottleMiddleware:
         secret: str | bytes | None,
         reload_interval: float | None,
         clock: Callable[[], float],
+        markets: MarketSet | None,
     ) -> None:
         if isinstance(policy, Policy):
             loaded = policy
@@ -200,8 +227,38 @@ class ThrottleMiddleware:
             if reload_interval is not None and not isinstance(policy, Policy)
             else None
         )
+        base = (
+            None
+            if isinstance(policy, Policy)
+            else (Path(policy),)
+            if isinstance(policy, str | Path)
+            else tuple(Path(p) for p in policy)
+        )
+        by_market, self._market_watcher = self._markets(base, markets, reload_interval)
         opened = open_store(store) if isinstance(store, str) else store
-        self.engine = Engine(loaded, opened, secret=_secret(secret, opened), clock=clock)
+        self.engine = Engine(
+            loaded, opened, secret=secret_key(secret, opened), clock=clock, markets=by_market
+        )
+
+    def _markets(
+        self, base: tuple[Path, ...] | None, markets: MarketSet | None, interval: float | None
+    ) -> tuple[dict[str, Policy], MarketWatcher | None]:
+        if markets is None:
+            if self.market is not None:
+                raise ConfigurationError("market: give markets= too, the policies it chooses")
+            return {}, None
+        if self.market is None:
+            raise ConfigurationError("markets: give market= too, to choose one per request")
+        sources = market_sources(markets)
+        loaded = load_markets(base, sources)
+        if not callable(self.market):
+            check_market(self.market, list(loaded))
+        watcher = (
+            MarketWatcher(base, sources, loaded, interval=interval)
+            if interval is not None and base is not None
+            else None
+        )
+        return loaded, watcher
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.refusal is not None:
@@ -249,15 +306,30 @@ class ThrottleMiddleware:
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         async def send_and_close(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete" and self.freeze_gc:
-                # What start-up made lives as long as the process: keeping it out of the
-                # collector's sight makes every full collection, a latency spike, cheaper.
-                gc.freeze()
+            if message["type"] == "lifespan.startup.complete":
+                if self.ops is not None:
+                    self.ops.start()
+                if self.freeze_gc:
+                    # What start-up made lives as long as the process: keeping it out of the
+                    # collector's sight makes every full collection, a latency spike, cheaper.
+                    gc.freeze()
             elif message["type"] == "lifespan.shutdown.complete":
+                if self.ops is not None:
+                    await self.ops.aclose()
                 await self.engine.aclose()
             await send(message)
 
         return send_and_close
+
+    @property
+    def client(self) -> ThrottleClient:
+        """A `ThrottleClient` on this middleware's engine, for sends outside a response (email,
+        push, a job the request queues): the same caps and budget per person."""
+        if self._client is None:
+            from throttle.client import ThrottleClient  # the client builds on this module
+
+            self._client = ThrottleClient.from_middleware(self)
+        return self._client
 
     def _reload(self) -> None:
         if self._watcher is None:
@@ -268,12 +340,27 @@ class ThrottleMiddleware:
             self._logs.warning("reload", "throttle: policy reload failed", exc_info=True)
             return
         if reloaded is not None:
+            previous = self.engine.policy
             self.engine.policy = reloaded
+            if self.ops is not None:
+                self.ops.reloaded(previous, reloaded)
+        if self._market_watcher is not None:
+            try:
+                changed = self._market_watcher.poll()
+            except Exception:  # never let a policy edit cost a request
+                self._logs.warning("reload", "throttle: policy reload failed", exc_info=True)
+                return
+            for name, policy in changed.items():
+                previous = self.engine.policy_for(name)
+                self.engine.set_market(name, policy)
+                if self.ops is not None:
+                    self.ops.reloaded(previous, policy)
 
     async def decide(self, scope: Scope, marker_value: bytes) -> Decision:
-        if self._watcher is not None:
+        if self._watcher is not None or self._market_watcher is not None:
             self._reload()
         person = self.person(scope)
+        market = scope[MARKET_SCOPE_KEY] = self.market_of(scope)
         try:
             marker = parse_marker(marker_value)
         except MarkerError as error:
@@ -283,7 +370,7 @@ class ThrottleMiddleware:
                 error,
                 extra={"error": str(error)},
             )
-            return self.engine.invalid_marker(person)
+            return self.engine.invalid_marker(person, market)
         try:
             headers = scope.get("headers", ())
             gpc = gpc_opt_out(headers)
@@ -297,11 +384,11 @@ class ThrottleMiddleware:
                 )
             zone = self.zone(scope) if self.engine.uses_time_zones else None
             decision = await self.engine.decide(
-                marker, person=person, gpc=gpc, zone=zone, purposes=purposes
+                marker, person=person, gpc=gpc, zone=zone, purposes=purposes, market=market
             )
         except Exception:
             self._logs.warning("decide", "throttle: deciding failed", exc_info=True)
-            return self.engine.internal_error()
+            return self.engine.internal_error(market)
         if decision.unknown_signals:
             self._report_unknown(decision)
         return decision
@@ -323,6 +410,26 @@ class ThrottleMiddleware:
                         "version": decision.policy_version,
                     },
                 )
+
+    def market_of(self, scope: Scope) -> str | None:
+        """The request's market, by the app's `market`; `None` for the default policy."""
+        choose = self.market
+        if choose is None or isinstance(choose, str):
+            return choose
+        try:
+            chosen: object = choose(scope)
+        except Exception:  # the default policy decides; the request goes on
+            self._logs.warning("market", "throttle: market() failed", exc_info=True)
+            return None
+        if chosen is None or isinstance(chosen, str):
+            return chosen
+        self._logs.warning(
+            "market-value",
+            "throttle: market() returned a %s, not a str or None; the default policy decides",
+            type(chosen).__name__,
+            extra={"returned": type(chosen).__name__},
+        )
+        return None
 
     def zone(self, scope: Scope) -> str | None:
         """The person's time zone, by the app's `time_zone`; `None` for the policy's."""
@@ -387,16 +494,23 @@ class ThrottleMiddleware:
                     type(provided).__name__,
                     extra={"returned": type(provided).__name__},
                 )
-        return policy_content(self.engine.policy.fallback, campaign) or empty_document(media_type)
+        policy = self.engine.policy_for(scope.get(MARKET_SCOPE_KEY))
+        return policy_content(policy.fallback, campaign) or empty_document(media_type)
 
-    def kept_headers(self) -> frozenset[bytes]:
-        """Names of the app's headers that segment content keeps, lowercased."""
-        policy = self.engine.policy
-        if self._kept_for is not policy:
+    def kept_headers(self, policy: Policy | None = None) -> frozenset[bytes]:
+        """Names of the app's headers that segment content keeps under `policy` (by default
+        the default policy), lowercased."""
+        policy = policy or self.engine.policy
+        kept = self._kept.get(id(policy))
+        if kept is None or kept[0] is not policy:
             names = _NEUTRAL_HEADERS.union(h.lower() for h in policy.fallback.keep_headers)
-            self._kept = frozenset(name.encode("latin-1") for name in names)
-            self._kept_for = policy
-        return self._kept
+            if len(self._kept) >= 64:  # reloads make new policies; the old ones go
+                self._kept.clear()
+            kept = self._kept[id(policy)] = (
+                policy,
+                frozenset(name.encode("latin-1") for name in names),
+            )
+        return kept[1]
 
     def decision_header(self, decision: Decision) -> bytes:
         """The `Personalization-Decision` value: an RFC 8941 token with parameters."""
@@ -470,7 +584,8 @@ class _Responder:
         middleware = self.middleware
         decision = await middleware.decide(self.scope, b", ".join(markers))
         self.scope[DECISION_SCOPE_KEY] = decision
-        show = middleware.engine.policy.decisions.header
+        policy = middleware.engine.policy_for(self.scope.get(MARKET_SCOPE_KEY))
+        show = policy.decisions.header
         if decision.delivers_personalized:
             headers = []
             cache_control: bytes | None = None
@@ -492,7 +607,7 @@ class _Responder:
 
         self.discarding = True
         media_type = "application/octet-stream"
-        kept = middleware.kept_headers()
+        kept = middleware.kept_headers(policy)
         headers = []
         cache_control = None
         for name, value in raw:
@@ -584,11 +699,17 @@ def _as_id(returned: object) -> tuple[str | None, str]:
     return person, ""
 
 
-def _refuse_async(identify: Identify | None) -> None:
-    """`identify` is called on every marked response's path and by the privacy routes, which
-    cannot await it: a coroutine function is a configuration error, not everyone anonymous."""
-    call = getattr(identify, "__call__", None)  # noqa: B004 - an object's async __call__ too
-    if inspect.iscoroutinefunction(identify) or inspect.iscoroutinefunction(call):
+def _refuse_async(function: Identify | ChooseMarket | str | None, name: str = "identify") -> None:
+    """`identify` and `market` are called on every marked response's path (`identify` by the
+    privacy routes too), which cannot await them: a coroutine function is a configuration
+    error, not everyone anonymous."""
+    call = getattr(function, "__call__", None)  # noqa: B004 - an object's async __call__ too
+    if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call):
+        if name == "market":
+            raise ConfigurationError(
+                "market must be a plain function returning the market's name (or None), not "
+                "an async one: read what it needs from the scope (headers, scope['user'])"
+            )
         raise ConfigurationError(
             "identify must be a plain function returning the id (str, int or None), not an "
             "async one: read what it needs from the scope (e.g. scope['user'], set by an "
@@ -610,17 +731,19 @@ def _built_by_a_framework() -> bool:
     return caller.f_code.co_name == "build_middleware_stack"
 
 
-def _instrument(engine: Engine, watcher: PolicyWatcher | None, metrics: bool | Metrics) -> None:
+def _instrument(engine: Engine, watchers: list[PolicyWatcher], metrics: bool | Metrics) -> None:
     try:
         from throttle.metrics import Metrics
     except ImportError as error:
         raise ConfigurationError(
             "metrics=True needs prometheus-client: pip install 'throttle-asgi[metrics]'"
         ) from error
-    (metrics if isinstance(metrics, Metrics) else Metrics()).instrument(engine, watcher=watcher)
+    (metrics if isinstance(metrics, Metrics) else Metrics()).instrument(engine, watchers=watchers)
 
 
-def _secret(secret: str | bytes | None, store: Store) -> bytes:
+def secret_key(secret: str | bytes | None, store: Store) -> bytes:
+    """The key pseudonyms are made with: `secret`, else $THROTTLE_SECRET; random for a store
+    no other process reads; `ConfigurationError` when missing for a shared one, or short."""
     if secret is None:
         secret = os.environ.get("THROTTLE_SECRET") or None
     if secret is None:

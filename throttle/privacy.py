@@ -31,7 +31,6 @@ person can slow everyone else down.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import time
@@ -42,23 +41,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from throttle.audit import AuditEntry
+from throttle import personal_data
 from throttle.consent import gpc_opt_out
 from throttle.errors import StoreUnavailable
-from throttle.explain import explain
 from throttle.middleware import MIDDLEWARE_SCOPE_KEY, ThrottleMiddleware
 from throttle.policy import LEVELS
 
-LEVEL_WORDS = {
-    "off": "No personalized messages at all: you object to direct marketing and profiling "
-    "(GDPR Art. 21). Everything you see is written for a large group of people.",
-    "minimal": "Only what you gave us yourself, such as your cart and your purchases, and "
-    "only where it is not intrusive; nothing inferred about you, nothing from other companies.",
-    "standard": "Personalization within our policy's limits on how often and how "
-    "intrusively we use your data.",
-    "full": "The most tailored experience our policy allows, including messages that use "
-    "more of your data.",
-}
 _MAX_BODY = 1024
 _NO_STORE = {"cache-control": "no-store"}
 _PEOPLE_REMEMBERED = 65_536
@@ -110,13 +98,16 @@ def privacy_routes(*, calls: int = 60, window: float = 60.0) -> list[BaseRoute]:
     ]
 
 
-class _Refusal(Exception):
+class Refusal(Exception):
+    """A request the routes refuse: its status and what to tell the caller."""
+
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         self.message = message
 
 
-def _answer(status: int, body: dict[str, Any], retry_after: float = 0.0) -> Response:
+def answer(status: int, body: dict[str, Any], retry_after: float = 0.0) -> Response:
+    """A JSON answer about one person's data: never kept by a cache."""
     headers = dict(_NO_STORE)
     if status == 401:
         headers["www-authenticate"] = "Bearer, Basic"
@@ -125,13 +116,32 @@ def _answer(status: int, body: dict[str, Any], retry_after: float = 0.0) -> Resp
     return JSONResponse(body, status, headers=headers)
 
 
-def _context(request: Request) -> tuple[ThrottleMiddleware, str]:
+def middleware_of(request: Request) -> ThrottleMiddleware:
+    """The `ThrottleMiddleware` in front of the routes (500 when there is none)."""
     middleware = request.scope.get(MIDDLEWARE_SCOPE_KEY)
     if not isinstance(middleware, ThrottleMiddleware):
-        raise _Refusal(500, "the privacy routes need ThrottleMiddleware in front of them")
+        raise Refusal(500, "the privacy routes need ThrottleMiddleware in front of them")
+    return middleware
+
+
+async def small_json(request: Request, example: str) -> Any:
+    """The request's body as JSON, read no further than it takes to refuse a large one."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_BODY:
+            raise Refusal(413, f"send a small JSON object such as {example}")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Refusal(400, f"send JSON such as {example}") from None
+
+
+def _context(request: Request) -> tuple[ThrottleMiddleware, str]:
+    middleware = middleware_of(request)
     person = middleware.person(request.scope)
     if person is None:
-        raise _Refusal(401, "sign in to see or change what is held about you")
+        raise Refusal(401, "sign in to see or change what is held about you")
     return middleware, person
 
 
@@ -141,220 +151,119 @@ def _guarded(handler: Any, limits: _PerPerson) -> Any:
             middleware, person = _context(request)
             wait = limits.wait(middleware.engine.pseudonym(person), time.monotonic())
             if wait:
-                return _answer(429, {"error": "too many requests; try again later"}, wait)
+                return answer(429, {"error": "too many requests; try again later"}, wait)
             status, body = await handler(request, middleware, person)
-        except _Refusal as refusal:
-            return _answer(refusal.status, {"error": refusal.message})
+        except Refusal as refusal:
+            return answer(refusal.status, {"error": refusal.message})
         except (StoreUnavailable, OSError, TimeoutError):
-            return _answer(503, {"error": "your data cannot be reached right now; try again"})
-        return _answer(status, body)
+            return answer(503, {"error": "your data cannot be reached right now; try again"})
+        return answer(status, body)
 
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__
     return endpoint
 
 
+def _gpc_now(request: Request) -> bool:
+    return gpc_opt_out(request.scope.get("headers", ()))
+
+
+def _market(request: Request, middleware: ThrottleMiddleware) -> str | None:
+    """The request's market, whose policy gives the default level and the categories."""
+    return middleware.market_of(request.scope)
+
+
 async def get_level(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Their level, whether they chose it, what each level means, and their GPC opt-out."""
-    engine = middleware.engine
-    choices = await engine.choices_of(person)
-    level, chosen = engine.level_in(choices)
-    return 200, {
-        "level": level,
-        "chosen": chosen,
-        "levels": LEVEL_WORDS,
-        "opt_out": _opt_out(choices, request),
-    }
+    return 200, await personal_data.level(
+        middleware.engine, person, gpc_now=_gpc_now(request), market=_market(request, middleware)
+    )
 
 
 async def set_level(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Change their level: a JSON object with one key, `level`."""
-    body = b""
-    async for chunk in request.stream():  # read no more of a large body than it takes to refuse
-        body += chunk
-        if len(body) > _MAX_BODY:
-            raise _Refusal(413, 'send a small JSON object such as {"level": "off"}')
-    try:
-        sent = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _Refusal(400, 'send JSON such as {"level": "off"}') from None
+    sent = await small_json(request, '{"level": "off"}')
     if not isinstance(sent, dict) or set(sent) != {"level"}:
-        raise _Refusal(400, 'send exactly one key, level, such as {"level": "off"}')
-    level = sent["level"]
-    if level not in LEVELS:
-        raise _Refusal(400, f"level must be one of {', '.join(LEVELS)}")
-    await middleware.engine.set_level(person, level)
-    return 200, {"level": level, "chosen": True, "meaning": LEVEL_WORDS[level]}
+        raise Refusal(400, 'send exactly one key, level, such as {"level": "off"}')
+    try:
+        return 200, await personal_data.set_level(middleware.engine, person, sent["level"])
+    except personal_data.UnknownLevel:
+        raise Refusal(400, f"level must be one of {', '.join(LEVELS)}") from None
 
 
 async def consents(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Each special category, its legal source, and whether they gave explicit consent."""
-    given = (await middleware.engine.choices_of(person)).get("s") or {}
-    return 200, {"categories": _categories(middleware, given)}
+    market = _market(request, middleware)
+    return 200, await personal_data.consents(middleware.engine, person, market=market)
 
 
 async def give_consent(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Give explicit consent to one special category; recorded with its time."""
-    category = _category(request, middleware)
-    await middleware.engine.consent(person, category, given=True)
-    given = (await middleware.engine.choices_of(person)).get("s") or {}
-    since = given.get(category)  # gone again if erased or withdrawn meanwhile
-    return 200, {
-        "category": category,
-        "consented": since is not None,
-        "since": _time(since) if since is not None else None,
-    }
+    market = _market(request, middleware)
+    category = _category(request, middleware, market)
+    return 200, await personal_data.give_consent(middleware.engine, person, category, market=market)
 
 
 async def withdraw_consent(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Withdraw consent to one special category: as easy as giving it (Art. 7(3))."""
-    category = _category(request, middleware)
-    await middleware.engine.consent(person, category, given=False)
-    return 200, {"category": category, "consented": False}
+    market = _market(request, middleware)
+    category = _category(request, middleware, market)
+    return 200, await personal_data.withdraw_consent(
+        middleware.engine, person, category, market=market
+    )
 
 
 async def opt_in(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Lift their sticky GPC opt-out. A request that still sends Sec-GPC: 1 opts out again."""
-    await middleware.engine.opt_in(person)
-    return 200, {"opt_out": _opt_out({}, request)}
+    gpc_now = _gpc_now(request)
+    return 200, await personal_data.lift_opt_out(middleware.engine, person, gpc_now=gpc_now)
 
 
 async def why(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Their recent decisions, newest first, each in plain words."""
-    engine = middleware.engine
     zone = middleware.zone(request.scope)
-    entries = await engine.recent(person)
-    return 200, {"decisions": [explain(entry, zone=zone) for entry in _readable(entries)]}
+    return 200, await personal_data.why(middleware.engine, person, zone=zone)
 
 
 async def access(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Everything held about them (GDPR Art. 15)."""
-    engine = middleware.engine
-    pseudonym = engine.pseudonym(person)
-    state = await engine.state_of(person) or {}
-    recent = _readable(await engine.recent(person))
-    choices = state.get("p") or {}
-    level, chosen = engine.level_in(choices)
-    given = choices.get("s") or {}
     zone = middleware.zone(request.scope)
-    return 200, {
-        "about": "Everything throttle holds about you. You are known to it only by a keyed "
-        "hash of your account id (your pseudonym), never by the id itself.",
-        "pseudonym": pseudonym,
-        "level": {
-            "level": level,
-            "chosen": chosen,
-            "chosen_at": _time(choices["u"]) if "u" in choices else None,
-        },
-        "opt_out": _opt_out(choices, request),
-        "special_category_consents": {name: _time(since) for name, since in sorted(given.items())},
-        "deliveries": {
-            _counter_words(name): [_time(t) for t in log]
-            for name, log in (state.get("c") or {}).items()
-        },
-        "creepiness_budget": [
-            {"since": _time(t), "score": score / 1000} for t, score in state.get("b") or []
-        ],
-        "recent_decisions": [explain(entry, zone=zone) for entry in recent],
-        "audit_trail": {
-            "about": "Each decision is also kept in our audit trail, which shows what we did "
-            "with personal data. There you are named only by a random token kept with your "
-            "data; erasing your data deletes the token, after which nothing links those "
-            "entries to you. Your entries, newest first:",
-            "entries": [
-                {k: v for k, v in entry.as_dict().items() if k != "person"} for entry in recent
-            ],
-        },
-    }
+    return 200, await personal_data.export(
+        middleware.engine,
+        person,
+        zone=zone,
+        gpc_now=_gpc_now(request),
+        market=_market(request, middleware),
+    )
 
 
 async def erase(
     request: Request, middleware: ThrottleMiddleware, person: str
 ) -> tuple[int, dict[str, Any]]:
     """Erase everything held about them (GDPR Art. 17)."""
-    engine = middleware.engine
-    erased = await engine.erase(person)
-    default = engine.policy.levels.default
-    return 200, {
-        "deleted": {
-            "state": erased.state,
-            "recent_decisions": erased.decisions,
-        },
-        "note": "Your counters, your choice of level, your consents, your opt-out and your "
-        "recent decisions are deleted, and so is the token that named you in our audit "
-        "trail: nothing links its entries to you any more. Your level is back to the "
-        f"default, {default}; choose it again if you wish.",
-    }
+    market = _market(request, middleware)
+    return 200, await personal_data.erase(middleware.engine, person, market=market)
 
 
-def _opt_out(choices: dict[str, Any], request: Request) -> dict[str, Any]:
-    """Their Global Privacy Control opt-out: kept from the first request that sent it."""
-    sent_now = gpc_opt_out(request.scope.get("headers", ()))
-    since = choices.get("g")
-    if since is None and not sent_now:
-        return {"honored": False, "message": "No opt-out preference signal received"}
-    return {
-        "honored": True,
-        "since": _time(since) if since is not None else None,
-        "message": "Opt-out preference signal honored",
-    }
-
-
-def _categories(middleware: ThrottleMiddleware, given: dict[str, int]) -> dict[str, Any]:
-    return {
-        name: {
-            "source": category.source,
-            "signals": list(category.signals),
-            "consented": name in given,
-            "since": _time(given[name]) if name in given else None,
-        }
-        for name, category in middleware.engine.policy.special.items()
-    }
-
-
-def _category(request: Request, middleware: ThrottleMiddleware) -> str:
-    category = request.path_params["category"]
-    if category not in middleware.engine.policy.special:
-        raise _Refusal(404, f"{category!r} is not a special category of this site's policy")
-    return str(category)
-
-
-def _readable(entries: list[bytes]) -> list[AuditEntry]:
-    readable = []
-    for packed in entries:
-        try:
-            readable.append(AuditEntry.unpack(packed))
-        except ValueError:
-            continue  # an entry that cannot be read is skipped, not shown broken
-    return readable
-
-
-def _time(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
-
-
-def _counter_words(name: str) -> str:
-    """`c:email` -> "email channel"; `k:spring-sale` -> "campaign spring-sale"; `u` -> "all"."""
-    shadow = name.startswith("s:")
-    base, _, exempt = name.removeprefix("s:").partition("!")
-    kind, _, value = base.partition(":")
-    words = {"u": "all messages", "c": f"{value} channel", "k": f"campaign {value}"}.get(kind, base)
-    if exempt:
-        words += f" (except {exempt.replace(',', ', ')})"
-    return words + (" (a rule on trial)" if shadow else "")
+def _category(request: Request, middleware: ThrottleMiddleware, market: str | None) -> str:
+    category = str(request.path_params["category"])
+    try:
+        return personal_data.check_category(middleware.engine, category, market)
+    except personal_data.UnknownCategory as unknown:
+        raise Refusal(404, str(unknown)) from None

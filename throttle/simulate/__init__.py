@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -41,6 +41,7 @@ def simulate(
     as_json: bool = False,
     skip_bad_lines: bool = False,
     errors: TextIO | None = None,
+    markets: Sequence[Mapping[str, Policy]] = (),
 ) -> int:
     """Replay `trace` (a path, or "-" for standard input) and report; returns the exit status.
 
@@ -48,7 +49,8 @@ def simulate(
     out of the replay; the report says how many. Exits 1 when there were any, unless
     `skip_bad_lines`, and when no line was usable at all. `html_path` is opened before the
     replay, so a place that cannot be written is refused before any work. `errors` is
-    standard error unless given.
+    standard error unless given. `markets`, one mapping per policy, are the policies each
+    line's `market` chooses (see `replay`).
     """
     errors = sys.stderr if errors is None else errors  # as it is now, not at import
     name = "standard input" if trace == "-" else trace
@@ -67,7 +69,7 @@ def simulate(
                 return 1
         reader = TraceReader(source)
         try:
-            result = asyncio.run(replay(policies, reader))
+            result = asyncio.run(replay(policies, reader, markets))
         except UnicodeDecodeError as error:
             print(f"{name}: is not UTF-8 text: {error.reason}", file=errors)
             return 1

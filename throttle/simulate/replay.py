@@ -10,7 +10,7 @@ import gc
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from throttle.decision import Decision
@@ -38,6 +38,8 @@ class Tally:
     """What one policy did to a trace. Shadow decisions count as what enforcing would do."""
 
     policy: Policy
+    # The markets whose policies decided beside `policy` (the base), by name.
+    markets: Mapping[str, Policy] = field(default_factory=dict)
     messages: int = 0
     # "personalized", or the reason segment content was (or, in shadow, would be) sent.
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -48,9 +50,13 @@ class Tally:
     campaigns: dict[str, Counter[str]] = field(default_factory=dict)
     scores: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
     people: set[str] = field(default_factory=set)
+    # Messages by the policy that decided them ("name @version"), when markets decide too.
+    policies: Counter[str] = field(default_factory=Counter)
 
     def add(self, message: TraceMessage, decision: Decision) -> None:
         self.messages += 1
+        if self.markets:
+            self.policies[f"{decision.policy} @{decision.policy_version}"] += 1
         # "personalized", "category" (the middle band), or why segment content stood in.
         outcome = decision.outcome if decision.outcome != "segment" else decision.reason.value
         self.outcomes[outcome] += 1
@@ -91,17 +97,36 @@ class Replay:
     skipped_lines: int = 0
 
 
-async def replay(policies: Sequence[Policy], messages: Iterable[TraceMessage]) -> Replay:
-    """Decide every message under each policy; the engines never touch a network."""
+async def replay(
+    policies: Sequence[Policy],
+    messages: Iterable[TraceMessage],
+    markets: Sequence[Mapping[str, Policy]] = (),
+) -> Replay:
+    """Decide every message under each policy; the engines never touch a network.
+
+    `markets`, one mapping per policy: each message's `market` chooses among them, and a
+    message of no market, or of a market not listed, is decided by the policy itself.
+    """
+    markets = list(markets) or [{} for _ in policies]
     clock = SimulatedClock()
     # Pseudonyms never leave this process: a fresh key is as good as any.
     secret = secrets.token_bytes(32)
     # The report is the replay's record: an audit trail of it would only cost time.
     engines = [
-        Engine(policy, MemoryStore(), secret=secret, clock=clock, monotonic=clock, audit=False)
-        for policy in policies
+        Engine(
+            policy,
+            MemoryStore(),
+            secret=secret,
+            clock=clock,
+            monotonic=clock,
+            audit=False,
+            markets=by_market,
+        )
+        for policy, by_market in zip(policies, markets, strict=True)
     ]
-    tallies = [Tally(policy) for policy in policies]
+    tallies = [
+        Tally(policy, by_market) for policy, by_market in zip(policies, markets, strict=True)
+    ]
     pairs = list(zip(engines, tallies, strict=True))
     result = Replay(tallies)
     started = time.perf_counter()
@@ -116,7 +141,11 @@ async def replay(policies: Sequence[Policy], messages: Iterable[TraceMessage]) -
                 result.first_t = message.t
             for engine, tally in pairs:
                 decision = await engine.decide(
-                    message.marker, person=message.person, gpc=message.gpc, zone=message.zone
+                    message.marker,
+                    person=message.person,
+                    gpc=message.gpc,
+                    zone=message.zone,
+                    market=message.market,
                 )
                 tally.add(message, decision)
     finally:

@@ -26,7 +26,8 @@ REASON_WORDS = {reason: reason.label for reason in REASONS}
 
 
 def label(tally: Tally) -> str:
-    return f"{tally.policy.name} @{tally.policy.version}"
+    markets = f" + markets {', '.join(tally.markets)}" if tally.markets else ""
+    return f"{tally.policy.name} @{tally.policy.version}{markets}"
 
 
 def reasons_seen(tallies: Iterable[Tally]) -> list[Reason]:
@@ -107,6 +108,21 @@ def text(replay: Replay, trace: str) -> str:
         table.append(row("shadow: delivered anyway", [t.shadow for t in tallies], messages))
     lines += _aligned(table)
 
+    if any(t.markets for t in tallies):
+        lines += [
+            "",
+            "decided by each market's policy (the base: no market, or one without a policy)",
+        ]
+        table = [["", *columns]]
+        for name in sorted({name for t in tallies for name in t.policies}):
+            counts = [t.policies[name] for t in tallies]
+            cells = [
+                f"{count:,} {share(count, whole):6.1%}"
+                for count, whole in zip(counts, messages, strict=True)
+            ]
+            table.append([f"  {name}", *cells, *([""] if compare else [])])
+        lines += _aligned(table)
+
     rules = rules_seen(tallies)
     if rules:
         lines += ["", "rules: messages refused, and people refused at least once"]
@@ -168,6 +184,11 @@ def as_dict(replay: Replay, trace: str) -> dict[str, Any]:
                     for rule, count in tally.rules.items()
                 },
                 "campaigns": {name: dict(counts) for name, counts in tally.campaigns.items()},
+                "markets": {
+                    name: f"{policy.name}@{policy.version}"
+                    for name, policy in tally.markets.items()
+                },
+                "decided_by": dict(tally.policies),
                 "scores": list(tally.scores),
             }
             for tally in replay.tallies

@@ -7,7 +7,8 @@
 `t` (seconds since the Unix epoch) and `campaign` are required; `person` may be null (not
 signed in); the other keys are the marker's members (`segment`, `channel`, `signals`,
 `event_age`, `inferred`, `third_party`, `explained`, `transactional`, `tags`, `advertising`,
-`category`, `relevance`, `decides`) plus the person's `zone` and `gpc`.
+`category`, `relevance`, `decides`) plus the person's `zone` and `gpc`, and the `market`
+whose policy decides (with `throttle simulate --markets`; none: the base policy).
 A line that cannot be used is reported with its number and skipped: one bad line must not
 cost a marketer a week of replay.
 """
@@ -26,7 +27,7 @@ _MARKER_KEYS = (
     "campaign", "segment", "channel", "signals", "event_age", "inferred", "third_party",
     "explained", "transactional", "tags", "advertising", "category", "relevance", "decides",
 )  # fmt: skip
-_KNOWN_KEYS = frozenset({"t", "person", "zone", "gpc", *_MARKER_KEYS})
+_KNOWN_KEYS = frozenset({"t", "person", "zone", "gpc", "market", *_MARKER_KEYS})
 _MARKER_CACHE_SIZE = 65_536
 
 
@@ -37,6 +38,7 @@ class TraceMessage(NamedTuple):
     marker: Marker
     zone: str | None
     gpc: bool
+    market: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +98,13 @@ class TraceReader:
         gpc = record.get("gpc", False)
         if not isinstance(gpc, bool):
             raise ValueError('"gpc" must be true or false')
+        market = record.get("market")
+        if market is not None and not isinstance(market, str):
+            raise ValueError('"market" must be the name of a market, such as "eu"')
         if not _KNOWN_KEYS.issuperset(record):
             unknown = sorted(set(record) - _KNOWN_KEYS)[0]
             raise ValueError(
-                f"unknown key {unknown!r}; a line has t, person, zone, gpc and the "
+                f"unknown key {unknown!r}; a line has t, person, zone, gpc, market and the "
                 f"marker's {', '.join(_MARKER_KEYS)}"
             )
         # Traces repeat a few markers millions of times: each is built and checked once.
@@ -123,7 +128,7 @@ class TraceReader:
             if len(markers) >= _MARKER_CACHE_SIZE:
                 markers.clear()
             markers[key] = marker
-        return TraceMessage(number, float(t), person or None, marker, zone, gpc)
+        return TraceMessage(number, float(t), person or None, marker, zone, gpc, market)
 
     def _problem(self, number: int, message: str) -> None:
         self.skipped += 1

@@ -288,6 +288,22 @@ class Delivery(NamedTuple):
     quiet: bool = False
     # How to write this decision into the person's recent decisions; None: keep none.
     recent: RecentTemplate | None = None
+    # A preflight: decide exactly as for real, and write nothing (no counter, budget, choice,
+    # audience or recent decision).
+    dry_run: bool = False
+    # Count a delivery as this reservation (see `Hold`), which `Store.settle` commits or
+    # releases; None: a plain delivery.
+    hold: Hold | None = None
+
+
+class Hold(NamedTuple):
+    """A reservation: a delivery counted at once against the caps and the budget, under `id`
+    (unique to the person), until `Store.settle` commits it (it stays, as any delivery) or
+    releases it (exactly its counter entries and budget spend are taken back out). Neither
+    within `hold_ms`: it is released by itself."""
+
+    id: str
+    hold_ms: int
 
 
 class Choice(NamedTuple):
@@ -335,6 +351,8 @@ class Outcome(NamedTuple):
     level: int = 2
     # The random token that names the person in the audit trail ("" when none is kept).
     token: str = ""
+    # The delivery was counted as the reservation it asked for (`Delivery.hold`).
+    reserved: bool = False
 
 
 class Store(Protocol):
@@ -353,12 +371,20 @@ class Store(Protocol):
         write the decision into the person's recent decisions when `delivery.recent` says so."""
         ...
 
+    async def settle(self, person: str, reservation: str, *, commit: bool, now_ms: int) -> bool:
+        """Commit a reservation (its entries stay) or release it (exactly its counter entries
+        and budget spend go), atomically; whether it was held (False: never made, settled
+        already, or released by itself when its hold ran out)."""
+        ...
+
     async def segment_sizes(self, segments: tuple[str, ...], *, window_ms: int) -> dict[str, int]:
         """How many distinct people each segment has seen in the last `window_ms`."""
         ...
 
     async def state(self, person: str) -> dict[str, Any] | None:
-        """One person's decoded state (counters `c`, budget `b`, their choices `p`), or None."""
+        """One person's decoded state (counters `c`, budget `b`, their choices `p`, their
+        reservations not yet settled `v`: id -> [time, expiry, budget spend, counter names]),
+        or None."""
         ...
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
@@ -390,6 +416,15 @@ class Store(Protocol):
 
     async def erase(self, person: str) -> Erasure:
         """Delete everything held about one person, in one write."""
+        ...
+
+    async def token_of(self, person: str) -> str:
+        """The random token that names the person in the audit trail, "" when none is held."""
+        ...
+
+    async def append_request(self, entry: bytes, audit: AuditLimits) -> None:
+        """Append a data request made by support staff (a packed entry naming the person by
+        their token) to the audit trail now, and return once it is written."""
         ...
 
     async def aclose(self) -> None: ...

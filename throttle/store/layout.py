@@ -24,6 +24,7 @@ class DeliverArg(IntEnum):
     SPECIAL = 5  # the special categories the message uses, space-separated
     RECENT = 6  # the message's recent-decision template's fingerprint (8 bytes), or "": none
     TOKEN = 7  # a fresh random audit token, taken when the person has none ("": none)
+    RESERVATION = 8  # with FLAG_RESERVE: the reservation's id, unique to the person
 
 
 class Call(IntEnum):
@@ -36,6 +37,7 @@ class Call(IntEnum):
     DAY = 5  # starts of the person's calendar day, week and month, ms (0 without calendar caps)
     WEEK = 6
     MONTH = 7
+    HOLD = 8  # with FLAG_RESERVE: how long the reservation holds unless committed, ms
 
 
 class Flag(IntFlag):
@@ -44,6 +46,8 @@ class Flag(IntFlag):
     GPC_FORBIDS = 4  # a GPC opt-out (now or kept) rules the message out
     GPC_NOW = 8  # the request carries a GPC opt-out: keep it in the person's choices
     QUIET = 16  # the person's quiet hours: refused after their own choices, before any limit
+    DRY_RUN = 32  # a preflight: decide, write nothing (no counter, budget, choice or decision)
+    RESERVE = 64  # count it as a reservation, which a commit keeps and a release takes back
 
 
 class Limit(IntEnum):

@@ -38,6 +38,17 @@ class _Record:
     token: str = ""
     recent: list[tuple[int, bytes]] = field(default_factory=list)  # (when, entry), oldest first
     expires_ms: int = 0
+    # Reservations not yet settled: id -> (delivery time, expiry, budget spend, counters).
+    reservations: dict[str, _Held] = field(default_factory=dict)
+
+
+class _Held(NamedTuple):
+    """A reservation as `lua/record.lua` keeps it: its entries are in the counters and budget."""
+
+    at: int
+    expires_ms: int
+    spend: int
+    counters: tuple[str, ...]
 
 
 class MemoryStore:
@@ -55,6 +66,8 @@ class MemoryStore:
         self._audiences: dict[str, dict[str, int]] = {}
         # The audit trail, oldest first: (time ms, packed entry).
         self._trail: deque[tuple[int, bytes]] = deque()
+        # Data requests made by support staff, as the trail keeps them, oldest first.
+        self._requests: deque[bytes] = deque()
         self._now_ms = 0
         self._until_sweep = _SWEEP_EVERY
 
@@ -65,6 +78,10 @@ class MemoryStore:
     def trail(self) -> list[bytes]:
         """The audit trail's entries, oldest first."""
         return [entry for _, entry in self._trail]
+
+    def requests(self) -> list[bytes]:
+        """The data requests support staff made, packed, oldest first."""
+        return list(self._requests)
 
     def _record(self, person: str, now_ms: int) -> _Record | None:
         held = self._people.get(person)
@@ -84,12 +101,14 @@ class MemoryStore:
         if delivery.gpc_now and not (choices and "g" in choices):
             # Kept from its first time, before the answer leaves.
             choices = {**(choices or {}), "g": now}
-        if choices is not None:
+        if choices is not None and not delivery.dry_run:
             # A choice is kept for its time after the person's last decision, whatever it decides.
             self._choices[person] = (now + delivery.limits.keep_choice_ms, choices)
         outcome = _Decision(delivery, self._record(person, now), choices).run()
         record = outcome.record
-        if record is None:
+        if delivery.dry_run:
+            record = self._record(person, now)
+        elif record is None:
             self._people.pop(delivery.person, None)
         else:
             self._people[delivery.person] = record
@@ -105,6 +124,7 @@ class MemoryStore:
             outcome.restricted,
             outcome.level,
             record.token if record is not None else "",
+            outcome.reserved,
         )
 
     def _count_in(self, delivery: Delivery) -> None:
@@ -160,7 +180,33 @@ class MemoryStore:
                 key: dict(value) if isinstance(value, dict) else value
                 for key, value in choices.items()
             }
+        if record is not None and record.reservations:
+            state["v"] = {
+                held_id: [held.at, held.expires_ms, held.spend, list(held.counters)]
+                for held_id, held in record.reservations.items()
+            }
         return state or None
+
+    async def settle(self, person: str, reservation: str, *, commit: bool, now_ms: int) -> bool:
+        self._now_ms = max(self._now_ms, now_ms)
+        record = self._record(person, now_ms)
+        if record is None or not record.reservations:
+            return False
+        counters = dict(record.counters)
+        budget = [list(entry) for entry in record.budget]
+        reservations = dict(record.reservations)
+        changed = _expire_reservations(reservations, counters, budget, now_ms)
+        held = reservations.pop(reservation, None)
+        if held is not None:
+            if not commit:
+                _unreserve(held, counters, budget)
+            changed = True
+        if changed:
+            # The record keeps its expiry, and goes when nothing is left in it (settle.lua).
+            record.counters, record.budget, record.reservations = counters, budget, reservations
+            if not (counters or budget or record.recent or reservations):
+                del self._people[person]
+        return held is not None
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         self._now_ms = max(self._now_ms, now_ms)
@@ -238,11 +284,21 @@ class MemoryStore:
             decisions=len(record.recent) if record is not None and held else 0,
         )
 
+    async def token_of(self, person: str) -> str:
+        record = self._record(person, self._now_ms)
+        return record.token if record is not None else ""
+
+    async def append_request(self, entry: bytes, audit: AuditLimits) -> None:
+        self._requests.append(entry)
+        while len(self._requests) > audit.max_entries:
+            self._requests.popleft()
+
     async def aclose(self) -> None:
         self._people.clear()
         self._choices.clear()
         self._audiences.clear()
         self._trail.clear()
+        self._requests.clear()
 
 
 class _Decided(NamedTuple):
@@ -253,6 +309,7 @@ class _Decided(NamedTuple):
     restricted: bool
     level: int
     record: _Record | None
+    reserved: bool
 
 
 class _Decision:
@@ -272,7 +329,9 @@ class _Decision:
         self.choices = choices
         self.token = held.token if held else ""
         self.recent = list(held.recent) if held else []
-        self.dirty = False
+        self.reservations = dict(held.reservations) if held else {}
+        self.dirty = _expire_reservations(self.reservations, self.logs, self.budget, self.now)
+        self.reserved = False
         self.level = (self.choices or {}).get("l", self.limits.default_level)
         self.restricted = self.choices is not None and (self.level < 2 or "g" in self.choices)
         if self.template is not None and self.limits.recent_per_person > 0 and not self.token:
@@ -331,6 +390,7 @@ class _Decision:
             return self.finish(
                 Verdict.FREQUENCY_CAP, refused, score, repetitions, f"c{refused}", False
             )
+        spend = 0
         if limits.budget is not None:
             budget = limits.budget
             oldest = now - budget.window_ms
@@ -339,6 +399,7 @@ class _Decision:
                 return self.finish(Verdict.BUDGET, -1, score, repetitions, "b", False)
             self.budget = kept
             if score > 0:
+                spend = score
                 kept.append([now, score])
                 if len(kept) > budget.entries:
                     kept.sort(key=lambda entry: (entry[0], entry[1]))
@@ -372,6 +433,16 @@ class _Decision:
                 logs[name] = _pruned(log, now, limits.ttl_ms, len(log))
             elif not shadow or shadow_refused < 0:
                 logs[name] = [*log, now]
+        if delivery.hold is not None:
+            counted = tuple(
+                counter.name
+                for counter in limits.counters
+                if not counter.shadow or shadow_refused < 0
+            )
+            self.reservations[delivery.hold.id] = _Held(
+                now, now + delivery.hold.hold_ms, spend, counted
+            )
+            self.reserved = True
         return self.finish(verdict, shadow_refused, score, repetitions, key, True)
 
     def finish(
@@ -393,19 +464,62 @@ class _Decision:
                 self.budget,
                 self.token,
                 self.recent,
+                reservations=self.reservations,
             )
             lifetime = self.lifetime(record)
             record.expires_ms = now + lifetime
             if lifetime <= 0:
                 record = None
-        return _Decided(verdict, index, score, repetitions, self.restricted, self.level, record)
+        reserved = self.reserved and not self.delivery.dry_run
+        return _Decided(
+            verdict, index, score, repetitions, self.restricted, self.level, record, reserved
+        )
 
     def lifetime(self, record: _Record) -> int:
         """How long the record must live: the longer of what it holds (as deliver.lua)."""
         keep = self.limits.ttl_ms if record.counters or record.budget else 0
         if record.recent:
             keep = max(keep, self.limits.recent_keep_ms)
+        for held in record.reservations.values():
+            keep = max(keep, held.expires_ms - self.now)
         return keep
+
+
+def _expire_reservations(
+    reservations: dict[str, _Held],
+    counters: dict[str, list[int]],
+    budget: list[list[int]],
+    now_ms: int,
+) -> bool:
+    """Release the reservations whose hold ran out by `now_ms` (in place); whether any did."""
+    expired = [held_id for held_id, held in reservations.items() if held.expires_ms <= now_ms]
+    for held_id in expired:
+        _unreserve(reservations.pop(held_id), counters, budget)
+    return bool(expired)
+
+
+def _unreserve(held: _Held, counters: dict[str, list[int]], budget: list[list[int]]) -> None:
+    """Take one reservation's entries back out (as record.lua's `unreserve`): its time from each
+    counter it was counted in, its spend from the oldest budget entry at or after its time that
+    holds as much (a merge of the oldest entries may have folded it into a later one)."""
+    for name in held.counters:
+        log = counters.get(name)
+        if log is not None and held.at in log:
+            log = list(log)
+            log.remove(held.at)
+            if log:
+                counters[name] = log
+            else:
+                del counters[name]
+    if held.spend > 0:
+        found = None
+        for index, (at, spent) in enumerate(budget):
+            if at >= held.at and spent >= held.spend and (found is None or at < budget[found][0]):
+                found = index
+        if found is not None:
+            budget[found] = [budget[found][0], budget[found][1] - held.spend]
+            if budget[found][1] == 0:
+                del budget[found]
 
 
 def _remembered(

@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 _DELIVER = script("deliver")
 _CHOOSE = script("choose")
 _REMEMBER = script("remember")
+_SETTLE = script("settle")
 _DELIVER_SHA, _REMEMBER_SHA = sha1(_DELIVER), sha1(_REMEMBER)
 # `EVALSHA <sha> 2 <record> <choices> <ARGV...>`
 _EVALSHA = b"*%d\r\n" % (5 + len(DeliverArg)) + bulk(b"EVALSHA") + bulk(_DELIVER_SHA) + bulk(b"2")
@@ -136,6 +137,7 @@ class RedisStore:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._choose = self._client.register_script(_CHOOSE)
+        self._settle_script = self._client.register_script(_SETTLE)
         self._audit_key = f"{prefix}audit".encode()
         self._piece_prefix = f"{prefix}recent:".encode()
         # Audit entries waiting for the next write, packed, and the trail's bounds.
@@ -159,6 +161,11 @@ class RedisStore:
         self._logs = LogLimiter(log=logger)
         # For metrics: told of each batch of decisions answered (how many, seconds since sent).
         self.on_batch: Callable[[int, float], None] | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The redis-py client for work off the decision path (the ops state's writes)."""
+        return self._client
 
     def attach(self, guard: StoreGuard) -> None:
         """Report faults met off the decision path (side writes) to the engine's guard."""
@@ -356,7 +363,7 @@ class RedisStore:
                 else:
                     future.set_exception(DecisionRefused(message))
                 continue
-            verdict, cap_index, score, repetitions, restricted, level, token = answer
+            verdict, cap_index, score, repetitions, restricted, level, token, reserved = answer
             asked = call.delivery.count_segments
             future.set_result(
                 Outcome(
@@ -368,6 +375,7 @@ class RedisStore:
                     restricted == 1,
                     level,
                     token.decode() if token else "",
+                    reserved == 1,
                 )
             )
         return forgotten
@@ -425,6 +433,8 @@ class RedisStore:
             + Flag.GPC_FORBIDS * delivery.gpc_forbids
             + Flag.GPC_NOW * delivery.gpc_now
             + Flag.QUIET * delivery.quiet
+            + Flag.DRY_RUN * delivery.dry_run
+            + Flag.RESERVE * (delivery.hold is not None)
         )
         call = numbers(
             [
@@ -433,12 +443,14 @@ class RedisStore:
                 flags,
                 delivery.relevance_milli,
                 *(delivery.period_starts or _NO_PERIODS),
+                delivery.hold.hold_ms if delivery.hold is not None else 0,
             ]
         )
         special = bulk(" ".join(delivery.special).encode()) if delivery.special else _EMPTY
         key = self._key_prefix + delivery.person.encode() + b"}"
         # One formatting for the whole command: it is made for every decision.
-        return b"%s$%d\r\n%s\r\n$%d\r\n%s:choices\r\n$%d\r\n%s\r\n%s%s%s%s" % (
+        hold = bulk(delivery.hold.id.encode()) if delivery.hold is not None else _EMPTY
+        return b"%s$%d\r\n%s\r\n$%d\r\n%s:choices\r\n$%d\r\n%s\r\n%s%s%s%s%s" % (
             _EVALSHA,
             len(key),
             key,
@@ -450,6 +462,7 @@ class RedisStore:
             special,
             recent,
             token,
+            hold,
         )
 
     def _token(self) -> bytes:
@@ -487,7 +500,22 @@ class RedisStore:
             state["b"] = [[base + budget[i], budget[i + 1]] for i in range(0, len(budget) - 1, 2)]
         if isinstance(choices, dict) and choices:
             state["p"] = dict(choices)
+        if isinstance(core.get("v"), dict):
+            state["v"] = {
+                held_id: [base + held[0], base + held[1], held[2], list(held[3:])]
+                for held_id, held in core["v"].items()
+                if isinstance(held, list)
+                and all(type(n) is int for n in held[:3])
+                and len(held) >= 3
+            }
         return state or None
+
+    async def settle(self, person: str, reservation: str, *, commit: bool, now_ms: int) -> bool:
+        async with _unavailable_on_error():
+            held: Any = await self._settle_script(
+                keys=[self.person_key(person)], args=[reservation, int(commit), now_ms]
+            )
+        return bool(held == 1)
 
     async def recent(self, person: str) -> list[bytes]:
         async with _unavailable_on_error():
@@ -715,6 +743,22 @@ class RedisStore:
             raw, deleted = await pipe.execute()
         return Erasure(state=bool(deleted), decisions=len(_recent_of(decode_record(raw))))
 
+    async def token_of(self, person: str) -> str:
+        async with _unavailable_on_error():
+            await self._write_pending_now()  # a token a waiting decision is about to give them
+            raw: Any = await self._client.get(self.person_key(person))
+            token = decode_record(raw).get("k")
+        return token if isinstance(token, str) else ""
+
+    async def append_request(self, entry: bytes, audit: AuditLimits) -> None:
+        async with _unavailable_on_error():
+            pipe = self._client.pipeline(transaction=True)
+            # Beside the decisions' appends (`d`), under a field of its own (`r`).
+            pipe.xadd(self._audit_key, {b"r": entry})
+            # A trail this starts expires like one the decisions start.
+            pipe.pexpire(self._audit_key, audit.max_age_ms, nx=True)
+            await pipe.execute()
+
     async def aclose(self) -> None:
         self._closed = True
         _fail(self._pending, StoreUnavailable("the store is closed"))
@@ -740,15 +784,25 @@ def decode_record(raw: bytes | None) -> dict[str, Any]:
     if not isinstance(fields, list) or not fields:
         return {}
     decoded: dict[str, Any] = {"t": fields[0] * 1000}
-    for name, value in zip("cbkr", fields[1:], strict=False):
+    for name, value in zip("cbkrv", fields[1:], strict=False):
         if value is False or value is None:
             continue
         if name == "c" and isinstance(value, dict):
             value = {counter.decode(): log for counter, log in value.items()}
+        elif name == "v" and isinstance(value, dict):
+            value = {
+                _text(held_id): [*held[:3], *(_text(counter) for counter in held[3:])]
+                for held_id, held in value.items()
+                if isinstance(held, list)
+            }
         elif name == "k" and isinstance(value, bytes):
             value = value.decode()
         decoded[name] = value
     return decoded
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _recent_of(core: dict[str, Any]) -> list[tuple[int, bytes, str, int]]:

@@ -7,17 +7,21 @@
 -- ARGV     see DeliverArg in throttle/store/layout.py. Times in ms, scores in thousandths.
 -- Returns  { verdict, cap index or -1, total score, earlier deliveries counted,
 --            1 when the person's choices restrict them (level off or minimal, GPC opt-out),
---            the person's level, their audit token or "" }
+--            the person's level, their audit token or "", 1 when a reservation was made }
 --          verdict: 0 delivered, 1 frequency cap, 2 budget, 3 creepiness, 4 the person's level
 --          (with the level, 0 or 1, in place of the cap index), 5 a special category without
 --          consent (with its index in ARGV[ARG_SPECIAL]), 6 the GPC opt-out, 7 the calculus,
 --          8 the person's quiet hours
+-- FLAG_DRY_RUN decides the same and writes nothing. FLAG_RESERVE counts a delivery as the
+-- reservation ARGV[ARG_RESERVATION], kept in the record for CALL_HOLD ms unless settled
+-- (settle.lua); one whose hold ran out is released by the next script to read the record.
 --
 -- Every table made costs Redis more than the arithmetic does, so the script makes few: the
 -- numbers arrive struct-packed, and a person's counters are pruned and extended in place.
 
-local now, content_score, flags, relevance, day, week, month =
+local now, content_score, flags, relevance, day, week, month, hold =
   struct.unpack(CALL_FORMAT, ARGV[ARG_CALL])
+local dry_run = bit.band(flags, FLAG_DRY_RUN) ~= 0
 local period_starts = { day, week, month }
 -- The limits, then the counters and their caps (see layout.py), in one table.
 local limit = { struct.unpack(ARGV[ARG_LIMITS_FORMAT], ARGV[ARG_LIMITS]) }
@@ -31,9 +35,12 @@ local base = core.t or now - now % 1000
 local rel = now - base
 
 local dirty = false
+if core.v and expire_reservations(core, rel) then dirty = true end
 local prefs = nil
 if values[2] then prefs = cmsgpack.unpack(values[2]) end
-if bit.band(flags, FLAG_GPC_NOW) ~= 0 and not (prefs and prefs.g) then
+if dry_run then
+  -- Nothing is written, not even the choices' renewal.
+elseif bit.band(flags, FLAG_GPC_NOW) ~= 0 and not (prefs and prefs.g) then
   -- Kept from its first time, before the answer leaves, so every worker honours it at once.
   prefs = prefs or {}
   prefs.g = now
@@ -55,8 +62,13 @@ if remembering and not core.k and ARGV[ARG_TOKEN] ~= '' then
   dirty = true
 end
 
+local reserved = 0
+
 -- Ends the script: records what changed and answers.
 local function finish(verdict, index, score, repetitions, key, changed)
+  if dry_run then
+    return { verdict, index, score, repetitions, restricted, level, core.k or '', 0 }
+  end
   if remembering then
     core.r = remembered(
       core.r, now, fingerprint, key, score, per_person, now - limit[LIMIT_RECENT_KEEP])
@@ -76,6 +88,9 @@ local function finish(verdict, index, score, repetitions, key, changed)
     local keep = 0
     if core.c or core.b then keep = ttl end
     if core.r and limit[LIMIT_RECENT_KEEP] > keep then keep = limit[LIMIT_RECENT_KEEP] end
+    for _, held in pairs(core.v or {}) do
+      if held[2] - rel > keep then keep = held[2] - rel end
+    end
     if rel > 2147483647 and rel > ttl and (core.c or core.b) then
       -- Offsets past 31 bits take 9 bytes each: count from a newer base (rarely needed).
       local shift = rel - ttl - (rel - ttl) % 1000
@@ -84,12 +99,15 @@ local function finish(verdict, index, score, repetitions, key, changed)
       end
       local budget = core.b or {}
       for i = 1, #budget, 2 do budget[i] = budget[i] - shift end
+      for _, held in pairs(core.v or {}) do
+        held[1], held[2] = held[1] - shift, held[2] - shift
+      end
       base = base + shift
     end
     core.t = base
     write_record(KEYS[1], core, keep)
   end
-  return { verdict, index, score, repetitions, restricted, level, core.k or '' }
+  return { verdict, index, score, repetitions, restricted, level, core.k or '', reserved }
 end
 
 if level == 0 or (level == 1 and bit.band(flags, FLAG_MINIMAL_OK) == 0) then
@@ -217,6 +235,7 @@ if refused >= 0 then
 end
 
 local budget = core.b or {}
+local spend = 0
 if limit[LIMIT_BUDGET_LIMIT] >= 0 then
   local oldest, spent, kept = rel - limit[LIMIT_BUDGET_WINDOW], 0, 0
   for i = 1, #budget, 2 do
@@ -233,6 +252,7 @@ if limit[LIMIT_BUDGET_LIMIT] >= 0 then
   end
   for i = #budget, kept + 1, -1 do budget[i] = nil end
   if score > 0 then
+    spend = score
     budget[kept + 1], budget[kept + 2] = rel, score
     if (kept + 2) / 2 > limit[LIMIT_BUDGET_ENTRIES] then
       -- Oldest first; equal times by score, so every store merges the same two entries.
@@ -273,6 +293,7 @@ for name, log in pairs(logs) do
   if not touched then prune(log, rel - ttl, #log) end
   if #log == 0 then logs[name] = nil end
 end
+local held = { rel, rel + hold, spend }
 for i = 1, #counters do
   local at = counters[i]
   if limit[at + 3] == 0 or shadow_refused < 0 then
@@ -283,6 +304,12 @@ for i = 1, #counters do
       logs[name] = log
     end
     log[#log + 1] = rel
+    held[#held + 1] = name
   end
+end
+if bit.band(flags, FLAG_RESERVE) ~= 0 then
+  core.v = core.v or {}
+  core.v[ARGV[ARG_RESERVATION]] = held
+  reserved = 1
 end
 return finish(verdict, shadow_refused, score, repetitions, key, true)

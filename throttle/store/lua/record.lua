@@ -7,6 +7,9 @@
 --   5 r  their recent decisions, oldest first, RECENT_SIZE bytes each (see layout.py): when,
 --        the fingerprint of what the message's decisions share (kept once, under
 --        "<prefix>recent:<fingerprint>"), how it came out, its score
+--   6 v  reservations not yet committed: { [id] = { delivery time, expiry, budget spend
+--        (thousandths), name of each counter it was counted in, ... } }; its entries are in c
+--        and b like any delivery's, and a release or the expiry takes exactly them back out
 -- The scripts read it as a table with those names, `t` in ms.
 -- It lives as long as the longer of its parts needs: counters their longest window, recent
 -- decisions the trail's age.
@@ -21,7 +24,7 @@ local function decode_record(raw)
   local fields = cmsgpack.unpack(raw)
   return {
     t = fields[1] * 1000, c = fields[2] or nil, b = fields[3] or nil, k = fields[4] or nil,
-    r = fields[5] or nil,
+    r = fields[5] or nil, v = fields[6] or nil,
   }
 end
 
@@ -42,19 +45,74 @@ local function remembered(recent, now, fingerprint, key, score, keep, oldest)
   return recent
 end
 
+local function pack_record(core)
+  local fields = {
+    math.floor((core.t or 0) / 1000), core.c or false, core.b or false, core.k or false,
+    core.r or false, core.v or false,
+  }
+  local last = 6
+  while last > 1 and fields[last] == false do
+    fields[last] = nil
+    last = last - 1
+  end
+  return cmsgpack.pack(fields)
+end
+
 local function write_record(key, core, ttl)
   if ttl <= 0 then
     redis.call('DEL', key)
     return
   end
-  local fields = {
-    math.floor((core.t or 0) / 1000), core.c or false, core.b or false, core.k or false,
-    core.r or false,
-  }
-  local last = 5
-  while last > 1 and fields[last] == false do
-    fields[last] = nil
-    last = last - 1
+  redis.call('SET', key, pack_record(core), 'PX', ttl)
+end
+
+-- Takes one reservation's entries back out: one delivery time from each counter it was
+-- counted in, and its spend from the budget entry holding it (its own, or the one a merge of
+-- the oldest entries folded it into: the oldest at or after its time holding as much).
+local function unreserve(core, held)
+  local at, logs = held[1], core.c
+  for i = 4, #held do
+    local log = logs and logs[held[i]]
+    if log then
+      for j = 1, #log do
+        if log[j] == at then
+          table.remove(log, j)
+          break
+        end
+      end
+      if #log == 0 then logs[held[i]] = nil end
+    end
   end
-  redis.call('SET', key, cmsgpack.pack(fields), 'PX', ttl)
+  if logs and next(logs) == nil then core.c = nil end
+  local spend, budget = held[3], core.b
+  if spend > 0 and budget then
+    local found = nil
+    for j = 1, #budget, 2 do
+      if budget[j] >= at and budget[j + 1] >= spend and (not found or budget[j] < budget[found]) then
+        found = j
+      end
+    end
+    if found then
+      budget[found + 1] = budget[found + 1] - spend
+      if budget[found + 1] == 0 then
+        table.remove(budget, found + 1)
+        table.remove(budget, found)
+      end
+    end
+    if #budget == 0 then core.b = nil end
+  end
+end
+
+-- Releases the reservations whose hold ran out by `rel`; true when there were any.
+local function expire_reservations(core, rel)
+  local expired = false
+  for id, held in pairs(core.v) do
+    if held[2] <= rel then
+      unreserve(core, held)
+      core.v[id] = nil
+      expired = true
+    end
+  end
+  if next(core.v) == nil then core.v = nil end
+  return expired
 end
