@@ -134,6 +134,11 @@ class MarketWatcher:
         for watcher in self._watchers.values():
             watcher.on_refused = listener
 
+    @property
+    def watchers(self) -> tuple[PolicyWatcher, ...]:
+        """One watcher per market read from files (metrics count their reloads)."""
+        return tuple(self._watchers.values())
+
     def poll(self) -> dict[str, Policy]:
         """The markets whose files changed into a valid policy, with it."""
         changed = {}

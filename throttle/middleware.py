@@ -45,6 +45,7 @@ from throttle.store import Store, open_store
 
 if TYPE_CHECKING:
     from throttle.client import ThrottleClient
+    from throttle.metrics import Metrics
 
 DECISION_SCOPE_KEY = "throttle.decision"
 # The market whose policy decided (None: the default policy), for the app and outer middleware.
@@ -141,6 +142,9 @@ class ThrottleMiddleware:
     - `ops`: `True` or an `OpsConfig` keeps the shared ops state (`self.ops`, an `OpsState`)
       that the dashboard and alerts read: per-minute counts of decisions, reloads, store health.
       A policy with rate alerts keeps it whatever `ops` says (its campaigns named by `ops`).
+    - `metrics`: `True` (or a `throttle.metrics.Metrics` saying what to count) measures
+      decisions, the store and reloads in Prometheus metrics; serve them with
+      `throttle.metrics.metrics_app()`. Needs the `metrics` extra (prometheus-client).
 
     A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
     When a framework builds the middleware itself (Starlette's and FastAPI's
@@ -167,6 +171,7 @@ class ThrottleMiddleware:
         markets: MarketSet | None = None,
         market: str | ChooseMarket | None = None,
         ops: bool | OpsConfig = False,
+        metrics: bool | Metrics = False,
     ) -> None:
         self.app = app
         self.ops: OpsState | None = None
@@ -186,6 +191,11 @@ class ThrottleMiddleware:
                                     clock=clock)  # fmt: skip
                 self.ops.reloaded(None, self.engine.policy)
                 self.alerts.read_from(self.ops)
+            if metrics:
+                watchers = [] if self._watcher is None else [self._watcher]
+                if self._market_watcher is not None:
+                    watchers += self._market_watcher.watchers
+                _instrument(self.engine, watchers, metrics)
         except Exception as error:
             if not _built_by_a_framework():
                 raise
@@ -291,7 +301,11 @@ class ThrottleMiddleware:
         now = time.monotonic()
         if now - self._refusal_logged >= 60.0:
             self._refusal_logged = now
-            logger.error("%s; answering 503 (the server runs without a lifespan)", self.refusal)
+            logger.error(
+                "%s; answering 503 (the server runs without a lifespan)",
+                self.refusal,
+                extra={"refusal": self.refusal},
+            )
         if scope["type"] == "http":
             body = b"Service Unavailable"
             headers = [
@@ -366,7 +380,12 @@ class ThrottleMiddleware:
         try:
             marker = parse_marker(marker_value)
         except MarkerError as error:
-            self._logs.warning("marker", "throttle: invalid Personalization header: %s", error)
+            self._logs.warning(
+                "marker",
+                "throttle: invalid Personalization header: %s",
+                error,
+                extra={"error": str(error)},
+            )
             return self.engine.invalid_marker(person, market)
         try:
             headers = scope.get("headers", ())
@@ -374,7 +393,10 @@ class ThrottleMiddleware:
             purposes, unreadable = tcf_purposes(headers)
             if unreadable is not None:
                 self._logs.warning(
-                    "tcf", "throttle: unreadable euconsent-v2 cookie: %s", unreadable
+                    "tcf",
+                    "throttle: unreadable euconsent-v2 cookie: %s",
+                    unreadable,
+                    extra={"error": unreadable},
                 )
             zone = self.zone(scope) if self.engine.uses_time_zones else None
             decision = await self.engine.decide(
@@ -398,6 +420,11 @@ class ThrottleMiddleware:
                     "throttle: signal %r has no weight in policy %s; scored at default_signal",
                     signal,
                     decision.policy,
+                    extra={
+                        "signal": signal,
+                        "policy": decision.policy,
+                        "version": decision.policy_version,
+                    },
                 )
 
     def market_of(self, scope: Scope) -> str | None:
@@ -416,6 +443,7 @@ class ThrottleMiddleware:
             "market-value",
             "throttle: market() returned a %s, not a str or None; the default policy decides",
             type(chosen).__name__,
+            extra={"returned": type(chosen).__name__},
         )
         return None
 
@@ -446,7 +474,10 @@ class ThrottleMiddleware:
             return None
         if person is None:
             self._logs.warning(
-                "identify-value", "throttle: identify() returned %s; counted as nobody", why
+                "identify-value",
+                "throttle: identify() returned %s; counted as nobody",
+                why,
+                extra={"why": why},
             )
         return person
 
@@ -477,6 +508,7 @@ class ThrottleMiddleware:
                     "throttle: the fallback provider returned %r, not a SegmentContent with a "
                     "bytes body and an ASCII media type; using the policy's content",
                     type(provided).__name__,
+                    extra={"returned": type(provided).__name__},
                 )
         policy = self.engine.policy_for(scope.get(MARKET_SCOPE_KEY))
         return policy_content(policy.fallback, campaign) or empty_document(media_type)
@@ -732,6 +764,16 @@ def _built_by_a_framework() -> bool:
 def _counts_rates(policy: Policy) -> bool:
     """Whether the policy has alerts on rates, which need the fleet's counts."""
     return any(condition.kind in RATE_KINDS for condition in policy.alerts.conditions)
+
+
+def _instrument(engine: Engine, watchers: list[PolicyWatcher], metrics: bool | Metrics) -> None:
+    try:
+        from throttle.metrics import Metrics
+    except ImportError as error:
+        raise ConfigurationError(
+            "metrics=True needs prometheus-client: pip install 'throttle-asgi[metrics]'"
+        ) from error
+    (metrics if isinstance(metrics, Metrics) else Metrics()).instrument(engine, watchers=watchers)
 
 
 def secret_key(secret: str | bytes | None, store: Store) -> bytes:

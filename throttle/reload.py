@@ -41,6 +41,8 @@ class PolicyWatcher:
         self._version = current.version
         self._refused: str | None = None
         self.on_refused: Callable[[str, str, str], None] | None = None
+        # For metrics: told "applied" or "refused" for each edit looked at.
+        self.on_result: Callable[[str], None] | None = None
 
     def poll(self) -> Policy | None:
         """A newly loaded policy when a file changed and the result is valid; otherwise None."""
@@ -75,16 +77,29 @@ class PolicyWatcher:
             policy.name,
             policy.version,
             self._version,
+            extra={
+                "source": policy.source,
+                "policy": policy.name,
+                "version": policy.version,
+                "previous_version": self._version,
+            },
         )
         self._version = version
         self._refused = None
+        if self.on_result is not None:
+            self.on_result("applied")
         return policy
 
     def _refuse(self, why: str, version: str) -> None:
+        if self.on_result is not None:
+            self.on_result("refused")
         if version != self._refused:
             self._refused = version
             logger.error(
-                "throttle: kept policy @%s; the edited file is not used: %s", self._version, why
+                "throttle: kept policy @%s; the edited file is not used: %s",
+                self._version,
+                why,
+                extra={"version": self._version, "why": why},
             )
             if self.on_refused is not None:
                 source = " + ".join(str(path) for path in self.paths)
