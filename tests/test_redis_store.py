@@ -311,3 +311,18 @@ async def test_a_closed_store_answers_at_once_and_keeps_nothing_open(
     names = [c.get("name", "") for c in client.client_list()]
     client.close()
     assert len(names) == 1  # only this check's own connection
+
+
+async def test_a_batch_that_found_no_connection_keeps_the_one_another_batch_opened(
+    redis_store: RedisStore, clock: ManualClock
+) -> None:
+    """Batches flushed while the connection opens each wait to connect; one whose turn comes
+    after another opened it must not take the fresh connection for a stalled one and drop it
+    (its decisions, and every decision waiting on it, would fall back)."""
+    throttle = engine(NO_REPETITION, redis_store, clock)
+    await throttle.decide(marker(), person="ana")
+    opened = redis_store._pipe._protocol
+    await redis_store._reconnect()  # what the later batch does when its turn comes
+    assert redis_store._pipe._protocol is opened and redis_store._pipe.ready
+    assert (await throttle.decide(marker(), person="ben")).reason == Reason.ALLOWED
+    assert not throttle.guard.failing

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from throttle.alerts.words import describe as describe_alerts
 from throttle.errors import PolicyError
 from throttle.policy import (
     DEFAULT_SPECIAL,
@@ -201,4 +202,6 @@ def summary(policy: Policy) -> str:
         f"  {'store:':<12} timeout {format_duration(store.timeout)}; "
         f"when unavailable: {store.on_error}"
     )
+    for number, line in enumerate(describe_alerts(policy.alerts)):
+        lines.append(f"  {'alerts:' if number == 0 else '':<12} {line}")
     return "\n".join(lines)

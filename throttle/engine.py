@@ -150,6 +150,7 @@ class Engine:
                 "throttle: no policy for market %r; the default policy %s decides",
                 market[:64],
                 self._snapshot.name,
+                extra={"market": market[:64], "policy": self._snapshot.name},
             )
             return self._snapshot
         return snapshot
@@ -663,6 +664,25 @@ class Engine:
     def _restrict(self, pseudonym: str) -> None:
         self._known_open.pop(pseudonym, None)
         _bounded(self._restricted_at, _PEOPLE_REMEMBERED)[pseudonym] = self._monotonic()
+
+    def cache_sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and bound of each per-process memory, by name: the engine's, the compiled
+        policy's (the fullest of the default's and the markets') and the store's (for metrics:
+        a memory at its bound starts again)."""
+        sizes = {
+            "people_open": (len(self._known_open), _PEOPLE_REMEMBERED),
+            "people_restricted": (len(self._restricted_at), _PEOPLE_REMEMBERED),
+            "people_touched": (len(self._touched), _PEOPLE_REMEMBERED),
+            "audiences": (len(self._audiences), _AUDIENCES_REMEMBERED),
+            "audit_tails": (len(self._audit_tails), _TAILS_REMEMBERED),
+        }
+        for snapshot in (self._snapshot, *self._markets.values()):
+            for name, size in snapshot.cache_sizes().items():
+                sizes[name] = max(sizes.get(name, size), size)
+        store_sizes = getattr(self.store, "cache_sizes", None)
+        if callable(store_sizes):
+            sizes.update(store_sizes())
+        return sizes
 
     async def aclose(self) -> None:
         """Close the store (it writes what it holds back first)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from throttle.errors import StoreUnavailable
@@ -34,10 +34,15 @@ class StoreGuard:
         self._clock = clock
         self._paused_until = 0.0
         self._failures = 0
+        # When (by `clock`) the current burst of failures began; None while the store answers.
+        self.failing_since: float | None = None
         self._late = 0
         # The last late answer counted: decisions that shared one late batch share its error,
         # and count as one late answer.
         self._last_late: BaseException | None = None
+        # For metrics: told of every failure heard of, and of every change of `failing`.
+        self.on_failure: Callable[[BaseException], None] | None = None
+        self.on_state: Callable[[bool], None] | None = None
 
     @property
     def failing(self) -> bool:
@@ -64,17 +69,24 @@ class StoreGuard:
                 extra={"fell_back": self._failures},
             )
             self._failures = 0
+            self.failing_since = None
+            if self.on_state is not None:
+                self.on_state(False)
 
     def failed(self, error: BaseException) -> None:
         if isinstance(error, TimeoutError):
             if error is self._last_late:
                 return
             self._last_late = error
+            if self.on_failure is not None:
+                self.on_failure(error)
             self._late += 1
             if self._late < TIMEOUTS_TO_TRIP and not self._failures:
                 return  # late once: this decision falls back, the store stays in use
             self._failed(str(error) or "no answer in time")
         else:
+            if self.on_failure is not None:
+                self.on_failure(error)
             self._failed(_describe(error))
 
     async def run(
@@ -103,6 +115,7 @@ class StoreGuard:
 
     def _failed(self, why: str) -> None:
         if not self._failures:
+            self.failing_since = self._clock()
             logger.warning(
                 "throttle: store unavailable (%s); deciding by the policy's on_error rule "
                 "and retrying every %.1f s",
@@ -110,6 +123,8 @@ class StoreGuard:
                 self.retry_after,
                 extra={"why": why, "retry_after": self.retry_after},
             )
+            if self.on_state is not None:
+                self.on_state(True)
         self._failures += 1
         self._late = 0
         self._paused_until = self._clock() + self.retry_after
@@ -134,7 +149,16 @@ class LogLimiter:
         self._clock = clock
         self._last: dict[str, float] = {}
 
-    def warning(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+    def warning(
+        self,
+        key: str,
+        message: str,
+        *args: object,
+        exc_info: bool = False,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Log `message` unless `key` was logged within `interval`; `extra`'s facts go along
+        with `about`, the key, for a JSON formatter."""
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -142,4 +166,5 @@ class LogLimiter:
         if len(self._last) >= 1024:
             self._last.clear()
         self._last[key] = now
-        self._log.warning(message, *args, exc_info=exc_info, extra={"about": key})
+        facts = {"about": key} if extra is None else {"about": key, **extra}
+        self._log.warning(message, *args, exc_info=exc_info, extra=facts)

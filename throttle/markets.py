@@ -16,7 +16,7 @@ reloaded one market at a time; a bad edit keeps that market's policy in force.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from throttle.errors import ConfigurationError
@@ -123,6 +123,21 @@ class MarketWatcher:
             for name, source in sources.items()
             if not isinstance(source, Policy)
         }
+
+    @property
+    def on_refused(self) -> Callable[[str, str, str], None] | None:
+        """Hears of each refused edit of any market's files (see `PolicyWatcher.on_refused`)."""
+        return next((w.on_refused for w in self._watchers.values()), None)
+
+    @on_refused.setter
+    def on_refused(self, listener: Callable[[str, str, str], None] | None) -> None:
+        for watcher in self._watchers.values():
+            watcher.on_refused = listener
+
+    @property
+    def watchers(self) -> tuple[PolicyWatcher, ...]:
+        """One watcher per market read from files (metrics count their reloads)."""
+        return tuple(self._watchers.values())
 
     def poll(self) -> dict[str, Policy]:
         """The markets whose files changed into a valid policy, with it."""

@@ -244,6 +244,11 @@ class _ParsedMarkers:
 _parsed = _ParsedMarkers(MARKER_CACHE_BYTES)
 
 
+def cached_markers() -> tuple[int, int, int]:
+    """Parsed markers cached in this process, the bytes they take, and the budget (metrics)."""
+    return len(_parsed._entries), _parsed.size, _parsed.budget
+
+
 def parse_marker(value: bytes) -> Marker:
     """Read a `Personalization` header value; raises `MarkerError` saying what is wrong.
 

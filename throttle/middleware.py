@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from throttle.alerts import AlertMonitor, httpx_module
 from throttle.consent import gpc_opt_out, tcf_purposes
 from throttle.decision import Decision
 from throttle.engine import Engine
@@ -40,13 +41,14 @@ from throttle.faults import LogLimiter
 from throttle.markets import MarketSet, MarketWatcher, check_market, load_markets, market_sources
 from throttle.message import parse_marker
 from throttle.opsstate import OpsConfig, OpsState
-from throttle.policy import Policy, load_policy
+from throttle.policy import RATE_KINDS, Policy, load_policy
 from throttle.realtime import EventStream, SocketSender, is_event_stream
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
 
 if TYPE_CHECKING:
     from throttle.client import ThrottleClient
+    from throttle.metrics import Metrics
 
 DECISION_SCOPE_KEY = "throttle.decision"
 # The market whose policy decided (None: the default policy), for the app and outer middleware.
@@ -142,6 +144,10 @@ class ThrottleMiddleware:
       for every request, checked at start-up.
     - `ops`: `True` or an `OpsConfig` keeps the shared ops state (`self.ops`, an `OpsState`)
       that the dashboard and alerts read: per-minute counts of decisions, reloads, store health.
+      A policy with rate alerts keeps it whatever `ops` says (its campaigns named by `ops`).
+    - `metrics`: `True` (or a `throttle.metrics.Metrics` saying what to count) measures
+      decisions, the store and reloads in Prometheus metrics; serve them with
+      `throttle.metrics.metrics_app()`. Needs the `metrics` extra (prometheus-client).
 
     A policy, store or secret that cannot be used raises `PolicyError` or `ConfigurationError`.
     When a framework builds the middleware itself (Starlette's and FastAPI's
@@ -168,6 +174,7 @@ class ThrottleMiddleware:
         markets: MarketSet | None = None,
         market: str | ChooseMarket | None = None,
         ops: bool | OpsConfig = False,
+        metrics: bool | Metrics = False,
     ) -> None:
         self.app = app
         self.ops: OpsState | None = None
@@ -181,9 +188,17 @@ class ThrottleMiddleware:
             _refuse_async(self.identify)
             _refuse_async(market, "market")
             self._configure(policy, store, secret, reload_interval, clock, markets)
-            if ops is not False:
-                self.ops = OpsState(self.engine, ops if ops is not True else None, clock=clock)
+            if ops is not False or _counts_rates(self.engine.policy):
+                # Rate alerts read the fleet's counts from the ops state, so they keep one.
+                self.ops = OpsState(self.engine, ops if isinstance(ops, OpsConfig) else None,
+                                    clock=clock)  # fmt: skip
                 self.ops.reloaded(None, self.engine.policy)
+                self.alerts.read_from(self.ops)
+            if metrics:
+                watchers = [] if self._watcher is None else [self._watcher]
+                if self._market_watcher is not None:
+                    watchers += self._market_watcher.watchers
+                _instrument(self.engine, watchers, metrics)
         except Exception as error:
             if not _built_by_a_framework():
                 raise
@@ -232,6 +247,13 @@ class ThrottleMiddleware:
         self.engine = Engine(
             loaded, opened, secret=secret_key(secret, opened), clock=clock, markets=by_market
         )
+        if loaded.alerts.webhook is not None:
+            httpx_module()  # a webhook that could never be posted to stops start-up
+        self.alerts = AlertMonitor(self.engine, clock=clock)
+        if self._watcher is not None:
+            self._watcher.on_refused = self.alerts.reload_rejected
+        if self._market_watcher is not None and base is not None:
+            self._market_watcher.on_refused = _unless_in(base, self.alerts.reload_rejected)
 
     def _markets(
         self, base: tuple[Path, ...] | None, markets: MarketSet | None, interval: float | None
@@ -263,6 +285,8 @@ class ThrottleMiddleware:
                 if support is not None:
                     await _gpc_json(scope, send, support.last_update)
                     return
+            if not self.alerts.started:  # without a lifespan, the first request starts it
+                self.alerts.start()
             scope[MIDDLEWARE_SCOPE_KEY] = self
             await self.app(scope, receive, _Responder(self, scope, send))
         elif scope["type"] == "websocket":
@@ -284,7 +308,11 @@ class ThrottleMiddleware:
         now = time.monotonic()
         if now - self._refusal_logged >= 60.0:
             self._refusal_logged = now
-            logger.error("%s; answering 503 (the server runs without a lifespan)", self.refusal)
+            logger.error(
+                "%s; answering 503 (the server runs without a lifespan)",
+                self.refusal,
+                extra={"refusal": self.refusal},
+            )
         if scope["type"] == "http":
             body = b"Service Unavailable"
             headers = [
@@ -302,11 +330,13 @@ class ThrottleMiddleware:
             if message["type"] == "lifespan.startup.complete":
                 if self.ops is not None:
                     self.ops.start()
+                self.alerts.start()
                 if self.freeze_gc:
                     # What start-up made lives as long as the process: keeping it out of the
                     # collector's sight makes every full collection, a latency spike, cheaper.
                     gc.freeze()
             elif message["type"] == "lifespan.shutdown.complete":
+                await self.alerts.aclose()
                 if self.ops is not None:
                     await self.ops.aclose()
                 await self.engine.aclose()
@@ -357,7 +387,12 @@ class ThrottleMiddleware:
         try:
             marker = parse_marker(marker_value)
         except MarkerError as error:
-            self._logs.warning("marker", "throttle: invalid Personalization header: %s", error)
+            self._logs.warning(
+                "marker",
+                "throttle: invalid Personalization header: %s",
+                error,
+                extra={"error": str(error)},
+            )
             return self.engine.invalid_marker(person, market)
         try:
             headers = scope.get("headers", ())
@@ -365,7 +400,10 @@ class ThrottleMiddleware:
             purposes, unreadable = tcf_purposes(headers)
             if unreadable is not None:
                 self._logs.warning(
-                    "tcf", "throttle: unreadable euconsent-v2 cookie: %s", unreadable
+                    "tcf",
+                    "throttle: unreadable euconsent-v2 cookie: %s",
+                    unreadable,
+                    extra={"error": unreadable},
                 )
             zone = self.zone(scope) if self.engine.uses_time_zones else None
             decision = await self.engine.decide(
@@ -389,6 +427,11 @@ class ThrottleMiddleware:
                     "throttle: signal %r has no weight in policy %s; scored at default_signal",
                     signal,
                     decision.policy,
+                    extra={
+                        "signal": signal,
+                        "policy": decision.policy,
+                        "version": decision.policy_version,
+                    },
                 )
 
     def market_of(self, scope: Scope) -> str | None:
@@ -407,6 +450,7 @@ class ThrottleMiddleware:
             "market-value",
             "throttle: market() returned a %s, not a str or None; the default policy decides",
             type(chosen).__name__,
+            extra={"returned": type(chosen).__name__},
         )
         return None
 
@@ -437,7 +481,10 @@ class ThrottleMiddleware:
             return None
         if person is None:
             self._logs.warning(
-                "identify-value", "throttle: identify() returned %s; counted as nobody", why
+                "identify-value",
+                "throttle: identify() returned %s; counted as nobody",
+                why,
+                extra={"why": why},
             )
         return person
 
@@ -468,6 +515,7 @@ class ThrottleMiddleware:
                     "throttle: the fallback provider returned %r, not a SegmentContent with a "
                     "bytes body and an ASCII media type; using the policy's content",
                     type(provided).__name__,
+                    extra={"returned": type(provided).__name__},
                 )
         policy = self.engine.policy_for(scope.get(MARKET_SCOPE_KEY))
         return policy_content(policy.fallback, campaign) or empty_document(media_type)
@@ -678,6 +726,20 @@ def _as_id(returned: object) -> tuple[str | None, str]:
     return person, ""
 
 
+def _unless_in(
+    base: tuple[Path, ...], listener: Callable[[str, str, str], None]
+) -> Callable[[str, str, str], None]:
+    """A market watcher's listener that leaves refused edits of the base files to the base's
+    own watcher, so that one bad edit raises one alert, not one per market."""
+    names = tuple(f"{path}{after}" for path in base for after in (":", " is unreadable"))
+
+    def refused(source: str, kept_version: str, why: str) -> None:
+        if not any(line.strip().startswith(names) for line in why.splitlines()):
+            listener(source, kept_version, why)
+
+    return refused
+
+
 def _refuse_async(function: Identify | ChooseMarket | str | None, name: str = "identify") -> None:
     """`identify` and `market` are called on every marked response's path (`identify` by the
     privacy routes too), which cannot await them: a coroutine function is a configuration
@@ -708,6 +770,21 @@ def _built_by_a_framework() -> bool:
     stack on the first ASGI event (Starlette and FastAPI name it `build_middleware_stack`)."""
     caller = sys._getframe(2)  # 0: this function, 1: __init__, 2: whoever called the class
     return caller.f_code.co_name == "build_middleware_stack"
+
+
+def _counts_rates(policy: Policy) -> bool:
+    """Whether the policy has alerts on rates, which need the fleet's counts."""
+    return any(condition.kind in RATE_KINDS for condition in policy.alerts.conditions)
+
+
+def _instrument(engine: Engine, watchers: list[PolicyWatcher], metrics: bool | Metrics) -> None:
+    try:
+        from throttle.metrics import Metrics
+    except ImportError as error:
+        raise ConfigurationError(
+            "metrics=True needs prometheus-client: pip install 'throttle-asgi[metrics]'"
+        ) from error
+    (metrics if isinstance(metrics, Metrics) else Metrics()).instrument(engine, watchers=watchers)
 
 
 def secret_key(secret: str | bytes | None, store: Store) -> bytes:

@@ -375,7 +375,10 @@ class OpsState:
             await asyncio.wait_for(self._write(pending, reloads), self._timeout())
         except Exception as error:  # Redis down or slow: keep the counts for the next flush
             self._logs.warning(
-                "flush", "throttle: writing the ops state failed: %s", _describe(error)
+                "flush",
+                "throttle: writing the ops state failed: %s",
+                _describe(error),
+                extra={"error": _describe(error)},
             )
             self._restore(pending, reloads)
 
@@ -526,6 +529,7 @@ def _shared_redis(store: object) -> tuple[aioredis.Redis | None, str]:
             "throttle: the store %s has no Redis client for the ops state; each process "
             "keeps its own",
             type(store).__name__,
+            extra={"store": type(store).__name__},
         )
         return None, ""
     return client, str(prefix)

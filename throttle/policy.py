@@ -17,6 +17,7 @@ import zoneinfo
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -75,6 +76,19 @@ def _at_least(minimum: float, words: str) -> Callable[[object], float]:
         seconds = parse_duration(value)
         if seconds < minimum:
             raise ValueError(f"{value!r} is too short; it must be at least {words}")
+        return seconds
+
+    return parse
+
+
+def _within(minimum: float, maximum: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        seconds = parse_duration(value)
+        if not minimum <= seconds <= maximum:
+            raise ValueError(
+                f"{value!r} must be at least {format_duration(minimum)} and at most "
+                f"{format_duration(maximum)}"
+            )
         return seconds
 
     return parse
@@ -545,6 +559,159 @@ class StoreOptions(_Model):
     on_error: Literal["segment", "personalize"] = "segment"
 
 
+def _check_webhook(value: str) -> str:
+    _header_value(value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{_redacted(value)!r} is not a webhook address; write an http:// or https:// URL "
+            "such as https://ops.example.com/hooks/throttle"
+        )
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ValueError(f"{_redacted(value)!r} has a port that is not a number") from None
+    return value
+
+
+def _redacted(url: str) -> str:
+    """A webhook address without its path and query, which often hold its token."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        return url[:16] + ("..." if len(url) > 16 else "")
+    # A password in the address (https://user:pass@host) is left out too.
+    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    return f"{shown}/..." if parts.path.strip("/") or parts.query else shown
+
+
+def webhook_shown(url: str) -> str:
+    """How `throttle check` and the logs name a webhook: scheme and host, never its token."""
+    return _redacted(url)
+
+
+WebhookUrl = Annotated[
+    str,
+    AfterValidator(_check_webhook),
+    Field(max_length=2048, json_schema_extra={"pattern": "^https?://"}),
+]
+AlertKind = Literal["refusal-rate", "fallback-rate", "store-failing", "reload-rejected"]
+RATE_KINDS: tuple[AlertKind, ...] = ("refusal-rate", "fallback-rate")
+# The keys only a rate condition reads, and the one only store-failing reads.
+_RATE_KEYS = ("per", "window", "baseline", "factor", "min_decisions", "min_rate")
+_AlertSpan = Annotated[float, BeforeValidator(_within(1.0, 7 * 86400.0)), _DURATION_SCHEMA]
+# At most this many buckets of counts are kept for a condition: a week of minutes.
+MAX_ALERT_BUCKETS = 10_080
+
+
+class AlertCondition(_Model):
+    """One condition ops want to hear about; see `[alerts]`.
+
+    - `refusal-rate` (`per` = "campaign" or "rule") and `fallback-rate` (`per` = "segment"):
+      over the last `window`, the share refused (or fallen back) is at least `factor` times
+      the share over the `baseline` before it, and at least `min_rate`, with at least
+      `min_decisions` decisions in each of the two periods.
+    - `store-failing`: the store has failed for `after` without a success in between.
+    - `reload-rejected`: a hot reload refused an edited policy file.
+    """
+
+    name: Name
+    kind: AlertKind
+    per: Literal["campaign", "rule", "segment"] | None = None
+    window: _AlertSpan = 300.0
+    baseline: _AlertSpan = 3600.0
+    factor: Annotated[float, Field(gt=1.0, le=1000.0)] = 3.0
+    min_decisions: Annotated[int, Field(ge=1, le=10_000_000)] = 50
+    min_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    after: Annotated[float, BeforeValidator(_within(0.001, 86400.0)), _DURATION_SCHEMA] = 30.0
+
+    @model_validator(mode="after")
+    def _keys_of_its_kind(self) -> AlertCondition:
+        given = self.model_fields_set
+        if self.kind in RATE_KINDS:
+            allowed = ("campaign", "rule") if self.kind == "refusal-rate" else ("segment",)
+            if self.per is not None and self.per not in allowed:
+                words = " or ".join(f'"{a}"' for a in allowed)
+                raise _rule(f"a {self.kind} condition counts per {words}, not {self.per!r}", "per")
+            if "after" in given:
+                raise _rule("after is read by store-failing conditions only; remove it", "after")
+        else:
+            for key in _RATE_KEYS:
+                if key in given:
+                    raise _rule(
+                        f"{key} is read by refusal-rate and fallback-rate conditions only; "
+                        f"remove it from this {self.kind} condition",
+                        key,
+                    )
+            if self.kind == "reload-rejected" and "after" in given:
+                raise _rule("after is read by store-failing conditions only; remove it", "after")
+        return self
+
+    @property
+    def counted_per(self) -> str:
+        """What a rate condition counts per: its `per`, else the kind's own."""
+        if self.per is not None:
+            return self.per
+        return "segment" if self.kind == "fallback-rate" else "campaign"
+
+
+class Alerts(_Model):
+    """Conditions that ops want to hear about, posted to a webhook and written to the log.
+
+    At most one delivery per alert (a condition, and the campaign, rule, segment or file it
+    is about) per `quiet` period, across every worker sharing the store.
+    """
+
+    # Where alerts are posted as JSON; none: the log only.
+    webhook: WebhookUrl | None = None
+    quiet: Annotated[float, BeforeValidator(_within(1.0, 7 * 86400.0)), _DURATION_SCHEMA] = 1800.0
+    # Rates are counted in buckets of this length; windows and baselines are whole buckets.
+    resolution: Annotated[float, BeforeValidator(_within(1.0, 3600.0)), _DURATION_SCHEMA] = 60.0
+    timeout: Annotated[float, BeforeValidator(_within(0.001, 60.0)), _DURATION_SCHEMA] = 5.0
+    attempts: Annotated[int, Field(ge=1, le=10)] = 4
+    backoff: Annotated[float, BeforeValidator(_within(0.001, 300.0)), _DURATION_SCHEMA] = 1.0
+    conditions: Annotated[tuple[AlertCondition, ...], _ARRAY] = ()
+
+    @model_validator(mode="after")
+    def _conditions_fit(self) -> Alerts:
+        seen: set[str] = set()
+        for index, condition in enumerate(self.conditions):
+            if condition.name in seen:
+                raise _rule(
+                    f"two conditions are named {condition.name!r}; give each its own name",
+                    "conditions",
+                    index,
+                    "name",
+                )
+            seen.add(condition.name)
+            if condition.kind not in RATE_KINDS:
+                continue
+            for key in ("window", "baseline"):
+                value = getattr(condition, key)
+                if value < self.resolution:
+                    raise _rule(
+                        f"{key} ({format_duration(value)}) is shorter than alerts.resolution "
+                        f"({format_duration(self.resolution)}), the length rates are counted in",
+                        "conditions",
+                        index,
+                        key,
+                    )
+            buckets = (condition.window + condition.baseline) / self.resolution
+            if buckets > MAX_ALERT_BUCKETS:
+                raise _rule(
+                    f"window and baseline span {buckets:,.0f} buckets of "
+                    f"{format_duration(self.resolution)}; at most {MAX_ALERT_BUCKETS:,}: "
+                    "raise alerts.resolution or shorten them",
+                    "conditions",
+                    index,
+                    "baseline",
+                )
+        return self
+
+    def buckets(self, seconds: float) -> int:
+        """Whole buckets of `resolution` covering `seconds`."""
+        return max(1, math.ceil(seconds / self.resolution - 1e-9))
+
+
 class Policy(_Model):
     """A validated, frozen policy. Build one with `load_policy` or `Policy.from_toml`."""
 
@@ -561,6 +728,7 @@ class Policy(_Model):
     audit: Audit = Audit()
     decisions: Decisions = Decisions()
     store: StoreOptions = StoreOptions()
+    alerts: Alerts = Alerts()
 
     _version: str = PrivateAttr(default="")
     _source: str = PrivateAttr(default="<memory>")
@@ -996,7 +1164,7 @@ def _key_path(location: tuple[Any, ...], data: dict[str, Any] | None = None) -> 
     parts: list[str] = []
     for position, part in enumerate(location):
         if isinstance(part, int):
-            name = _cap_name(data, part) if location[:position] == ("caps",) else None
+            name = _entry_name(data, location[:position], part)
             parts.append(f'."{name}"' if name is not None else f"[{part}]")
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
             parts.append(f".{part}" if parts else str(part))
@@ -1005,10 +1173,18 @@ def _key_path(location: tuple[Any, ...], data: dict[str, Any] | None = None) -> 
     return "".join(parts)
 
 
-def _cap_name(data: dict[str, Any] | None, index: int) -> str | None:
-    caps = data.get("caps") if data is not None else None
-    if isinstance(caps, list) and index < len(caps) and isinstance(caps[index], dict):
-        name = caps[index].get("name")
+# Arrays of tables whose entries a problem names by their `name`.
+_NAMED_ARRAYS = (("caps",), ("alerts", "conditions"))
+
+
+def _entry_name(data: dict[str, Any] | None, array: tuple[Any, ...], index: int) -> str | None:
+    if array not in _NAMED_ARRAYS:
+        return None
+    entries: Any = data
+    for part in array:
+        entries = entries.get(part) if isinstance(entries, dict) else None
+    if isinstance(entries, list) and index < len(entries) and isinstance(entries[index], dict):
+        name = entries[index].get("name")
         if isinstance(name, str) and re.fullmatch(_NAME, name) and len(name) <= 64:
             return name
     return None

@@ -19,7 +19,8 @@ class PolicyWatcher:
 
     `paths` is one file, or a base and its overrides in layer order. An edit that does not
     validate leaves the policy in force and is logged once; so is a file that disappears. The
-    caller swaps in whatever `poll()` returns.
+    caller swaps in whatever `poll()` returns. `on_refused(source, kept_version, why)`, when
+    set, hears of each refused edit once, as the log does (alerts use it).
     """
 
     def __init__(
@@ -39,6 +40,9 @@ class PolicyWatcher:
         self._signature = self._stat()
         self._version = current.version
         self._refused: str | None = None
+        self.on_refused: Callable[[str, str, str], None] | None = None
+        # For metrics: told "applied" or "refused" for each edit looked at.
+        self.on_result: Callable[[str], None] | None = None
 
     def poll(self) -> Policy | None:
         """A newly loaded policy when a file changed and the result is valid; otherwise None."""
@@ -73,17 +77,33 @@ class PolicyWatcher:
             policy.name,
             policy.version,
             self._version,
+            extra={
+                "source": policy.source,
+                "policy": policy.name,
+                "version": policy.version,
+                "previous_version": self._version,
+            },
         )
         self._version = version
         self._refused = None
+        if self.on_result is not None:
+            self.on_result("applied")
         return policy
 
     def _refuse(self, why: str, version: str) -> None:
+        if self.on_result is not None:
+            self.on_result("refused")
         if version != self._refused:
             self._refused = version
             logger.error(
-                "throttle: kept policy @%s; the edited file is not used: %s", self._version, why
+                "throttle: kept policy @%s; the edited file is not used: %s",
+                self._version,
+                why,
+                extra={"version": self._version, "why": why},
             )
+            if self.on_refused is not None:
+                source = " + ".join(str(path) for path in self.paths)
+                self.on_refused(source, self._version, why)
 
     def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
         return tuple(_stat(path) for path in self.paths)

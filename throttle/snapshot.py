@@ -147,6 +147,13 @@ class Snapshot:
         plan = self._plans[id(marker)] = self._plan(marker)
         return plan
 
+    def cache_sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and bound of the plans and limits cached (for metrics)."""
+        return {
+            "plans": (len(self._plans), _CACHE_SIZE),
+            "limits": (len(self._limits), _CACHE_SIZE),
+        }
+
     def in_band(self, score_milli: int, level: int) -> bool:
         """Whether a score falls in the middle band, which moves with the person's threshold
         (a person at `full` has it just below their higher threshold)."""

@@ -3,9 +3,11 @@ so it can be mailed, attached to a ticket or opened offline."""
 
 from __future__ import annotations
 
+import datetime as dt
 from html import escape
 
 from throttle.decision import Reason
+from throttle.policy import RATE_KINDS
 from throttle.simulate.replay import PERSONALIZED, SCORE_BINS, Replay, Tally
 from throttle.simulate.report import (
     REASON_WORDS,
@@ -72,6 +74,7 @@ def page(replay: Replay, trace: str) -> str:
         _campaigns(tallies),
         "<h2>Creepiness scores</h2>",
         _scores(tallies),
+        _alerts(tallies),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -237,3 +240,23 @@ def _scores(tallies: list[Tally]) -> str:
     svg = f'<svg width="{width}" height="{top + plot + 30}" role="img">{"".join(shapes)}</svg>'
     note = "<p>Share of messages by score; the dashed line is the policy's threshold.</p>"
     return _policy_legend(tallies) + note + svg
+
+
+def _alerts(tallies: list[Tally]) -> str:
+    """The alerts each policy would have fired, for policies with rate conditions."""
+    parts = []
+    for tally in tallies:
+        if not any(c.kind in RATE_KINDS for c in tally.policy.alerts.conditions):
+            continue
+        rows = "".join(
+            f"<tr><td>{dt.datetime.fromtimestamp(fired.t, dt.UTC):%Y-%m-%d %H:%M:%S}</td>"
+            f"<td>{escape(fired.rise.condition.name)}</td>"
+            f"<td>{escape(fired.rise.summary())}</td></tr>"
+            for fired in tally.alerts
+        )
+        parts.append(
+            f"<h2>Alerts {escape(label(tally))} would have fired: {len(tally.alerts):,}</h2>"
+            + (f"<table><tr><th>UTC</th><th>alert</th><th>what</th></tr>{rows}</table>"
+               if rows else "")
+        )  # fmt: skip
+    return "\n".join(parts)

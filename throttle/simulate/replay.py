@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from throttle.decision import Decision
 from throttle.engine import Engine
 from throttle.policy import Policy
+from throttle.simulate.alerts import AlertReplay, FiredAlert
 from throttle.simulate.trace import TraceMessage
 from throttle.store.memory import MemoryStore
 
@@ -50,6 +51,8 @@ class Tally:
     campaigns: dict[str, Counter[str]] = field(default_factory=dict)
     scores: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
     people: set[str] = field(default_factory=set)
+    # The alerts the policy's rate conditions would have delivered, in trace order.
+    alerts: list[FiredAlert] = field(default_factory=list)
     # Messages by the policy that decided them ("name @version"), when markets decide too.
     policies: Counter[str] = field(default_factory=Counter)
 
@@ -127,6 +130,10 @@ async def replay(
     tallies = [
         Tally(policy, by_market) for policy, by_market in zip(policies, markets, strict=True)
     ]
+    watchers = [AlertReplay(policy, clock) for policy in policies]
+    for engine, watcher in zip(engines, watchers, strict=True):
+        if watcher.active:
+            engine.observe(watcher)
     pairs = list(zip(engines, tallies, strict=True))
     result = Replay(tallies)
     started = time.perf_counter()
@@ -151,6 +158,9 @@ async def replay(
     finally:
         if collecting:
             gc.enable()
+    for watcher, tally in zip(watchers, tallies, strict=True):
+        watcher.finish()
+        tally.alerts = watcher.fired
     result.last_t = clock.now if result.first_t is not None else None
     result.seconds = time.perf_counter() - started
     for engine in engines:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from throttle.decision import Reason
+from throttle.policy import RATE_KINDS, format_duration
 from throttle.simulate.replay import PERSONALIZED, SCORE_BINS, Replay, Tally
 
 # Reasons in the order a marketer reads them: what the policy limits, then what people chose.
@@ -159,7 +160,29 @@ def text(replay: Replay, trace: str) -> str:
         ]
         table.append([f"  {low:.1f}-{high:.1f}", *cells])
     lines += _aligned(table)
+    lines += _alerts(tallies)
     return "\n".join(lines)
+
+
+def _alerts(tallies: list[Tally]) -> list[str]:
+    """The alerts each policy would have fired, for the policies that have rate conditions."""
+    lines: list[str] = []
+    for tally in tallies:
+        if not any(c.kind in RATE_KINDS for c in tally.policy.alerts.conditions):
+            continue
+        quiet = format_duration(tally.policy.alerts.quiet)
+        count = len(tally.alerts)
+        lines += [
+            "",
+            f"alerts {label(tally)} would have fired: {count:,}"
+            + (f" (each at most once per {quiet})" if count else ""),
+        ]
+        for fired in tally.alerts:
+            when = dt.datetime.fromtimestamp(fired.t, dt.UTC)
+            lines.append(
+                f"  {when:%Y-%m-%d %H:%M:%S}  {fired.rise.condition.name}  {fired.rise.summary()}"
+            )
+    return lines
 
 
 def as_dict(replay: Replay, trace: str) -> dict[str, Any]:
@@ -190,6 +213,18 @@ def as_dict(replay: Replay, trace: str) -> dict[str, Any]:
                 },
                 "decided_by": dict(tally.policies),
                 "scores": list(tally.scores),
+                "alerts": [
+                    {
+                        "t": fired.t,
+                        "alert": fired.rise.condition.name,
+                        "kind": fired.rise.condition.kind,
+                        "per": fired.rise.per,
+                        "subject": fired.rise.subject,
+                        "summary": fired.rise.summary(),
+                        "figures": fired.rise.figures(),
+                    }
+                    for fired in tally.alerts
+                ],
             }
             for tally in replay.tallies
         ],

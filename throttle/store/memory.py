@@ -7,6 +7,7 @@ the behaviour suite runs against each. State expires by the same rule, and is sw
 from __future__ import annotations
 
 import secrets
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -25,6 +26,8 @@ from throttle.store.base import (
 )
 
 _SWEEP_EVERY = 1024
+# Quiet periods claimed at once, at most; past this, lapsed ones are dropped.
+_CLAIMS_KEPT = 4096
 _MAX_AUDIENCE = 100_000
 _TOKEN_BYTES = 8
 
@@ -70,6 +73,8 @@ class MemoryStore:
         self._requests: deque[bytes] = deque()
         self._now_ms = 0
         self._until_sweep = _SWEEP_EVERY
+        # Claimed names (alerts' quiet periods) and when, by the monotonic clock, they lapse.
+        self._claims: dict[str, float] = {}
 
     def __len__(self) -> int:
         """How many people's records are held (expired ones may linger until the next sweep)."""
@@ -292,6 +297,18 @@ class MemoryStore:
         self._requests.append(entry)
         while len(self._requests) > audit.max_entries:
             self._requests.popleft()
+
+    async def claim(self, name: str, ttl_ms: int) -> bool:
+        """Whether this call is the first to claim `name` for `ttl_ms` in this process: what
+        Redis's SET NX PX does for every process (alerts' quiet periods)."""
+        now = time.monotonic()
+        lapses = self._claims.get(name)
+        if lapses is not None and now < lapses:
+            return False
+        if len(self._claims) >= _CLAIMS_KEPT:
+            self._claims = {k: v for k, v in self._claims.items() if v > now}
+        self._claims[name] = now + ttl_ms / 1000
+        return True
 
     async def aclose(self) -> None:
         self._people.clear()

@@ -159,6 +159,8 @@ class RedisStore:
         # The engine's guard, which logs and counts store faults once per burst.
         self.guard: StoreGuard | None = None
         self._logs = LogLimiter(log=logger)
+        # For metrics: told of each batch of decisions answered (how many, seconds since sent).
+        self.on_batch: Callable[[int, float], None] | None = None
 
     @property
     def client(self) -> aioredis.Redis:
@@ -168,6 +170,14 @@ class RedisStore:
     def attach(self, guard: StoreGuard) -> None:
         """Report faults met off the decision path (side writes) to the engine's guard."""
         self.guard = guard
+
+    def cache_sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and bound of each of this process's caches, by name (for metrics)."""
+        return {
+            "store_limits": (len(self._encoded_limits), _CACHE_SIZE),
+            "store_templates": (len(self._encoded_recent), _CACHE_SIZE),
+            "store_pieces": (len(self._pieces_written), _CACHE_SIZE),
+        }
 
     def person_key(self, person: str) -> str:
         """The person's record: counters, budget, audit token, recent decisions."""
@@ -236,7 +246,10 @@ class RedisStore:
             self._background(self._prepare_then_send(batch, deadline, self._reconnect))
 
     async def _reconnect(self) -> None:
-        if self._pipe.ready:  # ready but stalled: Redis stopped answering this connection
+        if self._pipe.ready:
+            if self._pipe.oldest_wait() < self._stall_limit:
+                return  # another batch connected since this one found no connection
+            # Ready but stalled: Redis stopped answering this connection.
             self._pipe.abort(TimeoutError(f"no answer for {self._stall_limit:.0f} s"))
         try:
             await self._pipe.connect()
@@ -313,6 +326,8 @@ class RedisStore:
                     del values[: len(handlers)]
                 else:
                     self._requeue(handlers)
+            if self.on_batch is not None and replies.exception() is None:
+                self.on_batch(len(batch), asyncio.get_running_loop().time() - deadline.started)
             forgotten = self._answer(batch, counted, replies)
         except Exception as error:  # an answer of a shape we never sent for: fail, never hang
             forgotten = []
@@ -690,7 +705,12 @@ class RedisStore:
             # About the server, not one write: the same fault the decisions meet, reported once.
             self.guard.failed(StoreUnavailable(f"Redis: {failed}"))
         else:
-            self._logs.warning("side", "throttle: writing the audit trail failed: %s", failed)
+            self._logs.warning(
+                "side",
+                "throttle: writing the audit trail failed: %s",
+                failed,
+                extra={"error": failed},
+            )
 
     async def _reload_scripts_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -738,6 +758,13 @@ class RedisStore:
             # A trail this starts expires like one the decisions start.
             pipe.pexpire(self._audit_key, audit.max_age_ms, nx=True)
             await pipe.execute()
+
+    async def claim(self, name: str, ttl_ms: int) -> bool:
+        """Whether this call is the first to claim `name` for `ttl_ms`, across every process on
+        this Redis (SET NX PX): alerts' quiet periods. Raises `StoreUnavailable`."""
+        async with _unavailable_on_error():
+            claimed = await self._client.set(f"{self.prefix}claim:{name}", b"1", nx=True, px=ttl_ms)
+        return bool(claimed)
 
     async def aclose(self) -> None:
         self._closed = True
