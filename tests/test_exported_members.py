@@ -11,7 +11,7 @@ def test_all_exports_every_public_name_and_only_those() -> None:
         "policy", "simulate", "tcf", "audit", "audit_summary", "explain", "privacy",
         "reload", "bench", "check", "cli", "locate", "scoring", "store", "decision", "snapshot",
         "observe", "client", "personal_data", "support", "markets", "opsstate", "dashboard",
-        "alerts", "metrics", "logs", "tracing",
+        "alerts", "metrics", "logs", "tracing", "envelope", "realtime",
     }  # fmt: skip
     assert set(throttle.__all__) == public - modules
 

@@ -14,6 +14,7 @@ from throttle.client import MarkerFields, Reservation, ThrottleClient
 from throttle.dashboard import dashboard_routes
 from throttle.decision import Decision, Reason
 from throttle.engine import Engine
+from throttle.envelope import ThrottledWebSocket, personalized_event
 from throttle.errors import (
     ConfigurationError,
     MarkerError,
@@ -69,6 +70,7 @@ __all__ = [
     "ThrottleClient",
     "ThrottleError",
     "ThrottleMiddleware",
+    "ThrottledWebSocket",
     "admin_routes",
     "authenticated_user",
     "dashboard_routes",
@@ -76,5 +78,6 @@ __all__ = [
     "open_store",
     "parse_marker",
     "personalization",
+    "personalized_event",
     "privacy_routes",
 ]

@@ -3,6 +3,7 @@
 Unmarked responses stream through untouched. For a marked one the decision is made on its
 `http.response.start`, before any body is sent: personalized content then streams through
 as well; segment content replaces it, and the personalized body is discarded unread.
+WebSocket messages and server-sent events are decided one by one (`throttle.realtime`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from throttle.alerts import AlertMonitor, httpx_module
 from throttle.consent import gpc_opt_out, tcf_purposes
 from throttle.decision import Decision
 from throttle.engine import Engine
+from throttle.envelope import REALTIME_SCOPE_KEY
 from throttle.errors import ConfigurationError, MarkerError, ThrottleError
 from throttle.fallback import (
     FallbackProvider,
@@ -40,6 +42,7 @@ from throttle.markets import MarketSet, MarketWatcher, check_market, load_market
 from throttle.message import parse_marker
 from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import RATE_KINDS, Policy, load_policy
+from throttle.realtime import EventStream, SocketSender, is_event_stream
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
 
@@ -286,6 +289,10 @@ class ThrottleMiddleware:
                 self.alerts.start()
             scope[MIDDLEWARE_SCOPE_KEY] = self
             await self.app(scope, receive, _Responder(self, scope, send))
+        elif scope["type"] == "websocket":
+            scope[MIDDLEWARE_SCOPE_KEY] = self
+            scope[REALTIME_SCOPE_KEY] = True
+            await self.app(scope, receive, SocketSender(self, scope, send))
         elif scope["type"] == "lifespan":
             await self.app(scope, receive, self._closing_on_shutdown(send))
         else:
@@ -595,6 +602,8 @@ class _Responder:
         markers = [value for name, value in raw if name.lower() == _MARKER_HEADER]
         if not markers:
             self.passing = True
+            if is_event_stream(raw):  # each marked event is decided on its own
+                self.send = EventStream(self.middleware, self.scope, self.send)
             await self.send({**message, "headers": raw})
             return
         middleware = self.middleware
@@ -618,6 +627,8 @@ class _Responder:
             if show:
                 headers.append((_DECISION_HEADER, middleware.decision_header(decision)))
             self.passing = True
+            if is_event_stream(raw):
+                self.send = EventStream(middleware, self.scope, self.send)
             await self.send({**message, "headers": headers})
             return
 
