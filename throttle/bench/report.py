@@ -12,6 +12,8 @@ def as_json(results: Results) -> str:
     return json.dumps(dataclasses.asdict(results), indent=2)
 
 
+# Every figure in a row has a space of its own before it, so that columns never run together
+# when a loaded machine makes a figure wider than its column.
 def table(results: Results) -> str:
     machine, http = results.machine, results.http
     lines = [
@@ -34,14 +36,14 @@ def table(results: Results) -> str:
     for arm in http.arms:
         ratios = arm.vs_bare
         compared = (
-            f"{ratios.rps:>12.2f}{ratios.p50:>6.2f}{ratios.p95:>6.2f}{ratios.p99:>6.2f}"
-            f"{ratios.p99_added_ms:>+8.2f} ms"
+            f" {ratios.rps:>11.2f} {ratios.p50:>5.2f} {ratios.p95:>5.2f} {ratios.p99:>5.2f}"
+            f" {ratios.p99_added_ms:>+7.2f} ms"
             if ratios is not None
             else f"{'':>12}{'':>6}{'':>6}{'':>6}{'':>11}"
         )
         lines.append(
-            f"{arm.label:<23}{arm.rps:>7,.0f}{arm.rps_spread:>6.0%} {arm.p50_ms:>8.2f}"
-            f"{arm.p95_ms:>8.2f}{arm.p99_ms:>8.2f}  {compared}".rstrip()
+            f"{arm.label:<23} {arm.rps:>6,.0f} {arm.rps_spread:>5.0%}  {arm.p50_ms:>7.2f}"
+            f" {arm.p95_ms:>7.2f} {arm.p99_ms:>7.2f}  {compared}".rstrip()
         )
     failed = [f"{arm.name}: {arm.errors} errors, {arm.non_2xx} non-2xx" for arm in http.arms
               if arm.errors or arm.non_2xx]  # fmt: skip
@@ -69,9 +71,10 @@ def table(results: Results) -> str:
     ]
     for found in results.engine:
         lines.append(
-            f"{found.callers:>8}{found.per_second:>13,.0f}{found.p50_us:>9.0f}{found.p99_us:>9.0f}"
-            f"{found.reads_per_decision:>22.3f}{found.commands_per_decision:>19.2f}"
-            f"{found.engine_cpu_us:>15.0f}{found.redis_cpu_us:>14.1f}"
+            f" {found.callers:>7} {found.per_second:>12,.0f} {found.p50_us:>8.0f}"
+            f" {found.p99_us:>8.0f} {found.reads_per_decision:>21.3f}"
+            f" {found.commands_per_decision:>18.2f} {found.engine_cpu_us:>14.0f}"
+            f" {found.redis_cpu_us:>13.1f}"
         )
     lines += ["", *_memory(results)]
     lines += [
@@ -98,9 +101,9 @@ def _costs(results: Results) -> list[str]:
     for arm in http.arms:
         cost = arm.cost
         lines.append(
-            f"{arm.label:<23}{_us(cost.app_cpu_us):>11}{_us(cost.added_app_cpu_us, '+'):>8}"
-            f"{cost.redis_cpu_us:>13.1f}{_us(cost.added_cpu_us):>16}"
-            f"{cost.redis_commands:>10.2f}{cost.script_calls:>13.3f}{cost.redis_reads:>7.3f}"
+            f"{arm.label:<23} {_us(cost.app_cpu_us):>10} {_us(cost.added_app_cpu_us, '+'):>7}"
+            f" {cost.redis_cpu_us:>12.1f} {_us(cost.added_cpu_us):>15}"
+            f" {cost.redis_commands:>9.2f} {cost.script_calls:>12.3f} {cost.redis_reads:>6.3f}"
         )
     lines.append(
         "commands: every command Redis ran (total_commands_processed, scripts' own included); "
@@ -136,14 +139,14 @@ def _open_loop(results: Results) -> list[str]:
     lines += [header, "-" * len(header)]
     for arm in found.arms:
         added = (
-            f"{arm.added_p50_ms:>+8.2f} ms{arm.added_p99_ms:>+8.2f} ms"
+            f" {arm.added_p50_ms:>+7.2f} ms {arm.added_p99_ms:>+7.2f} ms"
             if arm.added_p50_ms is not None and arm.added_p99_ms is not None
             else ""
         )
         worst = max((run.max_ms for run in arm.runs), default=0.0)
         lines.append(
-            f"{arm.label:<23}{arm.achieved_rps:>7,.0f}{arm.p50_ms:>8.2f}{arm.p99_ms:>8.2f}"
-            f"{worst:>8.1f}{added}".rstrip()
+            f"{arm.label:<23} {arm.achieved_rps:>6,.0f} {arm.p50_ms:>7.2f} {arm.p99_ms:>7.2f}"
+            f" {worst:>7.1f}{added}".rstrip()
         )
         if arm.errors or arm.non_2xx:
             lines.append(f"  {arm.name}: {arm.errors} errors, {arm.non_2xx} non-2xx")
