@@ -6,7 +6,6 @@ import asyncio
 import logging
 import multiprocessing
 import re
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -173,11 +172,13 @@ async def test_several_worker_processes_share_one_exact_cap(redis_url: str) -> N
     assert sum(counts) == 5
 
 
-def fault_tolerant_policy(on_error: str = "segment") -> Any:
+def fault_tolerant_policy(on_error: str = "segment", timeout: str = "5s") -> Any:
+    # A stopped Redis refuses at once: only a test of the timeout itself needs a short one,
+    # which a busy machine could otherwise reach on a healthy Redis.
     return policy(
         '[[caps]]\nname = "hourly"\nper = "user"\nlimit = 3\nwindow = "1h"\n'
         + NO_REPETITION
-        + f'[store]\ntimeout = "50ms"\nretry_after = "1ms"\non_error = "{on_error}"\n'
+        + f'[store]\ntimeout = "{timeout}"\nretry_after = "1ms"\non_error = "{on_error}"\n'
     )
 
 
@@ -229,19 +230,18 @@ async def test_redis_down_can_fail_open_when_the_policy_says_so(private_redis: R
 
 async def test_a_slow_redis_times_out_within_the_policy_timeout(private_redis: RedisServer) -> None:
     store = RedisStore(private_redis.url)
-    app = storefront(policy=fault_tolerant_policy(), store=store, secret=SECRET)
+    app = storefront(policy=fault_tolerant_policy(timeout="50ms"), store=store, secret=SECRET)
     await decide_over_http(app)  # connected
     admin = private_redis.client()
-    admin.execute_command("CLIENT", "PAUSE", 5000, "ALL")
+    # Writes (the decision script) paused far longer than any run, the admin connection left
+    # free to unpause: an answer at all means the timeout gave it, not Redis.
+    admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")
     try:
-        started = time.monotonic()
         (response,) = await decide_over_http(app)
-        elapsed = time.monotonic() - started
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
         admin.close()
     assert reason_of(response) == "store-unavailable"
-    assert elapsed < 2.0  # bounded by the 50 ms timeout, far below the 5 s pause
     assert reason_of((await decide_over_http(app))[0]) == "allowed"
     await store.aclose()
 
@@ -277,10 +277,9 @@ async def test_a_broken_audience_count_neither_hangs_nor_fails_the_decision(
     client = redis_server.client()
     client.set(redis_store.audience_key(eu), "not a HyperLogLog")  # PFADD/PFCOUNT answer errors
     client.close()
-    started = time.monotonic()
-    decision = await throttle.decide(marker(segment="eu/de"), person="ana")
+    # A guard against a hang, not a measure of speed.
+    decision = await asyncio.wait_for(throttle.decide(marker(segment="eu/de"), person="ana"), 60)
     assert decision.outcome == "personalized"
-    assert time.monotonic() - started < 1.0
 
 
 async def test_one_persons_broken_key_does_not_pause_the_store_for_others(
