@@ -32,12 +32,13 @@ from throttle.observe import Observation
 from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
-from throttle.store import MemoryStore, RedisStore, Store, open_store
+from throttle.store import ClusterStore, MemoryStore, RedisStore, Store, open_store
 
 __all__ = [
     "DECISION_HEADER",
     "DECISION_SCOPE_KEY",
     "ConfigurationError",
+    "ClusterStore",
     "Decision",
     "Engine",
     "Factor",

@@ -114,10 +114,10 @@ class RedisStore:
         connect_timeout: float = 1.0,
         stall_limit: float = 5.0,
     ) -> None:
-        self._pipe = Pipe(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
+        self._pipe = self._open_pipe(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
         # redis-py serves everything off the decision path (access, erasure, choices).
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
+        self._client = self._open_client(
+            url, connect_timeout=connect_timeout, stall_limit=stall_limit
         )
         self.prefix = prefix
         self._key_prefix = f"{prefix}{{".encode()
@@ -137,6 +137,8 @@ class RedisStore:
         self._closed = False
         self._choose = self._client.register_script(_CHOOSE)
         self._audit_key = f"{prefix}audit".encode()
+        # The streams the trail is appended to, in turn (a cluster store spreads it over nodes).
+        self._audit_keys: tuple[bytes, ...] = (self._audit_key,)
         self._piece_prefix = f"{prefix}recent:".encode()
         # Audit entries waiting for the next write, packed, and the trail's bounds.
         self._trail: list[bytes] = []
@@ -158,6 +160,16 @@ class RedisStore:
         self.guard: StoreGuard | None = None
         self._logs = LogLimiter(log=logger)
 
+    def _open_pipe(self, url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) -> Pipe:
+        return Pipe(url, connect_timeout=connect_timeout, handshake=handshake)
+
+    def _open_client(
+        self, url: str, *, connect_timeout: float, stall_limit: float
+    ) -> aioredis.Redis | aioredis.RedisCluster:
+        return aioredis.Redis.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
+        )
+
     def attach(self, guard: StoreGuard) -> None:
         """Report faults met off the decision path (side writes) to the engine's guard."""
         self.guard = guard
@@ -174,6 +186,11 @@ class RedisStore:
     @property
     def audit_key(self) -> str:
         return self._audit_key.decode()
+
+    @property
+    def audit_keys(self) -> tuple[str, ...]:
+        """The streams the audit trail is appended to: `audit_key`, or a cluster's shards."""
+        return tuple(key.decode() for key in self._audit_keys)
 
     def audience_key(self, segment: str) -> str:
         return f"{self.prefix}audience:{segment}"
@@ -481,7 +498,7 @@ class RedisStore:
             decisions = _recent_of(decode_record(raw))
             fingerprints = list(dict.fromkeys(fingerprint for _, fingerprint, _, _ in decisions))
             pieces: Any = (
-                await self._client.mget([self.piece_key(f) for f in fingerprints])
+                await self._get_many([self.piece_key(f) for f in fingerprints])
                 if fingerprints
                 else []
             )
@@ -501,6 +518,10 @@ class RedisStore:
             if entry is not None:  # a piece gone (expired, flushed) takes its decision along
                 entries.append(entry)
         return entries
+
+    async def _get_many(self, keys: list[bytes]) -> list[Any]:
+        values: list[Any] = await self._client.mget(keys)
+        return values
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         async with _unavailable_on_error():
@@ -617,10 +638,14 @@ class RedisStore:
             self._appended += len(entries)
             self._appends += 1
             # The trail holds about `max_entries` decisions: appends carry many each.
-            appends = max(1, math.ceil(limits.max_entries * self._appends / self._appended))
+            shards = self._audit_keys
+            appends = max(
+                1, math.ceil(limits.max_entries * self._appends / self._appended / len(shards))
+            )
+            shard = shards[self._appends % len(shards)]
             commands.append(
                 command(
-                    b"XADD", self._audit_key, b"MAXLEN", b"~", b"%d" % appends, b"*",
+                    b"XADD", shard, b"MAXLEN", b"~", b"%d" % appends, b"*",
                     b"n", b"%d" % len(entries), b"d", b"".join(entries),
                 )
             )  # fmt: skip
@@ -629,10 +654,11 @@ class RedisStore:
             if now - self._trimmed_at >= _TRIM_EVERY_SECONDS:
                 self._trimmed_at = now
                 oldest = int(time.time() * 1000) - limits.max_age_ms
-                commands.append(command(b"XTRIM", self._audit_key, b"MINID", b"~", b"%d" % oldest))
-                # The trail goes by itself when decisions stop.
-                commands.append(command(b"PEXPIRE", self._audit_key, b"%d" % limits.max_age_ms))
-                handlers += (_SideReply(None), _SideReply(None))
+                for key in shards:
+                    commands.append(command(b"XTRIM", key, b"MINID", b"~", b"%d" % oldest))
+                    # The trail goes by itself when decisions stop.
+                    commands.append(command(b"PEXPIRE", key, b"%d" % limits.max_age_ms))
+                    handlers += (_SideReply(None), _SideReply(None))
         if self._dropped:
             logger.warning(
                 "throttle: %d audit entries were dropped while the store was unavailable",
