@@ -37,8 +37,8 @@ from throttle.store import ClusterStore, MemoryStore, RedisStore, Store, open_st
 __all__ = [
     "DECISION_HEADER",
     "DECISION_SCOPE_KEY",
-    "ConfigurationError",
     "ClusterStore",
+    "ConfigurationError",
     "Decision",
     "Engine",
     "Factor",
