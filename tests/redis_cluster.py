@@ -81,12 +81,111 @@ class RedisClusterServers:
                 raise RuntimeError("the Redis Cluster did not settle")
             time.sleep(0.05)
 
+    def kill(self, node: RedisServer) -> None:
+        """SIGKILL: no goodbye to the cluster, no last write to the replica."""
+        assert node.process is not None
+        node.process.kill()
+        node.process.wait(timeout=10)
+        node.process = None
+
+    def wait_until_replaced(self, node: RedisServer, timeout: float = 30.0) -> None:
+        """Until a replica serves the slots of `node` (killed) and the cluster is ok again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._settled() and node not in self.masters():
+                    return
+            except (redis.ConnectionError, redis.ResponseError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over from 127.0.0.1:{node.port}")
+            time.sleep(0.05)
+
+    def reshard(self, source: RedisServer, target: RedisServer, slots: int) -> None:
+        """Move `slots` slots, keys and all, from one master to another (`redis-cli --cluster
+        reshard`: MIGRATING/IMPORTING, MIGRATE in batches, SETSLOT NODE)."""
+        subprocess.run(
+            [
+                self.cli, "--cluster", "reshard", f"127.0.0.1:{target.port}",
+                "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
+                "--cluster-slots", str(slots), "--cluster-yes",
+            ],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    def begin_migration(self, slot: int, source: RedisServer, target: RedisServer) -> None:
+        """CLUSTER SETSLOT IMPORTING on the target, MIGRATING on the source: keys not yet moved
+        stay served by the source, the others by the target after ASKING."""
+        with target.client() as client:
+            client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", self.node_id(source))
+        with source.client() as client:
+            client.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", self.node_id(target))
+
+    def migrate(self, keys: list[str], source: RedisServer, target: RedisServer) -> None:
+        with source.client() as client:
+            client.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+
+    def finish_migration(self, slot: int, target: RedisServer) -> None:
+        """CLUSTER SETSLOT NODE on every master: the slot is the target's."""
+        owner = self.node_id(target)
+        masters = self.masters()
+        for node in [target, *(m for m in masters if m is not target)]:
+            with node.client() as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", owner)
+        deadline = time.monotonic() + 10
+        while not all(self._owner_seen(node, slot) == target.port for node in self.running()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster does not agree that {slot} moved")
+            time.sleep(0.02)
+
+    @staticmethod
+    def _owner_seen(node: RedisServer, slot: int) -> int | None:
+        with node.client(socket_timeout=1) as client:
+            for entry in client.execute_command("CLUSTER SLOTS"):
+                if entry[0] <= slot <= entry[1]:
+                    return int(entry[2][1])
+        return None
+
+    def move_slot(self, slot: int, source: RedisServer, target: RedisServer) -> None:
+        """Move one slot, keys and all, by hand."""
+        self.begin_migration(slot, source, target)
+        with source.client() as client:
+            found = client.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+            keys = [k.decode() if isinstance(k, bytes) else str(k) for k in found]
+        if keys:
+            self.migrate(keys, source, target)
+        self.finish_migration(slot, target)
+
+    def give_back(self, slot: int, owner: RedisServer) -> None:
+        """After a test moved a slot (or failed halfway): the slot is `owner`'s again."""
+        self.stabilize(slot)
+        current = self._owner_seen(owner, slot)
+        if current != owner.port:
+            self.move_slot(slot, next(n for n in self.nodes if n.port == current), owner)
+
+    def stabilize(self, slot: int) -> None:
+        """End a migration without moving the slot (CLUSTER SETSLOT STABLE everywhere)."""
+        for node in self.masters():
+            with node.client() as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+
+    @staticmethod
+    def node_id(node: RedisServer) -> str:
+        with node.client(socket_timeout=1) as client:
+            return str(client.execute_command("CLUSTER MYID").decode())
+
     def _settled(self) -> bool:
         views = set()
         for node in self.running():
             with node.client(socket_timeout=1) as client:
-                if client.cluster("info")["cluster_state"] != "ok":
+                info = client.cluster("info")
+                if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) < len(
+                    self.nodes
+                ):
                     return False
+                replication = client.info("replication")
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                    return False  # a replica that never synced cannot take over
                 views.add(tuple(sorted(self._masters_seen(client))))
         return len(views) == 1
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import collections
 import contextlib
 import functools
 import logging
@@ -52,6 +53,11 @@ _PROGRESS_GRACE = 4
 _KEY_FIRST = frozenset(
     (b"SET", b"GET", b"DEL", b"PFADD", b"PFCOUNT", b"PEXPIRE", b"XADD", b"XTRIM", b"MGET")
 )
+# Replies that send a command elsewhere, or again a little later.
+_REDIRECTIONS = ("MOVED ", "ASK ", "TRYAGAIN")
+# The first wait before a command that met TRYAGAIN (keys in migration) is sent again; doubled
+# each time.
+_TRYAGAIN_SECONDS = 0.005
 _SCRIPTED = frozenset((b"EVALSHA", b"EVAL"))
 _ASKING = command(b"ASKING")
 _CLUSTER_SLOTS = command(b"CLUSTER", b"SLOTS")
@@ -230,6 +236,8 @@ class ClusterPipe(Pipe):
         self._refreshed_at = -_REFRESH_EVERY_SECONDS
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Replies that sent a command elsewhere or again, by kind: "MOVED", "ASK", "TRYAGAIN".
+        self.redirections: collections.Counter[str] = collections.Counter()
         # Set by the store from the policy: a node's write unanswered this long fails, and a
         # failed node is tried again after `retry_after`.
         self.timeout = 0.05
@@ -365,8 +373,19 @@ class ClusterPipe(Pipe):
             address = f"{host}:{master[1]}"
             self._node(address)
             slots[start : end + 1] = [address] * (end - start + 1)
-        self._slots = slots
+        previous, self._slots = self._slots, slots
         self._known = True
+        for node in self._nodes.values():
+            if node.down_since is None or node.address in slots:
+                continue
+            taken = {slots[slot] for slot, owner in enumerate(previous) if owner == node.address}
+            logger.warning(
+                "throttle: Redis Cluster node %s is replaced: its slots are served by %s",
+                node.address,
+                ", ".join(sorted(str(owner) for owner in taken)),
+                extra={"node": node.address},
+            )
+            node.down_since = None
 
     def _node(self, address: str) -> _Node:
         node = self._nodes.get(address)
@@ -483,23 +502,35 @@ class ClusterPipe(Pipe):
         if asking:
             values = values[1::2]  # each ASKING's +OK, then the command's reply
         redirected: dict[tuple[str, bool], list[tuple[int, bytes]]] = {}
+        retry: list[tuple[int, bytes]] = []
         for (index, raw), reply in zip(group, values, strict=True):
-            if isinstance(reply, hiredis.ReplyError) and redirects < _MAX_REDIRECTS:
+            if isinstance(reply, hiredis.ReplyError):
                 message = str(reply)
-                if message.startswith("MOVED "):
-                    _, slot, target = message.split()
-                    self._node(target)
-                    self._slots[int(slot)] = target
-                    self.refresh_soon()  # one slot moved: others may have too
-                    redirected.setdefault((target, False), []).append((index, raw))
-                    continue
-                if message.startswith("ASK "):
-                    _, _, target = message.split()
-                    redirected.setdefault((target, True), []).append((index, raw))
-                    continue
+                if message.startswith(_REDIRECTIONS):
+                    self.redirections[message.split(" ", 1)[0]] += 1
+                    if redirects >= _MAX_REDIRECTS:
+                        reply = _slot_down(f"redirected too often: {message}")
+                    elif message.startswith("MOVED "):
+                        _, slot, target = message.split()
+                        self._node(target)
+                        self._slots[int(slot)] = target
+                        self.refresh_soon()  # one slot moved: others may have too
+                        redirected.setdefault((target, False), []).append((index, raw))
+                        continue
+                    elif message.startswith("ASK "):
+                        _, _, target = message.split()
+                        redirected.setdefault((target, True), []).append((index, raw))
+                        continue
+                    else:  # TRYAGAIN: the person's keys are split between two nodes for now
+                        retry.append((index, raw))
+                        continue
             job.answer(index, reply)
         for (target, ask), moved in redirected.items():
             self._dispatch(job, target, moved, asking=ask, redirects=redirects + 1)
+        if retry:
+            asyncio.get_running_loop().call_later(
+                _TRYAGAIN_SECONDS * 2**redirects, self._reroute, job, retry, redirects + 1
+            )
 
     def _node_failed(self, node: _Node, error: BaseException) -> None:
         node.pipe.abort(ConnectionError(f"node {node.address} failed"))
@@ -573,13 +604,18 @@ def _answer_all(job: _Job, group: list[tuple[int, bytes]], reply: Any) -> None:
         job.answer(index, reply)
 
 
+def _slot_down(why: str) -> hiredis.ReplyError:
+    # Not one of the store's server errors: the store refuses this person's decision alone
+    # (DecisionRefused), and the engine keeps using the store for everyone else.
+    return hiredis.ReplyError(f"SLOTDOWN {why}")
+
+
 def _unreachable(node: _Node) -> hiredis.ReplyError:
-    # Read as a store fault by the store (its server errors include CLUSTERDOWN).
-    return hiredis.ReplyError(f"CLUSTERDOWN node {node.address} is unreachable")
+    return _slot_down(f"the node serving the slot, {node.address}, is unreachable")
 
 
 def _uncovered(slot: int) -> hiredis.ReplyError:
-    return hiredis.ReplyError(f"CLUSTERDOWN slot {slot} is not served by any node")
+    return _slot_down(f"slot {slot} is served by no node")
 
 
 def audit_keys(prefix: str) -> tuple[str, ...]:
