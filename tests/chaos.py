@@ -25,9 +25,12 @@ class Tally:
     last_fallback: float | None = None
     fell_back_people: set[str] = field(default_factory=set)
     personalized: Counter[str] = field(default_factory=Counter)
+    # (when, person, reason) of every decision, in the order they came back.
+    log: list[tuple[float, str, str]] = field(default_factory=list)
 
     def add(self, person: str, outcome: str, reason: str, at: float) -> None:
         self.decisions += 1
+        self.log.append((at, person, reason))
         if outcome == "personalized":
             self.personalized[person] += 1
         if reason == "store-unavailable":
@@ -48,6 +51,13 @@ class Tally:
         if self.first_fallback is None or self.last_fallback is None:
             return 0.0
         return self.last_fallback - self.first_fallback
+
+    def decided_since(self, moment: float, people: set[str]) -> bool:
+        """Whether one of `people` was decided with the store (not falling back) after `moment`."""
+        return any(
+            at > moment and person in people and reason != "store-unavailable"
+            for at, person, reason in reversed(self.log[-2000:])
+        )
 
     def over_cap(self, people: set[str] | None = None) -> tuple[int, int]:
         """(people who got more personalized deliveries than the cap, deliveries past it)."""

@@ -212,6 +212,16 @@ class RedisClusterServers:
                     return next(node for node in self.nodes if node.port == port)
         raise RuntimeError(f"no node serves {key!r}")
 
+    def slots_of(self, node: RedisServer) -> set[int]:
+        """The slots `node` serves now."""
+        with self.running()[0].client(socket_timeout=1) as client:
+            return {
+                slot
+                for entry in client.execute_command("CLUSTER SLOTS")
+                if int(entry[2][1]) == node.port
+                for slot in range(entry[0], entry[1] + 1)
+            }
+
     def flush(self) -> None:
         for node in self.masters():
             with node.client() as client:
