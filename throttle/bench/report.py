@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from throttle.bench.cluster import report_lines as cluster_lines
 from throttle.bench.results import Results
 
 
@@ -73,6 +74,8 @@ def table(results: Results) -> str:
             f"{found.reads_per_decision:>22.3f}{found.commands_per_decision:>19.2f}"
             f"{found.engine_cpu_us:>15.0f}{found.redis_cpu_us:>14.1f}"
         )
+    if results.cluster is not None:
+        lines += ["", *cluster_lines(results.cluster)]
     lines += ["", *_memory(results)]
     lines += [
         "",

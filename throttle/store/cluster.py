@@ -242,6 +242,7 @@ class ClusterPipe(Pipe):
         # failed node is tried again after `retry_after`.
         self.timeout = 0.05
         self.retry_after = 1.0
+        self.stall_limit = 5.0
 
     # What the store calls, as on a `Pipe`.
 
@@ -411,6 +412,9 @@ class ClusterPipe(Pipe):
         redirects: int,
     ) -> None:
         node = self._node(address)
+        if node.pipe.ready and node.pipe.oldest_wait() >= self.stall_limit:
+            # Silent this long: the connection is dead without having said so.
+            self._node_failed(node, TimeoutError(f"no answer for {self.stall_limit:.0f} s"))
         if node.pipe.ready:
             self._write(job, node, group, asking=asking, redirects=redirects)
         elif time.monotonic() < node.retry_at:
@@ -477,7 +481,7 @@ class ClusterPipe(Pipe):
             self._node_failed(node, error)
             _answer_all(job, group, _unreachable(node))
             return
-        timer = _NodeDeadline(node, self.timeout)
+        timer = _NodeDeadline(job, node, group, self.timeout)
         replies.add_done_callback(
             functools.partial(self._answered, job, node, group, asking, redirects, timer)
         )
@@ -563,14 +567,18 @@ class ClusterPipe(Pipe):
 
 
 class _NodeDeadline:
-    """Drops a node's connection when its write gets no answer in time (unless the node is
-    visibly answering, only slowly): its commands then fail as the node's outage."""
+    """Answers a node's part of a batch for it when the node says nothing at all in time: its
+    people fall back (their decisions alone), the rest of the batch goes on. A node that is
+    answering, only slowly (a busy machine), is left to the store's own deadline, as one Redis
+    would be; a connection that stays silent past the stall limit is dropped when next used."""
 
-    __slots__ = ("handle", "node", "started", "timeout")
+    __slots__ = ("group", "handle", "job", "node", "started", "timeout")
 
-    def __init__(self, node: _Node, timeout: float) -> None:
+    def __init__(self, job: _Job, node: _Node, group: list[tuple[int, bytes]], timeout: float):
         loop = asyncio.get_running_loop()
+        self.job = job
         self.node = node
+        self.group = group
         self.timeout = timeout
         self.started = loop.time()
         self.handle: asyncio.TimerHandle | None = loop.call_later(timeout, self._expire)
@@ -578,20 +586,20 @@ class _NodeDeadline:
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self.node.pipe.answered_since(now - self.timeout) and (
-            now - self.started < _PROGRESS_GRACE * self.timeout
-        ):
-            self.handle = loop.call_later(self.timeout, self._expire)
+        if self.node.pipe.answered_since(now - self.timeout):
+            if now - self.started < _PROGRESS_GRACE * self.timeout:
+                self.handle = loop.call_later(self.timeout, self._expire)
+            else:
+                self.handle = None
             return
         # One more turn of the loop first: the answer may already wait in the socket.
-        self.handle = loop.call_later(0, self._fail)
+        self.handle = loop.call_later(0, self._silent)
 
-    def _fail(self) -> None:
+    def _silent(self) -> None:
         self.handle = None
-        timeout_ms = self.timeout * 1000
-        self.node.pipe.abort(
-            TimeoutError(f"node {self.node.address}: no answer in {timeout_ms:.0f} ms")
-        )
+        late = _slot_down(f"no answer from {self.node.address} within {self.timeout * 1000:.0f} ms")
+        # Replies that come later find their commands answered, and are dropped.
+        _answer_all(self.job, self.group, late)
 
     def cancel(self) -> None:
         if self.handle is not None:
@@ -668,6 +676,7 @@ class ClusterStore(RedisStore):
         super().__init__(
             url, prefix=prefix, connect_timeout=connect_timeout, stall_limit=stall_limit
         )
+        self._cluster.stall_limit = stall_limit
         self._audit_keys = tuple(key.encode() for key in audit_keys(prefix))
 
     def _open_pipe(self, url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) -> Pipe:
