@@ -76,32 +76,27 @@ def key_slot(key: bytes) -> int:
 
 def split_commands(payload: bytes) -> list[tuple[bytes, bytes | None]]:
     """The commands (each in RESP) of a batch as written, each with its key (None: keyless)."""
+    # hiredis parses the commands (RESP arrays of bulk strings, as replies are) in C; each
+    # command's bytes are then cut from the payload by its encoded length.
+    reader = hiredis.Reader()
+    reader.feed(payload)
     commands: list[tuple[bytes, bytes | None]] = []
-    find = payload.find
-    position, length = 0, len(payload)
-    while position < length:
-        start = position
-        end = find(b"\r\n", position)
-        count = int(payload[position + 1 : end])
-        position = end + 2
-        name = b""
+    position = 0
+    while (arguments := reader.gets()) is not False:
+        size = (
+            3
+            + len(str(len(arguments)))
+            + sum([len(argument) + 5 + len(str(len(argument))) for argument in arguments])
+        )
+        name = arguments[0].upper()
         key: bytes | None = None
-        scripted = False
-        for index in range(count):
-            end = find(b"\r\n", position)
-            size = int(payload[position + 1 : end])
-            position = end + 2
-            if index == 0:
-                name = payload[position : position + size].upper()
-                scripted = name in _SCRIPTED
-            elif index == 1 and name in _KEY_FIRST:
-                key = payload[position : position + size]
-            elif index == 2 and scripted and payload[position : position + size] == b"0":
-                scripted = False  # a script with no keys
-            elif index == 3 and scripted:
-                key = payload[position : position + size]
-            position += size + 2
-        commands.append((payload[start:position], key))
+        if name in _SCRIPTED:
+            if len(arguments) > 3 and arguments[2] != b"0":
+                key = arguments[3]
+        elif name in _KEY_FIRST and len(arguments) > 1:
+            key = arguments[1]
+        commands.append((payload[position : position + size], key))
+        position += size
     return commands
 
 
