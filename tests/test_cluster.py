@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.apps import storefront
 from tests.conftest import ManualClock
 from tests.helpers import NO_REPETITION, SECRET, engine, marker, policy, trail
 from tests.redis_cluster import RedisClusterServers
+from tests.test_reload import CAP, offer, write
 from throttle import ConfigurationError, Engine
 from throttle.cli import main
 from throttle.store import ClusterStore, open_store
@@ -196,3 +200,23 @@ async def test_a_slot_split_for_too_long_falls_back_for_its_people_only(
     finally:
         await store.aclose()
         redis_cluster.give_back(slot, source)
+
+
+async def test_an_edited_policy_reloads_live_on_a_cluster(
+    redis_cluster_url: str, tmp_path: Path
+) -> None:
+    policy_file = tmp_path / "ops.toml"
+    write(policy_file, CAP.format(limit=1))
+    store = ClusterStore(redis_cluster_url)
+    app = storefront(policy=str(policy_file), reload_interval=0, store=store, secret=SECRET)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as http:
+            decided = [(await offer(http)).headers["personalization-decision"] for _ in range(2)]
+            write(policy_file, CAP.format(limit=3))
+            after = [(await offer(http)).headers["personalization-decision"] for _ in range(3)]
+    finally:
+        await store.aclose()  # no lifespan under ASGITransport: the test closes it
+    assert [d.split(";")[0] for d in decided] == ["personalized", "segment"]
+    # The counters in the cluster carry over: two more fit under the new cap of 3.
+    assert [d.split(";")[0] for d in after] == ["personalized", "personalized", "segment"]
