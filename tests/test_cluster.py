@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 
 import httpx
@@ -220,3 +221,35 @@ async def test_an_edited_policy_reloads_live_on_a_cluster(
     assert [d.split(";")[0] for d in decided] == ["personalized", "segment"]
     # The counters in the cluster carry over: two more fit under the new cap of 3.
     assert [d.split(";")[0] for d in after] == ["personalized", "personalized", "segment"]
+
+
+async def test_a_silent_master_fails_its_people_alone(
+    redis_cluster_url: str, redis_cluster: RedisClusterServers, clock: ManualClock
+) -> None:
+    # Long enough for the other master to answer on a busy machine, short enough to stay well
+    # within the cluster's node timeout (1 s), so the stopped master is not failed over.
+    body = CAP_OF_3 + '[store]\ntimeout = "300ms"\n'
+    store = ClusterStore(redis_cluster_url)
+    throttle = engine(body, store, clock)
+    silent = redis_cluster.node_of(store.person_key(throttle.pseudonym("eva")))
+    other = next(
+        f"fay{n}"
+        for n in range(1000)
+        if redis_cluster.node_of(store.person_key(throttle.pseudonym(f"fay{n}"))) is not silent
+    )
+    assert silent.process is not None
+    try:
+        for person in ("eva", other):  # connections open, scripts loaded
+            assert (await throttle.decide(marker(), person=person)).outcome == "personalized"
+        silent.process.send_signal(signal.SIGSTOP)  # alive, connected, and saying nothing
+        try:
+            stalled, served = await asyncio.gather(
+                throttle.decide(marker(), person="eva"), throttle.decide(marker(), person=other)
+            )
+        finally:
+            silent.process.send_signal(signal.SIGCONT)
+        assert (stalled.outcome, stalled.reason) == ("segment", "store-unavailable")
+        assert served.outcome == "personalized"
+        assert not throttle.guard.failing
+    finally:
+        await store.aclose()

@@ -321,7 +321,9 @@ class ClusterPipe(Pipe):
     def refresh_soon(self) -> None:
         """Learn the slot map again in the background, at most every so often."""
         now = time.monotonic()
-        if self._refreshing is not None or now - self._refreshed_at < _REFRESH_EVERY_SECONDS:
+        if self._closed or self._refreshing is not None:
+            return
+        if now - self._refreshed_at < _REFRESH_EVERY_SECONDS:
             return
         self._refreshed_at = now
         self._background(self._refresh_quietly())
@@ -406,6 +408,9 @@ class ClusterPipe(Pipe):
         asking: bool,
         redirects: int,
     ) -> None:
+        if self._closed:  # a retry that outlived the store
+            _answer_all(job, group, _slot_down("the store is closed"))
+            return
         node = self._node(address)
         if node.pipe.ready and node.pipe.oldest_wait() >= self.stall_limit:
             # Silent this long: the connection is dead without having said so.
