@@ -14,28 +14,24 @@ from tests.redis_server import RedisServer, free_port
 NODE_TIMEOUT_MS = 1000
 
 
+def _cluster_node() -> RedisServer:
+    return RedisServer(
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", "nodes.conf",
+        # The bus port is chosen too: port + 10000 may be taken, or past 65535.
+        "--cluster-port", str(free_port()),
+        "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+        # The other masters keep serving while one is down and not yet replaced.
+        "--cluster-require-full-coverage", "no",
+    )  # fmt: skip
+
+
 class RedisClusterServers:
     """Six redis-servers made one cluster by `redis-cli --cluster create`: start, kill a node,
     start it again (it rejoins as a replica), reshard, stop."""
 
     def __init__(self, masters: int = 3, replicas: int = 1) -> None:
-        self.nodes = [
-            RedisServer(
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                # The bus port is chosen too: port + 10000 may be taken, or past 65535.
-                "--cluster-port",
-                str(free_port()),
-                "--cluster-node-timeout",
-                str(NODE_TIMEOUT_MS),
-                # The other masters keep serving while one is down and not yet replaced.
-                "--cluster-require-full-coverage",
-                "no",
-            )
-            for _ in range(masters * (1 + replicas))
-        ]
+        self.nodes = [_cluster_node() for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
         cli = shutil.which("redis-cli")
         if cli is None:
@@ -56,8 +52,17 @@ class RedisClusterServers:
             raise
 
     def _start(self) -> None:
-        for node in self.nodes:
-            node.start()
+        for index in range(len(self.nodes)):
+            for attempt in range(3):
+                try:
+                    self.nodes[index].start()
+                    break
+                except RuntimeError:
+                    # Another process took one of its free ports meanwhile: pick others.
+                    self.nodes[index].cleanup()
+                    if attempt == 2:
+                        raise
+                    self.nodes[index] = _cluster_node()
         subprocess.run(
             [
                 self.cli, "--cluster", "create",
