@@ -35,7 +35,7 @@ import hiredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from throttle.store.pipe import Pipe, command
-from throttle.store.redis import RedisStore
+from throttle.store.redis import SLOT_DOWN, RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -615,7 +615,7 @@ def _answer_all(job: _Job, group: list[tuple[int, bytes]], reply: Any) -> None:
 def _slot_down(why: str) -> hiredis.ReplyError:
     # Not one of the store's server errors: the store refuses this person's decision alone
     # (DecisionRefused), and the engine keeps using the store for everyone else.
-    return hiredis.ReplyError(f"SLOTDOWN {why}")
+    return hiredis.ReplyError(f"{SLOT_DOWN} {why}")
 
 
 def _unreachable(node: _Node) -> hiredis.ReplyError:

@@ -87,6 +87,9 @@ _SERVER_ERRORS = (
     "OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOPERM", "MOVED", "ASK", "CROSSSLOT",
     "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF", "NOAUTH", "WRONGPASS",
 )  # fmt: skip
+# The reply a cluster store gives the commands of a slot it cannot reach now: about that slot's
+# people alone (their decisions are refused, their side writes kept for later).
+SLOT_DOWN = "SLOTDOWN"
 _TOKEN_BYTES = 8
 # What many recent decisions share is written beside the records again this often per process,
 # so that it outlives every record that names it.
@@ -676,6 +679,8 @@ class RedisStore:
                     self._remembered.append(handler.remembered)
                     self._background(self._reload_scripts_quietly())
                 else:
+                    if str(error).startswith(SLOT_DOWN) and handler.remembered is not None:
+                        self._remembered.append(handler.remembered)  # kept, as in an outage
                     failed = failed or str(error)
                 continue
             remembered = handler.remembered
