@@ -93,8 +93,8 @@ async def load(
     seed: int = 7,
 ) -> None:
     """Decisions for people drawn at random, by `workers` at once, until `stop` is set, the
-    count or the time runs out. `decide(person)` returns (outcome, reason); what it raises
-    is counted as a failure."""
+    count or the time runs out; then `stop` is set. `decide(person)` returns (outcome,
+    reason); what it raises is counted as a failure."""
     chooser = random.Random(seed)
     deadline = time.monotonic() + max_seconds
 
@@ -110,4 +110,7 @@ async def load(
                 continue
             tally.add(person, outcome, reason, time.monotonic())
 
-    await asyncio.gather(*(worker() for _ in range(workers)))
+    try:
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    finally:
+        stop.set()  # whoever waits on the load's progress stops waiting

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 
 from tests.chaos import Tally, load
@@ -35,7 +36,7 @@ async def failover(cluster: RedisClusterServers) -> str:
         return decision.outcome, decision.reason.value
 
     async def chaos() -> None:
-        await until(lambda: tally.decisions >= 3000, tally, stop)
+        await until(lambda: tally.decisions >= 3000, stop)
         replica = next(
             node for node in cluster.running()
             if node not in cluster.masters() and _master_port(node) == victim.port
@@ -49,10 +50,10 @@ async def failover(cluster: RedisClusterServers) -> str:
         cluster.kill(victim)
         await asyncio.to_thread(cluster.wait_until_replaced, victim)
         marks["replaced"] = time.monotonic()
-        await until(lambda: tally.decided_since(marks["replaced"], on_victim), tally, stop)
-        marks["resumed"] = time.monotonic()
+        await until(lambda: tally.decided_since(marks["replaced"], on_victim), stop)
+        marks["resumed"] = time.monotonic() if not stop.is_set() else math.nan
         after = tally.decisions
-        await until(lambda: tally.decisions >= after + 2000, tally, stop)
+        await until(lambda: tally.decisions >= after + 2000, stop)
         stop.set()
 
     started = time.monotonic()
@@ -90,12 +91,12 @@ async def reshard(cluster: RedisClusterServers, slots_moved: int) -> str:
         return decision.outcome, decision.reason.value
 
     async def chaos() -> None:
-        await until(lambda: tally.decisions >= 3000, tally, stop)
+        await until(lambda: tally.decisions >= 3000, stop)
         started = time.monotonic()
         await asyncio.to_thread(cluster.reshard, source, target, slots_moved)
         took.append(time.monotonic() - started)
         after = tally.decisions
-        await until(lambda: tally.decisions >= after + 2000, tally, stop)
+        await until(lambda: tally.decisions >= after + 2000, stop)
         stop.set()
 
     await asyncio.gather(

@@ -5,6 +5,7 @@ in decisions and in time; the figures printed are the ones docs/cluster.md repor
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -31,9 +32,10 @@ CAPPED = policy(
 # Few enough that many people reach the cap during a run, so getting past it would show.
 PEOPLE = 300
 WORKERS = 32
-# Every run stops by itself: enough decisions, or this long at most.
+# Every run stops by itself: enough decisions, or this long at most (a bound for safety: the
+# runs end by counts, even on a slow machine).
 MAX_DECISIONS = 60_000
-MAX_SECONDS = 40.0
+MAX_SECONDS = 120.0
 
 
 @pytest.fixture
@@ -54,10 +56,10 @@ def slots_of_people(count: int) -> dict[str, int]:
     }
 
 
-async def until(condition: Callable[[], bool], tally: Tally, stop: asyncio.Event) -> None:
-    """Wait until `condition()` holds, or the load stopped by itself (it is bounded)."""
+async def until(condition: Callable[[], bool], stop: asyncio.Event) -> None:
+    """Wait until `condition()` holds, or the load has stopped (it is bounded)."""
     # Polled: the condition reads what many workers change.
-    while not condition() and not stop.is_set() and tally.decisions < MAX_DECISIONS:  # noqa: ASYNC110
+    while not condition() and not stop.is_set():  # noqa: ASYNC110
         await asyncio.sleep(0.01)
 
 
@@ -103,17 +105,18 @@ async def test_a_killed_master_fails_over_under_load_behind_uvicorn(
         marks: dict[str, float] = {}
 
         async def chaos() -> None:
-            await until(lambda: tally.decisions >= 300, tally, stop)
+            await until(lambda: tally.decisions >= 300, stop)
             marks["killed"] = time.monotonic()
             private_cluster.kill(victim)
             await asyncio.to_thread(private_cluster.wait_until_replaced, victim)
             marks["replaced"] = time.monotonic()
             # Then until the store serves the lost node's people from the promoted replica,
             # and some more.
-            await until(lambda: tally.decided_since(marks["replaced"], on_victim), tally, stop)
-            marks["resumed"] = time.monotonic()
+            await until(lambda: tally.decided_since(marks["replaced"], on_victim), stop)
+            if tally.decided_since(marks["replaced"], on_victim):
+                marks["resumed"] = time.monotonic()
             after = tally.decisions
-            await until(lambda: tally.decisions >= after + 300, tally, stop)
+            await until(lambda: tally.decisions >= after + 300, stop)
             stop.set()
 
         await asyncio.gather(
@@ -126,7 +129,7 @@ async def test_a_killed_master_fails_over_under_load_behind_uvicorn(
     print(
         "\n" + tally.summary("failover behind uvicorn"),
         f"; replica promoted {marks['replaced'] - marks['killed']:.2f} s after the kill,"
-        f" decisions resumed {marks['resumed'] - marks['killed']:.2f} s after it"
+        f" decisions resumed {marks.get('resumed', math.nan) - marks['killed']:.2f} s after it"
         f"; over the cap on the lost node's people: {tally.over_cap(on_victim)}",
     )
     assert tally.failures == 0, tally.failure_kinds
@@ -153,12 +156,12 @@ async def test_resharding_under_load_is_followed_without_falling_back(
     source, target = private_cluster.masters()[:2]
 
     async def chaos() -> None:
-        await until(lambda: tally.decisions >= 500, tally, stop)
+        await until(lambda: tally.decisions >= 500, stop)
         started = time.monotonic()
         await asyncio.to_thread(private_cluster.reshard, source, target, 300)
         print(f"\nresharded 300 slots in {time.monotonic() - started:.2f} s", end="")
         after = tally.decisions
-        await until(lambda: tally.decisions >= after + 500, tally, stop)
+        await until(lambda: tally.decisions >= after + 500, stop)
         stop.set()
 
     try:
