@@ -73,17 +73,18 @@ class RedisClusterServers:
         )  # fmt: skip
         self.wait_until_ok()
 
-    def wait_until_ok(self, timeout: float = 30.0) -> None:
+    def wait_until_ok(self, timeout: float = 60.0) -> None:
         """Until every running node says `cluster_state:ok` and they agree on the masters."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self._settled():
-                    return
-            except (redis.ConnectionError, redis.ResponseError):
-                pass
+                unsettled = self._unsettled()
+            except redis.RedisError as error:
+                unsettled = str(error)
+            if unsettled is None:
+                return
             if time.monotonic() > deadline:
-                raise RuntimeError("the Redis Cluster did not settle")
+                raise RuntimeError(f"the Redis Cluster did not settle: {unsettled}")
             time.sleep(0.05)
 
     def kill(self, node: RedisServer) -> None:
@@ -93,17 +94,20 @@ class RedisClusterServers:
         node.process.wait(timeout=10)
         node.process = None
 
-    def wait_until_replaced(self, node: RedisServer, timeout: float = 30.0) -> None:
+    def wait_until_replaced(self, node: RedisServer, timeout: float = 60.0) -> None:
         """Until a replica serves the slots of `node` (killed) and the cluster is ok again."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self._settled() and node not in self.masters():
-                    return
-            except (redis.ConnectionError, redis.ResponseError):
-                pass
+                unsettled = self._unsettled()
+                if unsettled is None and node in self.masters():
+                    unsettled = "no replica has taken over yet"
+            except redis.RedisError as error:
+                unsettled = str(error)
+            if unsettled is None:
+                return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no replica took over from 127.0.0.1:{node.port}")
+                raise RuntimeError(f"no replica took over from 127.0.0.1:{node.port}: {unsettled}")
             time.sleep(0.05)
 
     def reshard(self, source: RedisServer, target: RedisServer, slots: int) -> None:
@@ -179,20 +183,22 @@ class RedisClusterServers:
         with node.client(socket_timeout=1) as client:
             return str(client.execute_command("CLUSTER MYID").decode())
 
-    def _settled(self) -> bool:
+    def _unsettled(self) -> str | None:
+        """What is not settled yet, or None."""
         views = set()
         for node in self.running():
-            with node.client(socket_timeout=1) as client:
+            with node.client(socket_timeout=2) as client:
                 info = client.cluster("info")
-                if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) < len(
-                    self.nodes
-                ):
-                    return False
+                if info["cluster_state"] != "ok":
+                    return f"{node.port}: cluster_state {info['cluster_state']}"
+                if int(info["cluster_known_nodes"]) < len(self.nodes):
+                    return f"{node.port} knows {info['cluster_known_nodes']} nodes"
                 replication = client.info("replication")
                 if replication["role"] == "slave" and replication["master_link_status"] != "up":
-                    return False  # a replica that never synced cannot take over
+                    # A replica that never synced cannot take over.
+                    return f"{node.port}: replica link {replication['master_link_status']}"
                 views.add(tuple(sorted(self._masters_seen(client))))
-        return len(views) == 1
+        return None if len(views) == 1 else f"the nodes disagree on the masters: {views}"
 
     @staticmethod
     def _masters_seen(client: redis.Redis) -> list[int]:
@@ -228,9 +234,12 @@ class RedisClusterServers:
             }
 
     def flush(self) -> None:
-        for node in self.masters():
+        """Empty every master (each node asked for its own role: no one node's view of the
+        others is trusted right after a failover)."""
+        for node in self.running():
             with node.client() as client:
-                client.flushall()
+                if client.info("replication")["role"] == "master":
+                    client.flushall()
 
     def cleanup(self) -> None:
         for node in self.nodes:
