@@ -12,9 +12,11 @@ The decision path stays pipelined: `ClusterPipe` splits each batch the store wri
 sends one write per master node on that node's own `Pipe`, then puts the replies back in order.
 The slot map is learned at start (CLUSTER SLOTS), patched on MOVED and learned again after it;
 ASK is followed with ASKING and the command, sent to the importing node. A node that cannot be
-reached is an outage for the people in its slots only: their commands get an error reply (a
-store fault: segment content), it is logged once, and it is tried again after `retry_after`,
-the slot map first, so decisions resume on the replica the cluster promotes.
+reached is an outage for the people in its slots only: their commands get a SLOTDOWN reply and
+the store refuses their decisions alone (segment content; the engine keeps using the store for
+everyone else), it is logged once, and it is tried again after `retry_after`, the slot map
+first, so decisions resume on the replica the cluster promotes. MOVED and ASK replies never
+reach the store; TRYAGAIN is retried a few times first.
 """
 
 from __future__ import annotations
