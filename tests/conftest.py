@@ -4,8 +4,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer
-from throttle.store import MemoryStore, RedisStore, Store
+from throttle.store import ClusterStore, MemoryStore, RedisStore, Store
 
 
 class ManualClock:
@@ -37,6 +38,21 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of 3 masters with 1 replica each, started once for the session."""
+    cluster = RedisClusterServers()
+    cluster.start()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, for tests that stop, restart or break it."""
@@ -51,12 +67,15 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """Each behaviour test runs once on the embedded store and once on a real redis-server."""
+    """Each behaviour test runs on the embedded store, on a real redis-server and on a real
+    Redis Cluster."""
     if request.param == "memory":
         opened: Store = MemoryStore()
-    else:
+    elif request.param == "redis":
         opened = RedisStore(request.getfixturevalue("redis_url"))
+    else:
+        opened = ClusterStore(request.getfixturevalue("redis_cluster_url"))
     yield opened
     await opened.aclose()

@@ -37,7 +37,10 @@ async def trail(store: Store) -> list[AuditEntry]:
         return [AuditEntry.unpack(entry) for entry in store.trail()]
     assert isinstance(store, RedisStore)
     await store._write_pending_now()
-    rows: Any = await store._client.xrange(store.audit_key)
+    rows: list[Any] = []
+    for key in store.audit_keys:  # one stream, or a cluster store's shards, merged by time
+        rows += await store._client.xrange(key)
+    rows.sort(key=lambda row: tuple(int(part) for part in row[0].split(b"-")))
     return [
         entry
         for _, fields in rows

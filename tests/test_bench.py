@@ -55,6 +55,7 @@ def test_smoke_run_prints_every_arm_with_its_ratios_to_bare(
     header = next(line for line in lines if line.startswith("arm "))
     for column in ("req/s", "p50 ms", "p95 ms", "p99 ms", "/bare: req/s", "p99 added"):
         assert column in header
+    assert next(line for line in lines if line.startswith("Redis Cluster, 3 masters"))
     rows = {label: next(line for line in lines if line.startswith(label)) for label in ARM_LABELS}
     for label in ARM_LABELS[1:]:
         # req/s, spread, three latencies, four ratios to bare and the p99 difference
@@ -140,6 +141,12 @@ def test_smoke_run_on_a_given_redis_prints_json_and_leaves_no_keys(
     assert 0 <= engine[1]["reads_per_decision"] <= 1.1
     assert 0 <= engine[64]["reads_per_decision"] <= 1.1
     assert engine[1]["engine_cpu_us"] > 0 and engine[1]["redis_cpu_us"] > 0
+    # The cluster arm: one Redis, then three masters, each node's CPU per decision.
+    sharded = results["cluster"]
+    assert len(sharded["single"]["nodes"]) == 1 and len(sharded["cluster"]["nodes"]) == 3
+    for run in (sharded["single"], sharded["cluster"]):
+        assert run["decisions"] > 0 and run["per_second"] > 0
+        assert all(node["redis_cpu_us"] > 0 for node in run["nodes"])
     with_trail, without = results["memory"]["with_trail"], results["memory"]["without_trail"]
     assert with_trail["audit"] and not without["audit"]
     assert with_trail["one_person_bytes"] > 0 and without["one_person_bytes"] > 0

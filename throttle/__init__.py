@@ -37,13 +37,14 @@ from throttle.opsstate import OpsConfig, OpsState
 from throttle.policy import Policy, load_policy
 from throttle.privacy import privacy_routes
 from throttle.scoring import Factor
-from throttle.store import MemoryStore, RedisStore, Store, open_store
+from throttle.store import ClusterStore, MemoryStore, RedisStore, Store, open_store
 from throttle.support import DataRequest, admin_routes
 
 __all__ = [
     "DECISION_HEADER",
     "DECISION_SCOPE_KEY",
     "MARKET_SCOPE_KEY",
+    "ClusterStore",
     "ConfigurationError",
     "DataRequest",
     "Decision",

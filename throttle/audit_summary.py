@@ -39,6 +39,7 @@ from throttle.audit import AuditEntry
 from throttle.decision import Reason
 from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.policy import parse_duration
+from throttle.store.cluster import audit_keys, cluster_client, parse_cluster_url
 
 # What the policy decides: these refusals are the ones that could single a group out.
 LIMIT_REASONS = frozenset(r.value for r in Reason if r.kind == "limit")
@@ -75,7 +76,7 @@ class Reader:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | aioredis.RedisCluster,
         key: str,
         *,
         since_ms: int | None,
@@ -134,7 +135,7 @@ class Reader:
 
 
 def read_entries(
-    client: aioredis.Redis,
+    client: aioredis.Redis | aioredis.RedisCluster,
     key: str,
     *,
     since_ms: int | None,
@@ -606,26 +607,41 @@ async def audit(
     URL that is not a Redis URL.
     """
     key = f"{prefix}audit"
+    keys: tuple[str, ...] = (key,)
     where = redacted_url(redis_url)
+    client: aioredis.Redis | aioredis.RedisCluster
     try:
-        client = aioredis.Redis.from_url(
-            redis_url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_READ_TIMEOUT
-        )
+        if urlsplit(redis_url).scheme.endswith("+cluster"):
+            # A cluster store spreads the trail over shards on every node: read them all.
+            keys = audit_keys(prefix)
+            key = f"{prefix}audit:{{0..{len(keys) - 1}}}"
+            client = cluster_client(
+                parse_cluster_url(redis_url),
+                connect_timeout=_CONNECT_TIMEOUT,
+                read_timeout=_READ_TIMEOUT,
+            )
+        else:
+            client = aioredis.Redis.from_url(
+                redis_url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_READ_TIMEOUT
+            )
     except ValueError as error:
         raise ConfigurationError(f"{where} is not a Redis URL: {error}") from None
+    unreadable = 0
     try:
-        reader = read_entries(client, key, since_ms=since_ms, until_ms=until_ms)
         tally = Tally()
-        async for entry in reader:
-            tally.add(entry)
-        exists = tally.decisions > 0 or bool(await client.exists(key))
+        for shard in keys:
+            reader = read_entries(client, shard, since_ms=since_ms, until_ms=until_ms)
+            async for entry in reader:
+                tally.add(entry)
+            unreadable += reader.unreadable
+        exists = tally.decisions > 0 or bool(await client.exists(*keys))
     except (RedisError, OSError) as error:
         raise StoreUnavailable(
             f"cannot read the audit trail {key} from Redis at {where}: {error}"
         ) from error
     finally:
         await client.aclose()
-    summary = tally.summary(unreadable=reader.unreadable, min_decisions=min_decisions)
+    summary = tally.summary(unreadable=unreadable, min_decisions=min_decisions)
     period = _period(since_ms, until_ms)
     if as_json:
         report = {"key": key, "since_ms": since_ms, "until_ms": until_ms, **as_dict(summary)}
@@ -638,8 +654,8 @@ async def audit(
         if not exists:
             out.write(f"no audit trail at {key} in Redis at {where}: is the prefix right?\n")
         else:
-            unreadable = f" ({reader.unreadable:,} could not be read)" if reader.unreadable else ""
-            out.write(f"no audit entries in {key} for {period}{unreadable}\n")
+            unread = f" ({unreadable:,} could not be read)" if unreadable else ""
+            out.write(f"no audit entries in {key} for {period}{unread}\n")
     return 1
 
 

@@ -309,7 +309,10 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     audit.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="the Redis the middleware writes to (default: $REDIS_URL or redis://127.0.0.1:6379/0)",
+        help=(
+            "the Redis the middleware writes to, or a cluster (redis+cluster://host:port,...) "
+            "(default: $REDIS_URL or redis://127.0.0.1:6379/0)"
+        ),
     )
     audit.add_argument("--prefix", default="throttle:", help="the store's key prefix")
     audit.add_argument(

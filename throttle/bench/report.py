@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from throttle.bench.cluster import report_lines as cluster_lines
 from throttle.bench.results import Results
 
 
@@ -76,6 +77,8 @@ def table(results: Results) -> str:
             f" {found.commands_per_decision:>18.2f} {found.engine_cpu_us:>14.0f}"
             f" {found.redis_cpu_us:>13.1f}"
         )
+    if results.cluster is not None:
+        lines += ["", *cluster_lines(results.cluster)]
     lines += ["", *_memory(results)]
     lines += [
         "",

@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from throttle.bench.cluster import ClusterArm
 from throttle.bench.cost import RedisUse
 from throttle.bench.decisions import EngineRun
 from throttle.bench.load import Run
@@ -166,6 +167,8 @@ class Results:
     engine: tuple[EngineRun, ...]
     memory: Weighed
     targets: tuple[Target, ...]
+    # The engine alone on one Redis and on a Redis Cluster (None: not run).
+    cluster: ClusterArm | None = None
 
 
 def summarize(

@@ -29,7 +29,7 @@ from typing import Any, Literal, TextIO, TypeVar
 import redis
 
 import throttle
-from throttle.bench import decisions, memory
+from throttle.bench import cluster, decisions, memory
 from throttle.bench.apps import DEFAULT_POLICY, TALLY_PATH
 from throttle.bench.cost import RedisCounters, process_cpu_seconds
 from throttle.bench.load import PythonClient, Run, Wrk
@@ -200,6 +200,15 @@ def run(options: Options, progress: TextIO) -> Results:
                 )
             )
         weighed = memory.Weighed(with_trail=passes[True], without_trail=passes[False])
+        callers = max(options.engine_callers)
+        _say(progress, f"bench: cluster arm: one Redis, then 3 masters, {callers} callers")
+        sharded = cluster.measure(
+            policy,
+            callers=callers,
+            duration=options.engine_duration,
+            people=options.people,
+            on_loop=_on_loop,
+        )
     return Results(
         mode="smoke" if options.smoke else "full",
         command=options.command,
@@ -211,6 +220,7 @@ def run(options: Options, progress: TextIO) -> Results:
         engine=engine,
         memory=weighed,
         targets=targets(http_results, open_loop, weighed, judged=not options.smoke),
+        cluster=sharded,
     )
 
 

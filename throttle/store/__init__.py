@@ -1,4 +1,5 @@
-"""Stores of per-person state, chosen by URI: `memory://` (embedded) or `redis://` (shared)."""
+"""Stores of per-person state, chosen by URI: `memory://` (embedded), `redis://` (shared) or
+`redis+cluster://` (shared, sharded)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from urllib.parse import urlsplit
 
 from throttle.errors import ConfigurationError
 from throttle.store.base import Store
+from throttle.store.cluster import ClusterStore
 from throttle.store.memory import MemoryStore
 from throttle.store.redis import RedisStore
 
@@ -19,16 +21,23 @@ def _redis(uri: str) -> Store:
     return RedisStore(uri)
 
 
+def _cluster(uri: str) -> Store:
+    return ClusterStore(uri)
+
+
 _FACTORIES: dict[str, Callable[[str], Store]] = {
     "memory": _memory,
     "redis": _redis,
     "rediss": _redis,
     "unix": _redis,
+    "redis+cluster": _cluster,
+    "rediss+cluster": _cluster,
 }
 
 
 def open_store(uri: str) -> Store:
-    """The store a URI names: `memory://`, `redis://host:port/db`, `rediss://…` or `unix://…`."""
+    """The store a URI names: `memory://`, `redis://host:port/db`, `rediss://…`, `unix://…`, or
+    a Redis Cluster, `redis+cluster://host:port,host:port` (`rediss+cluster://…` with TLS)."""
     scheme = urlsplit(uri).scheme
     factory = _FACTORIES.get(scheme)
     if factory is None:
@@ -40,4 +49,4 @@ def open_store(uri: str) -> Store:
         raise ConfigurationError(f"store {uri!r}: {error}") from None
 
 
-__all__ = ["MemoryStore", "RedisStore", "Store", "open_store"]
+__all__ = ["ClusterStore", "MemoryStore", "RedisStore", "Store", "open_store"]

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from throttle.audit import pack_entry
 from throttle.errors import DecisionRefused, StoreUnavailable
@@ -88,6 +88,9 @@ _SERVER_ERRORS = (
     "OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOPERM", "MOVED", "ASK", "CROSSSLOT",
     "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF", "NOAUTH", "WRONGPASS",
 )  # fmt: skip
+# The reply a cluster store gives the commands of a slot it cannot reach now: about that slot's
+# people alone (their decisions are refused, their side writes kept for later).
+SLOT_DOWN = "SLOTDOWN"
 _TOKEN_BYTES = 8
 # What many recent decisions share is written beside the records again this often per process,
 # so that it outlives every record that names it.
@@ -115,10 +118,10 @@ class RedisStore:
         connect_timeout: float = 1.0,
         stall_limit: float = 5.0,
     ) -> None:
-        self._pipe = Pipe(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
+        self._pipe = self._open_pipe(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
         # redis-py serves everything off the decision path (access, erasure, choices).
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
+        self._client = self._open_client(
+            url, connect_timeout=connect_timeout, stall_limit=stall_limit
         )
         self.prefix = prefix
         self._key_prefix = f"{prefix}{{".encode()
@@ -139,6 +142,8 @@ class RedisStore:
         self._choose = self._client.register_script(_CHOOSE)
         self._settle_script = self._client.register_script(_SETTLE)
         self._audit_key = f"{prefix}audit".encode()
+        # The streams the trail is appended to, in turn (a cluster store spreads it over nodes).
+        self._audit_keys: tuple[bytes, ...] = (self._audit_key,)
         self._piece_prefix = f"{prefix}recent:".encode()
         # Audit entries waiting for the next write, packed, and the trail's bounds.
         self._trail: list[bytes] = []
@@ -163,9 +168,19 @@ class RedisStore:
         self.on_batch: Callable[[int, float], None] | None = None
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> aioredis.Redis | aioredis.RedisCluster:
         """The redis-py client for work off the decision path (the ops state's writes)."""
         return self._client
+
+    def _open_pipe(self, url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) -> Pipe:
+        return Pipe(url, connect_timeout=connect_timeout, handshake=handshake)
+
+    def _open_client(
+        self, url: str, *, connect_timeout: float, stall_limit: float
+    ) -> aioredis.Redis | aioredis.RedisCluster:
+        return aioredis.Redis.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
+        )
 
     def attach(self, guard: StoreGuard) -> None:
         """Report faults met off the decision path (side writes) to the engine's guard."""
@@ -191,6 +206,11 @@ class RedisStore:
     @property
     def audit_key(self) -> str:
         return self._audit_key.decode()
+
+    @property
+    def audit_keys(self) -> tuple[str, ...]:
+        """The streams the audit trail is appended to: `audit_key`, or a cluster's shards."""
+        return tuple(key.decode() for key in self._audit_keys)
 
     def audience_key(self, segment: str) -> str:
         return f"{self.prefix}audience:{segment}"
@@ -524,7 +544,7 @@ class RedisStore:
             decisions = _recent_of(decode_record(raw))
             fingerprints = list(dict.fromkeys(fingerprint for _, fingerprint, _, _ in decisions))
             pieces: Any = (
-                await self._client.mget([self.piece_key(f) for f in fingerprints])
+                await self._get_many([self.piece_key(f) for f in fingerprints])
                 if fingerprints
                 else []
             )
@@ -544,6 +564,10 @@ class RedisStore:
             if entry is not None:  # a piece gone (expired, flushed) takes its decision along
                 entries.append(entry)
         return entries
+
+    async def _get_many(self, keys: list[bytes]) -> list[Any]:
+        values: list[Any] = await self._client.mget(keys)
+        return values
 
     async def choose(self, person: str, choice: Choice, *, now_ms: int, keep_ms: int) -> None:
         async with _unavailable_on_error():
@@ -660,10 +684,14 @@ class RedisStore:
             self._appended += len(entries)
             self._appends += 1
             # The trail holds about `max_entries` decisions: appends carry many each.
-            appends = max(1, math.ceil(limits.max_entries * self._appends / self._appended))
+            shards = self._audit_keys
+            appends = max(
+                1, math.ceil(limits.max_entries * self._appends / self._appended / len(shards))
+            )
+            shard = shards[self._appends % len(shards)]
             commands.append(
                 command(
-                    b"XADD", self._audit_key, b"MAXLEN", b"~", b"%d" % appends, b"*",
+                    b"XADD", shard, b"MAXLEN", b"~", b"%d" % appends, b"*",
                     b"n", b"%d" % len(entries), b"d", b"".join(entries),
                 )
             )  # fmt: skip
@@ -672,10 +700,11 @@ class RedisStore:
             if now - self._trimmed_at >= _TRIM_EVERY_SECONDS:
                 self._trimmed_at = now
                 oldest = int(time.time() * 1000) - limits.max_age_ms
-                commands.append(command(b"XTRIM", self._audit_key, b"MINID", b"~", b"%d" % oldest))
-                # The trail goes by itself when decisions stop.
-                commands.append(command(b"PEXPIRE", self._audit_key, b"%d" % limits.max_age_ms))
-                handlers += (_SideReply(None), _SideReply(None))
+                for key in shards:
+                    commands.append(command(b"XTRIM", key, b"MINID", b"~", b"%d" % oldest))
+                    # The trail goes by itself when decisions stop.
+                    commands.append(command(b"PEXPIRE", key, b"%d" % limits.max_age_ms))
+                    handlers += (_SideReply(None), _SideReply(None))
         if self._dropped:
             logger.warning(
                 "throttle: %d audit entries were dropped while the store was unavailable",
@@ -693,6 +722,8 @@ class RedisStore:
                     self._remembered.append(handler.remembered)
                     self._background(self._reload_scripts_quietly())
                 else:
+                    if str(error).startswith(SLOT_DOWN) and handler.remembered is not None:
+                        self._remembered.append(handler.remembered)  # kept, as in an outage
                     failed = failed or str(error)
                 continue
             remembered = handler.remembered
@@ -908,7 +939,7 @@ async def _unavailable_on_error() -> AsyncIterator[None]:
     """Redis failures off the decision path, as the one error callers handle."""
     try:
         yield
-    except (RedisError, OSError) as error:
+    except (RedisError, RedisClusterException, OSError) as error:
         raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
     except (ValueError, TypeError) as error:  # a record msgpack cannot read: not a 500
         raise StoreUnavailable(f"unreadable record: {error}") from error
