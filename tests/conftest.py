@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer
 from throttle.store import MemoryStore, RedisStore, Store
 
@@ -37,6 +38,22 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def sentinel_set() -> Iterator[SentinelSet]:
+    """One master, one replica and three sentinels, shared by the tests that do not fail it
+    over."""
+    sentinels = SentinelSet()
+    sentinels.start()
+    yield sentinels
+    sentinels.cleanup()
+
+
+@pytest.fixture
+def sentinel_url(sentinel_set: SentinelSet) -> str:
+    sentinel_set.flush()
+    return sentinel_set.url
+
+
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, for tests that stop, restart or break it."""
@@ -51,12 +68,15 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sentinel"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """Each behaviour test runs once on the embedded store and once on a real redis-server."""
+    """Each behaviour test runs on the embedded store, on a real redis-server and on a real
+    Sentinel set (the master found through the sentinels)."""
     if request.param == "memory":
         opened: Store = MemoryStore()
-    else:
+    elif request.param == "redis":
         opened = RedisStore(request.getfixturevalue("redis_url"))
+    else:
+        opened = RedisStore(request.getfixturevalue("sentinel_url"))
     yield opened
     await opened.aclose()

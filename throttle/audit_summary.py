@@ -39,6 +39,7 @@ from throttle.audit import AuditEntry
 from throttle.decision import Reason
 from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.policy import parse_duration
+from throttle.store.sentinel import client_for
 
 # What the policy decides: these refusals are the ones that could single a group out.
 LIMIT_REASONS = frozenset(r.value for r in Reason if r.kind == "limit")
@@ -606,7 +607,7 @@ async def audit(
     key = f"{prefix}audit"
     where = redacted_url(redis_url)
     try:
-        client = aioredis.Redis.from_url(
+        client = client_for(
             redis_url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_READ_TIMEOUT
         )
     except ValueError as error:

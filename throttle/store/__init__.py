@@ -1,4 +1,5 @@
-"""Stores of per-person state, chosen by URI: `memory://` (embedded) or `redis://` (shared)."""
+"""Stores of per-person state, chosen by URI: `memory://` (embedded), `redis://` or
+`redis+sentinel://` (shared)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,14 @@ _FACTORIES: dict[str, Callable[[str], Store]] = {
     "redis": _redis,
     "rediss": _redis,
     "unix": _redis,
+    "redis+sentinel": _redis,
+    "rediss+sentinel": _redis,
 }
 
 
 def open_store(uri: str) -> Store:
-    """The store a URI names: `memory://`, `redis://host:port/db`, `rediss://…` or `unix://…`."""
+    """The store a URI names: `memory://`, `redis://host:port/db`, `rediss://…`, `unix://…` or
+    `redis+sentinel://host:port[,host:port…]/service_name` (`rediss+sentinel://` with TLS)."""
     scheme = urlsplit(uri).scheme
     factory = _FACTORIES.get(scheme)
     if factory is None:

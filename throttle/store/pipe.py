@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
@@ -90,13 +91,20 @@ class Pipe:
     """One connection to the Redis at `url`, opened on first use and again after a loss.
 
     `handshake`: commands (each in RESP) sent first on every new connection, e.g. SCRIPT
-    LOADs, whose error replies fail the connection.
+    LOADs, whose error replies fail the connection. `address`: where to connect, asked anew
+    for every connection (Sentinel's master), instead of the URL's host and port.
     """
 
     def __init__(
-        self, url: str, *, connect_timeout: float, handshake: tuple[bytes, ...] = ()
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        handshake: tuple[bytes, ...] = (),
+        address: Callable[[], Awaitable[tuple[str, int]]] | None = None,
     ) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))
+        self._address = address
         self._connect_timeout = connect_timeout
         self._extra_handshake = handshake
         self._protocol: _Protocol | None = None
@@ -155,12 +163,12 @@ class Pipe:
                 _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
             else:
                 context = _tls_context(options) if "connection_class" in options else None
-                _, protocol = await loop.create_connection(
-                    _Protocol,
-                    options.get("host", "localhost"),
-                    options.get("port", 6379),
-                    ssl=context,
+                host, port = (
+                    await self._address()
+                    if self._address is not None
+                    else (options.get("host", "localhost"), options.get("port", 6379))
                 )
+                _, protocol = await loop.create_connection(_Protocol, host, port, ssl=context)
             self._opened = [p for p in self._opened if not p.finished.done()]
             self._opened.append(protocol)
             try:

@@ -57,6 +57,7 @@ from throttle.store.layout import (
     sha1,
 )
 from throttle.store.pipe import Pipe, bulk, command, reply_error
+from throttle.store.sentinel import client_for, pipe_for
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ _TEMPLATE, _ENTRY = 1, 2
 
 
 class RedisStore:
-    """State in Redis at `url` (`redis://`, `rediss://` or `unix://`), keys under `prefix`.
+    """State in Redis at `url` (`redis://`, `rediss://`, `unix://` or, with Sentinel,
+    `redis+sentinel://`; see `throttle.store.sentinel`), keys under `prefix`.
 
     `stall_limit`: a connection that has not answered for this long is dropped and reopened.
     """
@@ -114,9 +116,9 @@ class RedisStore:
         connect_timeout: float = 1.0,
         stall_limit: float = 5.0,
     ) -> None:
-        self._pipe = Pipe(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
+        self._pipe = pipe_for(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
         # redis-py serves everything off the decision path (access, erasure, choices).
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
+        self._client: aioredis.Redis = client_for(
             url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
         )
         self.prefix = prefix
@@ -276,10 +278,14 @@ class RedisStore:
         # What waits on the side (audit entries, decisions made without the store, pieces of
         # recent decisions the scripts are about to name) rides along, ahead of the scripts.
         side, handlers = self._side_commands()
-        payload = side + decisions + audiences
+        limits = batch[0].delivery.limits
+        # The stricter mode: the batch counts once `replicas` replicas hold it too.
+        wait = _wait(limits.replicas, limits.timeout_ms) if limits.replicas else b""
+        payload = side + decisions + audiences + wait
         try:
             replies = self._pipe.send(
-                payload, len(handlers) + len(batch) + audience_replies + len(counted)
+                payload,
+                len(handlers) + len(batch) + audience_replies + len(counted) + bool(wait),
             )
         except ConnectionError as error:  # lost since it was found ready
             self._requeue(handlers)
@@ -287,7 +293,7 @@ class RedisStore:
             return
         deadline.batch = batch
         replies.add_done_callback(
-            functools.partial(self._settle, batch, counted, handlers, deadline)
+            functools.partial(self._settle, batch, counted, handlers, limits.replicas, deadline)
         )
 
     def _settle(
@@ -295,6 +301,7 @@ class RedisStore:
         batch: list[_Call],
         counted: list[str],
         handlers: list[_SideReply],
+        replicas: int,
         deadline: _Deadline,
         replies: asyncio.Future[list[Any]],
     ) -> None:
@@ -306,7 +313,7 @@ class RedisStore:
                     del values[: len(handlers)]
                 else:
                     self._requeue(handlers)
-            forgotten = self._answer(batch, counted, replies)
+            forgotten = self._answer(batch, counted, replicas, replies)
         except Exception as error:  # an answer of a shape we never sent for: fail, never hang
             forgotten = []
             _fail(batch, error)
@@ -318,12 +325,23 @@ class RedisStore:
             deadline.cancel()
 
     def _answer(
-        self, batch: list[_Call], counted: list[str], replies: asyncio.Future[list[Any]]
+        self,
+        batch: list[_Call],
+        counted: list[str],
+        replicas: int,
+        replies: asyncio.Future[list[Any]],
     ) -> list[_Call]:
         if (error := replies.exception()) is not None:
             _fail(batch, error)
             return []
         values = replies.result()
+        if replicas:
+            held = values.pop()
+            if type(held) is not int or held < replicas:
+                # What the scripts counted may be lost in a failover: no one is personalized
+                # on it (the counts stay, on the master: over-counting is the safe side).
+                _fail(batch, StoreUnavailable(_too_few(held, replicas)))
+                return []
         counts = values[len(values) - len(counted) :] if counted else []
         # A count Redis could not give (an error reply) is unknown: the segment's parent stands in.
         sizes = {s: count for s, count in zip(counted, counts, strict=True) if type(count) is int}
@@ -337,6 +355,7 @@ class RedisStore:
                 if message.startswith("NOSCRIPT"):
                     forgotten.append(call)
                 elif message.startswith(_SERVER_ERRORS):
+                    self._leave_a_replica(message)
                     future.set_exception(StoreUnavailable(f"Redis: {message}"))
                 else:
                     future.set_exception(DecisionRefused(message))
@@ -356,6 +375,12 @@ class RedisStore:
                 )
             )
         return forgotten
+
+    def _leave_a_replica(self, message: str) -> None:
+        """A READONLY reply: the master was demoted (a Sentinel failover). The connection is
+        dropped so that the next one finds the new master."""
+        if message.startswith("READONLY"):
+            self._pipe.abort(ConnectionError(f"Redis is a replica now: {message}"))
 
     def _background(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -658,6 +683,7 @@ class RedisStore:
                 self.record(remembered[2], token, remembered[3], self._trail_limits)  # type: ignore[arg-type]
         if failed is None:
             return
+        self._leave_a_replica(failed)
         if failed.startswith(_SERVER_ERRORS) and self.guard is not None:
             # About the server, not one write: the same fault the decisions meet, reported once.
             self.guard.failed(StoreUnavailable(f"Redis: {failed}"))
@@ -816,6 +842,18 @@ class _Deadline:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
+
+
+def _wait(replicas: int, timeout_ms: int) -> bytes:
+    """WAIT for `replicas`, for half the decision's timeout: its answer comes before the
+    decision gives up."""
+    return command(b"WAIT", b"%d" % replicas, b"%d" % max(1, timeout_ms // 2))
+
+
+def _too_few(held: Any, replicas: int) -> str:
+    if type(held) is int:
+        return f"Redis: NOREPLICAS {held} of {replicas} replicas acknowledged the decisions"
+    return f"Redis: WAIT failed: {held}"
 
 
 def _late(timeout: float) -> str:

@@ -1,0 +1,196 @@
+"""A private Redis Sentinel set for the tests: one master, one replica, three sentinels, each
+a redis-server on a free loopback port, their files in temporary directories."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.redis_server import RedisServer, free_port
+
+SERVICE = "throttle"
+# Short, so that a failover takes a few seconds of a test's time.
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
+
+
+class SentinelProcess:
+    """One `redis-server <conf> --sentinel`. Sentinels rewrite their configuration file, so
+    it is written into a directory of its own."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.id = secrets.token_hex(20)
+        self.directory = Path(tempfile.mkdtemp(prefix="throttle-sentinel-"))
+        self.conf = self.directory / "sentinel.conf"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def configure(self, master: int, replica: int, others: list[SentinelProcess]) -> None:
+        """Watch `master`; the replica and the other sentinels are named up front, which saves
+        the seconds their discovery (hello messages, INFO) would take."""
+        known = "".join(
+            f"sentinel known-sentinel {SERVICE} 127.0.0.1 {other.port} {other.id}\n"
+            for other in others
+        )
+        self.conf.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.directory}\n"
+            f"logfile {self.directory / 'sentinel.log'}\n"
+            f"sentinel myid {self.id}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {master} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+            f"sentinel known-replica {SERVICE} 127.0.0.1 {replica}\n" + known
+        )
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)
+
+    def cleanup(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class SentinelSet:
+    """The master, its replica and three sentinels watching them as service `throttle`."""
+
+    def __init__(self) -> None:
+        # No wait for more replicas before a first sync (5 s by default), on either: after a
+        # failover the replica is the master.
+        quick = ("--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(*quick)
+        self.replica = RedisServer(*quick, "--replicaof", "127.0.0.1", str(self.master.port))
+        self.servers = [self.master, self.replica]
+        self.sentinels = [SentinelProcess(self.master.binary) for _ in range(3)]
+        for sentinel in self.sentinels:
+            others = [other for other in self.sentinels if other is not sentinel]
+            sentinel.configure(self.master.port, self.replica.port, others)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            self.master.start()
+            self.replica.start()
+            self._wait(deadline, "the replica to sync", self._replica_synced)
+            for sentinel in self.sentinels:
+                sentinel.start()
+            self._wait(deadline, "the sentinels to see each other", self._sentinels_ready)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master the sentinels name, from the first that answers."""
+        for sentinel in self.sentinels:
+            client = sentinel.client(socket_timeout=1)
+            try:
+                reply: Any = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            if reply:
+                return reply[0].decode() if isinstance(reply[0], bytes) else reply[0], int(reply[1])
+        return None
+
+    def server_at(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
+
+    def current_master(self) -> RedisServer:
+        address = self.master_address()
+        if address is None:
+            raise RuntimeError("no sentinel names a master")
+        return self.server_at(address[1])
+
+    def wait_for_new_master(self, old_port: int, timeout: float = 30.0) -> RedisServer:
+        """Wait (at most `timeout`) until the sentinels name another master, answering as one."""
+        deadline = time.monotonic() + timeout
+
+        def promoted() -> bool:
+            address = self.master_address()
+            if address is None or address[1] == old_port:
+                return False
+            client = self.server_at(address[1]).client(socket_timeout=1)
+            try:
+                role: Any = client.execute_command("ROLE")
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            return bool(role) and role[0] in (b"master", "master")
+
+        self._wait(deadline, "a new master", promoted)
+        return self.current_master()
+
+    def flush(self) -> None:
+        client = self.current_master().client()
+        client.flushall()
+        client.close()
+
+    def cleanup(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.cleanup()
+        for server in self.servers:
+            server.cleanup()
+
+    def _replica_synced(self) -> bool:
+        client = self.replica.client(socket_timeout=1)
+        try:
+            info: Any = client.info("replication")
+        finally:
+            client.close()
+        return bool(info.get("master_link_status") == "up")
+
+    def _sentinels_ready(self) -> bool:
+        """Every sentinel knows the master, the replica and the two other sentinels: only then
+        can they agree on a failover."""
+        for sentinel in self.sentinels:
+            client = sentinel.client(socket_timeout=1)
+            try:
+                master: Any = client.sentinel_master(SERVICE)
+                replicas: Any = client.sentinel_slaves(SERVICE)
+                others: Any = client.sentinel_sentinels(SERVICE)
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            if master.get("flags") != "master" or len(replicas) != 1 or len(others) != 2:
+                return False
+        return True
+
+    @staticmethod
+    def _wait(deadline: float, what: str, ready: Any) -> None:
+        while True:
+            try:
+                if ready():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Sentinel set did not get ready: waiting for {what}")
+            time.sleep(0.05)

@@ -1,0 +1,224 @@
+"""Redis behind Sentinel: store URLs `redis+sentinel://`, and the master found through them.
+
+The URL follows `limits`' convention::
+
+    redis+sentinel://[[user:]password@]host:port[,host:port...]/service_name[/db]
+    rediss+sentinel://...             (TLS to the sentinels and the master)
+    ...?sentinel_password=...         (the sentinels' own password, when it differs)
+
+The password in the user part is the master's and, unless `sentinel_password` is given, the
+sentinels' too. Other query parameters (`ssl_ca_certs`, `ssl_cert_reqs`, ...) apply to every
+connection, as in a `redis://` URL. A sentinel without a port listens on 26379.
+
+The master is asked of each sentinel in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and
+confirmed by its own `ROLE` before it is used, on every new connection: the decision path's
+(`Pipe`) and redis-py's (privacy routes, erasure, audit). A connection lost, or a `READONLY`
+reply (the master was demoted), makes the next one look again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from throttle.store.pipe import Pipe
+
+SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+# Query parameters about the sentinels, not passed on to the master's connections.
+_SENTINEL_QUERY = ("sentinel_password", "sentinel_username")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """A parsed `redis+sentinel://` URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    # A `redis://` or `rediss://` URL for the master, its address left to the sentinels.
+    master_url: str
+    sentinel_options: dict[str, Any]
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES:
+            raise ValueError(f"a Sentinel URL starts with {' or '.join(SCHEMES)}://")
+        user_info, _, hosts = parts.netloc.rpartition("@")
+        sentinels = tuple(_address(host) for host in hosts.split(","))
+        service, _, db = parts.path.strip("/").partition("/")
+        if not service:
+            raise ValueError("name the master's service: redis+sentinel://host:port/service_name")
+        if db and not db.isdigit():
+            raise ValueError(f"the database after the service name must be a number, not {db!r}")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        tls = parts.scheme.startswith("rediss")
+        master_url = "{}://{}127.0.0.1:0/{}".format(
+            "rediss" if tls else "redis",
+            f"{user_info}@" if user_info else "",
+            db or "0",
+        )
+        passed_on = urlencode([(k, v) for k, v in query if k not in _SENTINEL_QUERY])
+        if passed_on:
+            master_url += f"?{passed_on}"
+        master = dict(parse_url(master_url))
+        own = dict(query)
+        # The sentinels take the master's TLS settings and, unless told otherwise, its password.
+        sentinel_options = {
+            k: v for k, v in master.items() if k not in ("host", "port", "db", "username")
+        }
+        if "sentinel_password" in own:
+            sentinel_options["password"] = own["sentinel_password"]
+        if "sentinel_username" in own:
+            sentinel_options["username"] = own["sentinel_username"]
+        return cls(sentinels, service, master_url, sentinel_options)
+
+    @property
+    def master_options(self) -> dict[str, Any]:
+        """redis-py connection options for the master, without its address."""
+        options = dict(parse_url(self.master_url))
+        options.pop("host", None)
+        options.pop("port", None)
+        return options
+
+
+def _address(host: str) -> tuple[str, int]:
+    if not host:
+        raise ValueError("a sentinel's address is empty: list them as host:port,host:port")
+    if host.startswith("["):  # an IPv6 address: [::1]:26379
+        name, _, port = host[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        name, _, port = host.partition(":")
+    if not port:
+        return name, SENTINEL_PORT
+    if not port.isdigit():
+        raise ValueError(f"port {port!r} of sentinel {host!r} is not a number")
+    return name, int(port)
+
+
+class MasterFinder:
+    """Finds the master of `url`'s service: each sentinel asked in turn, the answer confirmed
+    by the master's `ROLE`. Each look opens and closes its own connections: it happens only
+    when a connection to the master is made, so nothing is left open between looks."""
+
+    def __init__(self, url: SentinelURL, *, timeout: float) -> None:
+        self.url = url
+        self._order = list(url.sentinels)
+        self._timeout = timeout
+
+    async def __call__(self) -> tuple[str, int]:
+        url = self.url
+        errors = []
+        for sentinel in list(self._order):
+            try:
+                address = await self._ask(sentinel)
+                if address is None:
+                    errors.append(f"{_shown(sentinel)} knows no master {url.service!r}")
+                    continue
+                role = await self._role(address)
+            except (RedisError, OSError) as error:
+                errors.append(f"{_shown(sentinel)}: {type(error).__name__}: {error}")
+                continue
+            if role != "master":
+                errors.append(f"{_shown(sentinel)} named {_shown(address)}, whose role is {role}")
+                continue
+            # The sentinel that answered is asked first next time.
+            self._order.remove(sentinel)
+            self._order.insert(0, sentinel)
+            return address
+        raise MasterNotFoundError(f"no master for {url.service!r}: " + "; ".join(errors))
+
+    async def _ask(self, sentinel: tuple[str, int]) -> tuple[str, int] | None:
+        client = aioredis.Redis(
+            host=sentinel[0], port=sentinel[1], **self._options(self.url.sentinel_options)
+        )
+        try:
+            reply = await client.sentinel_get_master_addr_by_name(self.url.service)
+        finally:
+            await client.aclose()
+        if not isinstance(reply, tuple):
+            return None
+        host, port = reply
+        return _text(host), int(port)
+
+    async def _role(self, address: tuple[str, int]) -> str:
+        client = aioredis.Redis(
+            host=address[0], port=address[1], **self._options(self.url.master_options)
+        )
+        try:
+            reply = await client.role()
+        finally:
+            await client.aclose()
+        return _text(reply[0]) if reply else "unknown"
+
+    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+        # Every sentinel must get its turn within the caller's connect timeout.
+        share = self._timeout / (len(self._order) + 1)
+        return {
+            **options,
+            "socket_connect_timeout": share,
+            "socket_timeout": share,
+            # One try each: the next sentinel is the retry.
+            "retry": Retry(NoBackoff(), 0),
+        }
+
+
+class _FoundBy(Sentinel):
+    """redis-py's Sentinel client, finding the master the way the decision path does."""
+
+    def __init__(self, find: MasterFinder, **options: Any) -> None:
+        super().__init__([], **options)  # type: ignore[no-untyped-call]
+        self._find = find
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        return await self._find()
+
+
+def is_sentinel(url: str) -> bool:
+    return urlsplit(url).scheme in SCHEMES
+
+
+def client_for(url: str, **options: Any) -> aioredis.Redis:
+    """A redis-py client for a store URL: `redis://`, `rediss://`, `unix://`, or Sentinel's,
+    whose connections follow the master."""
+    if not is_sentinel(url):
+        return aioredis.Redis.from_url(url, **options)
+    parsed = SentinelURL.parse(url)
+    find = MasterFinder(parsed, timeout=options.get("socket_connect_timeout") or 1.0)
+    client: aioredis.Redis = _FoundBy(find).master_for(
+        parsed.service, redis_class=aioredis.Redis, **parsed.master_options, **options
+    )
+    return client
+
+
+def pipe_for(url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) -> Pipe:
+    """The decision path's connection for a store URL; with Sentinel, to the master found anew
+    on every connection."""
+    if not is_sentinel(url):
+        return Pipe(url, connect_timeout=connect_timeout, handshake=handshake)
+    parsed = SentinelURL.parse(url)
+    address: Callable[[], Awaitable[tuple[str, int]]] = MasterFinder(
+        parsed, timeout=connect_timeout
+    )
+    return Pipe(
+        parsed.master_url, connect_timeout=connect_timeout, handshake=handshake, address=address
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _shown(address: tuple[str, int]) -> str:
+    host = quote(address[0], safe=".:-[]")
+    return f"{host}:{address[1]}"
