@@ -18,6 +18,7 @@ reply (the master was demoted), makes the next one look again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -213,6 +214,16 @@ def pipe_for(url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) 
     return Pipe(
         parsed.master_url, connect_timeout=connect_timeout, handshake=handshake, address=address
     )
+
+
+def direct_url(url: str, *, timeout: float = 1.0) -> str:
+    """`url` itself, or for a Sentinel URL the `redis://` URL of the master it names now: for
+    tools that measure one server (`throttle bench`)."""
+    if not is_sentinel(url):
+        return url
+    parsed = SentinelURL.parse(url)
+    host, port = asyncio.run(MasterFinder(parsed, timeout=timeout)())
+    return parsed.master_url.replace("127.0.0.1:0", f"{host}:{port}", 1)
 
 
 def _text(value: Any) -> str:
