@@ -155,6 +155,44 @@ async def test_a_demoted_master_is_left_for_the_new_one(own_sentinel_set: Sentin
         await store.aclose()
 
 
+async def test_a_replaced_master_that_has_not_noticed_is_left_too(
+    own_sentinel_set: SentinelSet,
+) -> None:
+    """After `SENTINEL FAILOVER` the old master answers as one until the sentinels demote it
+    (8 s later): the decision path leaves it as soon as the sentinels name another."""
+    store = RedisStore(own_sentinel_set.url)
+    engine = Engine(policy(THREE_PER_HOUR), store, secret=SECRET)
+    try:
+        for _ in range(2):
+            assert (await engine.decide(marker(), person="ana")).outcome == "personalized"
+        old = own_sentinel_set.current_master()
+        master = old.client()
+        assert master.execute_command("WAIT", 1, 5000) == 1
+        master.close()
+        sentinel = own_sentinel_set.sentinels[0].client()
+        sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        sentinel.close()
+        new = await asyncio.get_running_loop().run_in_executor(
+            None, own_sentinel_set.wait_for_new_master, old.port
+        )
+        # Ben's decisions show where the decision path writes: bounded tries, 50 ms apart.
+        ben = store.person_key(engine.pseudonym("ben"))
+        on_new = new.client()
+        try:
+            for _ in range(100):
+                await engine.decide(marker(), person="ben")
+                if on_new.exists(ben):
+                    break
+                await asyncio.sleep(0.05)
+            assert on_new.exists(ben), "the decision path stayed on the replaced master"
+        finally:
+            on_new.close()
+        assert (await engine.decide(marker(), person="ana")).reason is Reason.ALLOWED
+        assert (await engine.decide(marker(), person="ana")).reason is Reason.FREQUENCY_CAP
+    finally:
+        await store.aclose()
+
+
 async def test_a_killed_master_under_load_through_uvicorn(
     own_sentinel_set: SentinelSet,
 ) -> None:

@@ -110,7 +110,7 @@ class Limits:
     timeout_ms: int = 50
     retry_after_ms: int = 1000
     # Replicas a shared store waits for (Redis WAIT) before a decision batch counts: fewer
-    # acknowledgements within half of `timeout_ms` fail the batch (0: no wait).
+    # acknowledgements within half of `timeout_ms` fail the batch as late (0: no wait).
     replicas: int = 0
     # Whether any counter is a shadow counter.
     shadow_caps: bool = False

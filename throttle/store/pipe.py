@@ -92,7 +92,9 @@ class Pipe:
 
     `handshake`: commands (each in RESP) sent first on every new connection, e.g. SCRIPT
     LOADs, whose error replies fail the connection. `address`: where to connect, asked anew
-    for every connection (Sentinel's master), instead of the URL's host and port.
+    for every connection (Sentinel's master), instead of the URL's host and port. `moved`:
+    asked every `recheck` seconds while connected; when it says so, the connection is dropped
+    (a master the sentinels replaced, which has not noticed yet).
     """
 
     def __init__(
@@ -102,9 +104,14 @@ class Pipe:
         connect_timeout: float,
         handshake: tuple[bytes, ...] = (),
         address: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+        moved: Callable[[], Awaitable[bool]] | None = None,
+        recheck: float = 1.0,
     ) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))
         self._address = address
+        self._moved = moved
+        self._recheck = recheck
+        self._watching: asyncio.Task[None] | None = None
         self._connect_timeout = connect_timeout
         self._extra_handshake = handshake
         self._protocol: _Protocol | None = None
@@ -176,7 +183,21 @@ class Pipe:
             except BaseException:
                 protocol._close(ConnectionError("Redis refused the handshake"))
                 raise
+        if self._moved is not None and self._watching is None:
+            self._watching = asyncio.create_task(self._watch(self._moved))
         return protocol
+
+    async def _watch(self, moved_away: Callable[[], Awaitable[bool]]) -> None:
+        while True:
+            await asyncio.sleep(self._recheck)
+            if not self.ready:
+                continue
+            try:
+                moved = await moved_away()
+            except Exception:
+                continue
+            if moved:
+                self.abort(ConnectionError("the sentinels named another master"))
 
     async def _handshake(self, protocol: _Protocol) -> None:
         options = self._options
@@ -199,6 +220,10 @@ class Pipe:
 
     async def aclose(self) -> None:
         """Close every connection and wait (briefly) until their sockets are shut."""
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
+            self._watching = None
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)

@@ -340,7 +340,7 @@ class RedisStore:
             if type(held) is not int or held < replicas:
                 # What the scripts counted may be lost in a failover: no one is personalized
                 # on it (the counts stay, on the master: over-counting is the safe side).
-                _fail(batch, StoreUnavailable(_too_few(held, replicas)))
+                _fail(batch, _too_few(held, replicas))
                 return []
         counts = values[len(values) - len(counted) :] if counted else []
         # A count Redis could not give (an error reply) is unknown: the segment's parent stands in.
@@ -850,10 +850,12 @@ def _wait(replicas: int, timeout_ms: int) -> bytes:
     return command(b"WAIT", b"%d" % replicas, b"%d" % max(1, timeout_ms // 2))
 
 
-def _too_few(held: Any, replicas: int) -> str:
+def _too_few(held: Any, replicas: int) -> Exception:
+    """Replicas that did not acknowledge in time are late, like a slow answer: the batch falls
+    back, and the store is paused only when it happens three times in a row."""
     if type(held) is int:
-        return f"Redis: NOREPLICAS {held} of {replicas} replicas acknowledged the decisions"
-    return f"Redis: WAIT failed: {held}"
+        return TimeoutError(f"{held} of {replicas} replicas acknowledged the decisions in time")
+    return StoreUnavailable(f"Redis: WAIT failed: {held}")
 
 
 def _late(timeout: float) -> str:

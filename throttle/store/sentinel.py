@@ -13,7 +13,8 @@ connection, as in a `redis://` URL. A sentinel without a port listens on 26379.
 The master is asked of each sentinel in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and
 confirmed by its own `ROLE` before it is used, on every new connection: the decision path's
 (`Pipe`) and redis-py's (privacy routes, erasure, audit). A connection lost, or a `READONLY`
-reply (the master was demoted), makes the next one look again.
+reply (the master was demoted), makes the next one look again; so does the decision path's
+connection when the sentinels, asked every second, name another master.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from throttle.store.pipe import Pipe
 
 SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
+# How often the decision path asks the sentinels whether its master is still theirs.
+MASTER_RECHECK_SECONDS = 1.0
 # Query parameters about the sentinels, not passed on to the master's connections.
 _SENTINEL_QUERY = ("sentinel_password", "sentinel_username")
 
@@ -116,6 +119,8 @@ class MasterFinder:
         self.url = url
         self._order = list(url.sentinels)
         self._timeout = timeout
+        # The master last found: the one its caller is connected to.
+        self.found: tuple[str, int] | None = None
 
     async def __call__(self) -> tuple[str, int]:
         url = self.url
@@ -136,8 +141,21 @@ class MasterFinder:
             # The sentinel that answered is asked first next time.
             self._order.remove(sentinel)
             self._order.insert(0, sentinel)
+            self.found = address
             return address
         raise MasterNotFoundError(f"no master for {url.service!r}: " + "; ".join(errors))
+
+    async def moved(self) -> bool:
+        """Whether the first sentinel that answers names another master than the one found."""
+        if self.found is None:
+            return False
+        for sentinel in list(self._order):
+            try:
+                address = await self._ask(sentinel)
+            except (RedisError, OSError):
+                continue
+            return address is not None and address != self.found
+        return False
 
     async def _ask(self, sentinel: tuple[str, int]) -> tuple[str, int] | None:
         client = aioredis.Redis(
@@ -207,12 +225,18 @@ def pipe_for(url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) 
     on every connection."""
     if not is_sentinel(url):
         return Pipe(url, connect_timeout=connect_timeout, handshake=handshake)
-    parsed = SentinelURL.parse(url)
-    address: Callable[[], Awaitable[tuple[str, int]]] = MasterFinder(
-        parsed, timeout=connect_timeout
-    )
+    find = MasterFinder(SentinelURL.parse(url), timeout=connect_timeout)
+    address: Callable[[], Awaitable[tuple[str, int]]] = find
+    # A master the sentinels replaced may not know it yet (a planned failover, a master that
+    # stalled and came back): it takes writes until they demote it, about 8 s later. The
+    # sentinels are asked every second, so that decisions leave it sooner.
     return Pipe(
-        parsed.master_url, connect_timeout=connect_timeout, handshake=handshake, address=address
+        find.url.master_url,
+        connect_timeout=connect_timeout,
+        handshake=handshake,
+        address=address,
+        moved=find.moved,
+        recheck=MASTER_RECHECK_SECONDS,
     )
 
 
