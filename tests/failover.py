@@ -1,9 +1,10 @@
 """A Sentinel failover while decisions flow through a real uvicorn server, measured.
 
-The master is SIGKILLed while clients keep asking for personalized offers for a few hundred
-people near a cap; the sentinels promote the replica, the store finds it, and the killed
-server is started again (the sentinels make it the new master's replica). `python -m
-tests.failover [runs]` prints the figures of several runs, async and with `replicas = 1`.
+The master is SIGKILLed (or replaced by `SENTINEL FAILOVER`) while clients keep asking for
+personalized offers for a few hundred people near a cap; the sentinels promote the replica,
+the store finds it, and the killed server is started again as the new master's replica.
+`python -m tests.failover [runs] [kill|switch ...]` prints the figures of several runs,
+asynchronous and with `replicas = 1`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import uvicorn
 
 from tests.apps import storefront
 from tests.helpers import SECRET, policy
-from tests.redis_sentinel import SentinelSet
+from tests.redis_sentinel import SERVICE, SentinelSet
 from tests.redis_server import free_port
 from throttle import Engine
 from throttle.store import MemoryStore
@@ -51,6 +52,7 @@ def failover_policy(replicas: int) -> str:
 @dataclasses.dataclass
 class Figures:
     replicas: int
+    how: str
     requests: int = 0
     not_2xx: int = 0
     exceptions: int = 0
@@ -72,9 +74,11 @@ class Figures:
         return json.dumps(dataclasses.asdict(self))
 
 
-async def run_failover(sentinels: SentinelSet, *, replicas: int) -> Figures:
-    """Decisions through uvicorn while the master is killed; the figures of the run."""
-    figures = Figures(replicas)
+async def run_failover(sentinels: SentinelSet, *, replicas: int, how: str = "kill") -> Figures:
+    """Decisions through uvicorn while the master is killed (`how="kill"`, SIGKILL) or
+    replaced (`"switch"`, `SENTINEL FAILOVER`: the old master lives on, a master until the
+    sentinels demote it); the figures of the run."""
+    figures = Figures(replicas, how)
     app = storefront(policy=policy(failover_policy(replicas)), store=sentinels.url, secret=SECRET)
     port = free_port()
     server = uvicorn.Server(
@@ -87,12 +91,12 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int) -> Figures:
         await asyncio.sleep(0.01)
     assert server.started, "uvicorn did not start"
     personalized: collections.Counter[int] = collections.Counter()
-    before_kill: collections.Counter[int] = collections.Counter()
     issued = itertools.count()
     started_requests = 0
     time_to_kill = asyncio.Event()
     started = time.monotonic()
     killed_at: float | None = None
+    named_at: float | None = None
     fallbacks: list[float] = []
     answered_after_kill: list[float] = []
 
@@ -118,14 +122,12 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int) -> Figures:
             now = time.monotonic()
             if decision.startswith("personalized;"):
                 personalized[person] += 1
-                if killed_at is None:
-                    before_kill[person] += 1
             if "reason=store-unavailable" in decision:
                 if killed_at is None:
                     figures.fell_back_before_kill += 1
                 else:
                     fallbacks.append(now)
-            elif killed_at is not None and fallbacks:
+            elif named_at is not None:
                 answered_after_kill.append(now)
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
@@ -134,14 +136,21 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int) -> Figures:
         old = sentinels.current_master()
         old_port = old.port
         assert old.process is not None
-        old.process.kill()
-        old.process.wait()
+        if how == "kill":
+            old.process.kill()
+            old.process.wait()
+        else:
+            sentinel = sentinels.sentinels[0].client()
+            sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+            sentinel.close()
         killed_at = time.monotonic()
         loop = asyncio.get_running_loop()
         new_master = await loop.run_in_executor(None, sentinels.wait_for_new_master, old_port)
-        # A replacement replica: the killed server again, empty, following the new master.
-        old.extra = (*old.extra, "--replicaof", "127.0.0.1", str(new_master.port))
-        await loop.run_in_executor(None, old.start)
+        named_at = time.monotonic()
+        if how == "kill":
+            # A replacement replica: the killed server again, empty, following the new master.
+            old.extra = (*old.extra, "--replicaof", "127.0.0.1", str(new_master.port))
+            await loop.run_in_executor(None, old.start)
         await asyncio.gather(*clients)
     server.should_exit = True
     await asyncio.wait_for(serving, timeout=10)
@@ -156,16 +165,16 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int) -> Figures:
     over = [count - CAP for count in personalized.values() if count > CAP]
     figures.over_cap_people = len(over)
     figures.over_cap_deliveries = sum(over)
-    figures.lost_counts = lost_counts(new_master.client(), before_kill)
+    figures.lost_counts = lost_counts(new_master.client(), personalized)
     return figures
 
 
-def lost_counts(client: redis.Redis, before_kill: collections.Counter[int]) -> int:
-    """Deliveries personalized before the kill that the new master's records do not count."""
+def lost_counts(client: redis.Redis, personalized: collections.Counter[int]) -> int:
+    """Personalized deliveries that the new master's records do not count."""
     pseudonyms = Engine(policy(), MemoryStore(), secret=SECRET)
     lost = 0
     try:
-        for person, delivered in before_kill.items():
+        for person, delivered in personalized.items():
             key = f"throttle:{{{pseudonyms.pseudonym(f'person-{person}')}}}"
             raw: Any = client.get(key)
             counted = sum(len(log) for log in decode_record(raw).get("c", {}).values())
@@ -175,17 +184,20 @@ def lost_counts(client: redis.Redis, before_kill: collections.Counter[int]) -> i
     return lost
 
 
-async def _main(runs: int) -> None:
-    for replicas in (0, 1):
-        for _ in range(runs):
-            sentinels = SentinelSet()
-            sentinels.start()
-            try:
-                figures = await run_failover(sentinels, replicas=replicas)
-            finally:
-                sentinels.cleanup()
-            print(figures.line(), flush=True)
+async def _main(runs: int, hows: list[str]) -> None:
+    for how in hows:
+        for replicas in (0, 1):
+            for _ in range(runs):
+                sentinels = SentinelSet()
+                sentinels.start()
+                try:
+                    figures = await run_failover(sentinels, replicas=replicas, how=how)
+                finally:
+                    sentinels.cleanup()
+                print(figures.line(), flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(_main(int(sys.argv[1]) if len(sys.argv) > 1 else 3))
+    asyncio.run(
+        _main(int(sys.argv[1]) if len(sys.argv) > 1 else 3, sys.argv[2:] or ["kill", "switch"])
+    )

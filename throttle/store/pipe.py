@@ -194,7 +194,7 @@ class Pipe:
                 continue
             try:
                 moved = await moved_away()
-            except Exception:
+            except Exception:  # no answer is no news: the connection stays
                 continue
             if moved:
                 self.abort(ConnectionError("the sentinels named another master"))

@@ -11,7 +11,10 @@ back. Each script still runs atomically, so caps stay exact.
 Faults: an error reply about the server rather than one person's record (OOM, READONLY,
 LOADING, ...) fails the batch as a store fault, like a lost connection. A batch is given up on
 when Redis makes no progress for the policy's timeout, not when the event loop was merely busy.
-After a failed connection, nothing here connects again for `retry_after`.
+After a failed connection, nothing here connects again for `retry_after`. A READONLY reply
+drops the connection (a demoted master: the next one finds the new master through Sentinel).
+With `replicas` in the policy, each batch ends with a WAIT; a batch too few replicas
+acknowledged in time fails like a late one.
 """
 
 from __future__ import annotations

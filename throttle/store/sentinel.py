@@ -146,16 +146,32 @@ class MasterFinder:
         raise MasterNotFoundError(f"no master for {url.service!r}: " + "; ".join(errors))
 
     async def moved(self) -> bool:
-        """Whether the first sentinel that answers names another master than the one found."""
+        """Whether the sentinels' newest configuration (the highest config epoch any of them
+        reports) names another master than the one found. Every sentinel is asked: the one
+        that ran a failover knows first, the others learn it seconds later."""
         if self.found is None:
             return False
-        for sentinel in list(self._order):
-            try:
-                address = await self._ask(sentinel)
-            except (RedisError, OSError):
-                continue
-            return address is not None and address != self.found
-        return False
+        states = await asyncio.gather(
+            *(self._state(sentinel) for sentinel in self._order), return_exceptions=True
+        )
+        known = [state for state in states if isinstance(state, tuple)]
+        if not known:
+            return False
+        _, newest = max(known)
+        return newest != self.found
+
+    async def _state(self, sentinel: tuple[str, int]) -> tuple[int, tuple[str, int]] | None:
+        """The sentinel's config epoch for the service, and the master it names."""
+        client = aioredis.Redis(
+            host=sentinel[0], port=sentinel[1], **self._options(self.url.sentinel_options)
+        )
+        try:
+            state = await client.sentinel_master(self.url.service)
+        finally:
+            await client.aclose()
+        if not isinstance(state, dict):
+            return None
+        return int(state["config-epoch"]), (_text(state["ip"]), int(state["port"]))
 
     async def _ask(self, sentinel: tuple[str, int]) -> tuple[str, int] | None:
         client = aioredis.Redis(
