@@ -25,8 +25,10 @@ class SentinelProcess:
     """One `redis-server <conf> --sentinel`. Sentinels rewrite their configuration file, so
     it is written into a directory of its own."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *, password: str | None, master_password: str | None) -> None:
         self.binary = binary
+        self.password = password
+        self.master_password = master_password
         self.port = free_port()
         self.id = secrets.token_hex(20)
         self.directory = Path(tempfile.mkdtemp(prefix="throttle-sentinel-"))
@@ -50,7 +52,18 @@ class SentinelProcess:
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {SERVICE} 1\n"
-            f"sentinel known-replica {SERVICE} 127.0.0.1 {replica}\n" + known
+            f"sentinel known-replica {SERVICE} 127.0.0.1 {replica}\n"
+            + known
+            + (
+                f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n"
+                if self.password
+                else ""
+            )
+            + (
+                f"sentinel auth-pass {SERVICE} {self.master_password}\n"
+                if self.master_password
+                else ""
+            )
         )
 
     def start(self) -> None:
@@ -61,7 +74,7 @@ class SentinelProcess:
         )
 
     def client(self, **options: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, **options)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **options)
 
     def cleanup(self) -> None:
         if self.process is not None:
@@ -72,16 +85,28 @@ class SentinelProcess:
 
 
 class SentinelSet:
-    """The master, its replica and three sentinels watching them as service `throttle`."""
+    """The master, its replica and three sentinels watching them as service `throttle`;
+    `password` for the servers, `sentinel_password` for the sentinels, when given."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, password: str | None = None, sentinel_password: str | None = None
+    ) -> None:
+        self.password = password
+        self.sentinel_password = sentinel_password
         # No wait for more replicas before a first sync (5 s by default), on either: after a
         # failover the replica is the master.
-        quick = ("--repl-diskless-sync-delay", "0")
-        self.master = RedisServer(*quick)
-        self.replica = RedisServer(*quick, "--replicaof", "127.0.0.1", str(self.master.port))
+        options: tuple[str, ...] = ("--repl-diskless-sync-delay", "0")
+        if password:
+            options += ("--requirepass", password, "--masterauth", password)
+        self.master = RedisServer(*options)
+        self.replica = RedisServer(*options, "--replicaof", "127.0.0.1", str(self.master.port))
         self.servers = [self.master, self.replica]
-        self.sentinels = [SentinelProcess(self.master.binary) for _ in range(3)]
+        self.sentinels = [
+            SentinelProcess(
+                self.master.binary, password=sentinel_password, master_password=password
+            )
+            for _ in range(3)
+        ]
         for sentinel in self.sentinels:
             others = [other for other in self.sentinels if other is not sentinel]
             sentinel.configure(self.master.port, self.replica.port, others)
@@ -89,7 +114,13 @@ class SentinelSet:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}"
+        user = f":{self.password}@" if self.password else ""
+        query = (
+            f"?sentinel_password={self.sentinel_password or ''}"
+            if self.password != self.sentinel_password
+            else ""
+        )
+        return f"redis+sentinel://{user}{hosts}/{SERVICE}{query}"
 
     def start(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -159,12 +190,16 @@ class SentinelSet:
             server.cleanup()
 
     def _replica_synced(self) -> bool:
-        client = self.replica.client(socket_timeout=1)
+        """The replica acknowledges writes: after a diskless sync the master streams to it only
+        once it has sent its first ACK (within a second), and WAIT counts it only then."""
+        client = self.master.client(socket_timeout=1)
         try:
-            info: Any = client.info("replication")
+            client.set("sentinel-set-ready", 1)
+            acknowledged: Any = client.execute_command("WAIT", 1, 100)
+            client.delete("sentinel-set-ready")
         finally:
             client.close()
-        return bool(info.get("master_link_status") == "up")
+        return bool(acknowledged == 1)
 
     def _sentinels_ready(self) -> bool:
         """Every sentinel knows the master, the replica and the two other sentinels: only then

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio.sentinel import MasterNotFoundError
 
+from tests.apps import storefront
 from tests.failover import run_failover
 from tests.helpers import SECRET, marker, policy
 from tests.redis_sentinel import SERVICE, SentinelSet
 from tests.redis_server import free_port
+from tests.test_reload import offer, write
 from throttle import Engine
 from throttle.cli import main
 from throttle.decision import Reason
 from throttle.errors import ConfigurationError
 from throttle.store import RedisStore, open_store
-from throttle.store.sentinel import SENTINEL_PORT, MasterFinder, SentinelURL
+from throttle.store.sentinel import SENTINEL_PORT, MasterFinder, SentinelURL, direct_url
 
 THREE_PER_HOUR = (
     '[[caps]]\nname = "three"\nper = "user"\nlimit = 3\nwindow = "1h"\n'
@@ -104,9 +108,88 @@ async def test_no_master_found_is_a_store_fault_naming_every_sentinel(
     assert decision.reason is Reason.STORE_UNAVAILABLE
 
 
+async def test_a_named_server_that_is_no_master_is_not_used(
+    own_sentinel_set: SentinelSet,
+) -> None:
+    """The sentinels still name a server that has just become a replica: its ROLE says so,
+    and no connection is made to it."""
+    old = own_sentinel_set.current_master()
+    demoted = old.client()
+    demoted.replicaof("127.0.0.1", own_sentinel_set.replica.port)
+    demoted.close()
+    with pytest.raises(MasterNotFoundError, match=r"whose role is slave"):
+        await MasterFinder(SentinelURL.parse(own_sentinel_set.url), timeout=1.0)()
+
+
+async def test_unanswering_sentinels_leave_the_master_in_place() -> None:
+    url = SentinelURL.parse(f"redis+sentinel://127.0.0.1:{free_port()}/{SERVICE}")
+    finder = MasterFinder(url, timeout=0.5)
+    assert not await finder.moved()  # nothing found yet
+    finder.found = ("127.0.0.1", 6379)
+    assert not await finder.moved()
+    with pytest.raises(ValueError, match="starts with redis"):
+        SentinelURL.parse("redis://127.0.0.1:6379/0")
+
+
 def _url_of(url: SentinelURL) -> str:
     hosts = ",".join(f"{host}:{port}" for host, port in url.sentinels)
     return f"redis+sentinel://{hosts}/{url.service}"
+
+
+@pytest.mark.parametrize(
+    ("password", "sentinel_password"),
+    [
+        ("master-secret", "master-secret"),
+        ("master-secret", "sentinel-secret"),
+        ("master-secret", None),
+    ],
+    ids=["one-password", "own-sentinel-password", "open-sentinels"],
+)
+async def test_passwords_reach_the_master_and_the_sentinels(
+    password: str, sentinel_password: str | None
+) -> None:
+    sentinels = SentinelSet(password=password, sentinel_password=sentinel_password)
+    sentinels.start()
+    store = open_store(sentinels.url)
+    engine = Engine(policy(THREE_PER_HOUR), store, secret=SECRET)
+    try:
+        assert (await engine.decide(marker(), person="ana")).outcome == "personalized"
+        assert await engine.state_of("ana") is not None  # the redis-py client too
+    finally:
+        await store.aclose()
+        sentinels.cleanup()
+
+
+def test_bench_measures_the_master_the_sentinels_name(sentinel_set: SentinelSet) -> None:
+    master = sentinel_set.current_master()
+    assert direct_url(sentinel_set.url) == f"redis://127.0.0.1:{master.port}/0"
+    assert direct_url("redis://127.0.0.1:1/2") == "redis://127.0.0.1:1/2"
+
+
+async def test_an_edited_policy_takes_effect_on_sentinel_without_a_restart(
+    sentinel_url: str, tmp_path: Path
+) -> None:
+    """Hot reload on Sentinel: a raised cap and the stricter mode, switched on live; the
+    counts carry over."""
+    path = tmp_path / "ops.toml"
+    cap = '[policy]\nname = "ops"\n[[caps]]\nname = "c"\nper = "user"\nlimit = {}\nwindow = "1h"\n'
+    # A first connection through Sentinel takes two more: more than the default 50 ms, loaded.
+    cap += '[store]\ntimeout = "1s"\n'
+    write(path, cap.format(1))
+    store = open_store(sentinel_url)
+    app = storefront(policy=str(path), store=store, secret=SECRET, reload_interval=0)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as http:
+            first = [await offer(http) for _ in range(2)]
+            write(path, cap.format(3) + "replicas = 1\n")
+            after = [await offer(http) for _ in range(3)]
+    finally:
+        await store.aclose()
+    outcomes = [r.headers["personalization-decision"].split(";")[0] for r in first + after]
+    assert outcomes == ["personalized", "segment", "personalized", "personalized", "segment"], [
+        r.headers["personalization-decision"] for r in first + after
+    ]
 
 
 async def test_a_demoted_master_is_left_for_the_new_one(own_sentinel_set: SentinelSet) -> None:

@@ -7,7 +7,7 @@ The URL follows `limits`' convention::
     ...?sentinel_password=...         (the sentinels' own password, when it differs)
 
 The password in the user part is the master's and, unless `sentinel_password` is given, the
-sentinels' too. Other query parameters (`ssl_ca_certs`, `ssl_cert_reqs`, ...) apply to every
+sentinels' too (`?sentinel_password=` with nothing after it: the sentinels ask for none). Other query parameters (`ssl_ca_certs`, `ssl_cert_reqs`, ...) apply to every
 connection, as in a `redis://` URL. A sentinel without a port listens on 26379.
 
 The master is asked of each sentinel in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and
@@ -80,8 +80,8 @@ class SentinelURL:
         sentinel_options = {
             k: v for k, v in master.items() if k not in ("host", "port", "db", "username")
         }
-        if "sentinel_password" in own:
-            sentinel_options["password"] = own["sentinel_password"]
+        if "sentinel_password" in own:  # empty: the sentinels ask for none
+            sentinel_options["password"] = own["sentinel_password"] or None
         if "sentinel_username" in own:
             sentinel_options["username"] = own["sentinel_username"]
         return cls(sentinels, service, master_url, sentinel_options)
