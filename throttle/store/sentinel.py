@@ -7,8 +7,9 @@ The URL follows `limits`' convention::
     ...?sentinel_password=...         (the sentinels' own password, when it differs)
 
 The password in the user part is the master's and, unless `sentinel_password` is given, the
-sentinels' too (`?sentinel_password=` with nothing after it: the sentinels ask for none). Other query parameters (`ssl_ca_certs`, `ssl_cert_reqs`, ...) apply to every
-connection, as in a `redis://` URL. A sentinel without a port listens on 26379.
+sentinels' too (`?sentinel_password=` with nothing after it: the sentinels ask for none).
+Other query parameters (`ssl_ca_certs`, `ssl_cert_reqs`, ...) apply to every connection, as
+in a `redis://` URL. A sentinel without a port listens on 26379.
 
 The master is asked of each sentinel in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and
 confirmed by its own `ROLE` before it is used, on every new connection: the decision path's
