@@ -248,6 +248,7 @@ async def test_a_replaced_master_that_has_not_noticed_is_left_too(
     try:
         for _ in range(2):
             assert (await engine.decide(marker(), person="ana")).outcome == "personalized"
+        assert await engine.state_of("ana") is not None  # redis-py's pool: a connection to it
         old = own_sentinel_set.current_master()
         master = old.client()
         assert master.execute_command("WAIT", 1, 5000) == 1
@@ -272,6 +273,10 @@ async def test_a_replaced_master_that_has_not_noticed_is_left_too(
             on_new.close()
         assert (await engine.decide(marker(), person="ana")).reason is Reason.ALLOWED
         assert (await engine.decide(marker(), person="ana")).reason is Reason.FREQUENCY_CAP
+        # The privacy routes' client left the old master too: it reads the third delivery,
+        # which only the new master holds.
+        state = await engine.state_of("ana")
+        assert state is not None and sum(len(log) for log in state["c"].values()) == 3
     finally:
         await store.aclose()
 

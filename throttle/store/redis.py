@@ -32,7 +32,6 @@ from types import MappingProxyType
 from typing import Any
 
 import msgpack
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from throttle.audit import pack_entry
@@ -60,7 +59,7 @@ from throttle.store.layout import (
     sha1,
 )
 from throttle.store.pipe import Pipe, bulk, command, reply_error
-from throttle.store.sentinel import client_for, pipe_for
+from throttle.store.sentinel import connections_for
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +118,12 @@ class RedisStore:
         connect_timeout: float = 1.0,
         stall_limit: float = 5.0,
     ) -> None:
-        self._pipe = pipe_for(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
         # redis-py serves everything off the decision path (access, erasure, choices).
-        self._client: aioredis.Redis = client_for(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
+        self._pipe, self._client = connections_for(
+            url,
+            connect_timeout=connect_timeout,
+            socket_timeout=stall_limit,
+            handshake=_LOAD_SCRIPTS,
         )
         self.prefix = prefix
         self._key_prefix = f"{prefix}{{".encode()

@@ -14,8 +14,8 @@ in a `redis://` URL. A sentinel without a port listens on 26379.
 The master is asked of each sentinel in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and
 confirmed by its own `ROLE` before it is used, on every new connection: the decision path's
 (`Pipe`) and redis-py's (privacy routes, erasure, audit). A connection lost, or a `READONLY`
-reply (the master was demoted), makes the next one look again; so does the decision path's
-connection when the sentinels, asked every second, name another master.
+reply (the master was demoted), makes the next one look again; so does a change of master
+that the sentinels, asked every second, report.
 """
 
 from __future__ import annotations
@@ -237,24 +237,36 @@ def client_for(url: str, **options: Any) -> aioredis.Redis:
     return client
 
 
-def pipe_for(url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) -> Pipe:
-    """The decision path's connection for a store URL; with Sentinel, to the master found anew
-    on every connection."""
+def connections_for(
+    url: str, *, connect_timeout: float, socket_timeout: float, handshake: tuple[bytes, ...]
+) -> tuple[Pipe, aioredis.Redis]:
+    """The decision path's connection and the redis-py client for a store URL. With Sentinel
+    both find the master anew on every connection, and the decision path asks the sentinels
+    every second whether it is still theirs: a master they replaced may not know it yet (a
+    planned failover, a master that stalled and came back) and takes writes until they demote
+    it, about 8 s later. When they name another, the pipe and the client's pooled connections
+    both leave it."""
+    client = client_for(url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout)
     if not is_sentinel(url):
-        return Pipe(url, connect_timeout=connect_timeout, handshake=handshake)
+        return Pipe(url, connect_timeout=connect_timeout, handshake=handshake), client
     find = MasterFinder(SentinelURL.parse(url), timeout=connect_timeout)
     address: Callable[[], Awaitable[tuple[str, int]]] = find
-    # A master the sentinels replaced may not know it yet (a planned failover, a master that
-    # stalled and came back): it takes writes until they demote it, about 8 s later. The
-    # sentinels are asked every second, so that decisions leave it sooner.
-    return Pipe(
+
+    async def moved() -> bool:
+        if not await find.moved():
+            return False
+        await client.connection_pool.disconnect()
+        return True
+
+    pipe = Pipe(
         find.url.master_url,
         connect_timeout=connect_timeout,
         handshake=handshake,
         address=address,
-        moved=find.moved,
+        moved=moved,
         recheck=MASTER_RECHECK_SECONDS,
     )
+    return pipe, client
 
 
 def direct_url(url: str, *, timeout: float = 1.0) -> str:
