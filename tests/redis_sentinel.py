@@ -3,6 +3,7 @@ a redis-server on a free loopback port, their files in temporary directories."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import shutil
 import subprocess
@@ -21,12 +22,57 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 
 
+@dataclasses.dataclass(frozen=True)
+class Certificates:
+    """A CA of the test's own and a certificate it signed for 127.0.0.1."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def made_in(cls, directory: Path) -> Certificates:
+        ca, cert, key = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+        def openssl(*arguments: str) -> None:
+            subprocess.run(["openssl", *arguments], check=True, capture_output=True)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                "/CN=test CA", "-keyout", str(directory / "ca.key"), "-out", str(ca))  # fmt: skip
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                "-keyout", str(key), "-out", str(directory / "server.csr"))  # fmt: skip
+        (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", str(directory / "server.csr"), "-CA", str(ca),
+                "-CAkey", str(directory / "ca.key"), "-CAcreateserial", "-days", "1",
+                "-extfile", str(directory / "san.cnf"), "-out", str(cert))  # fmt: skip
+        return cls(ca, cert, key)
+
+    def server_options(self) -> tuple[str, ...]:
+        """TLS only, replication included; clients need not show a certificate."""
+        return (
+            "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca), "--tls-replication", "yes",
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
+
+    def client_options(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca)}
+
+
 class SentinelProcess:
     """One `redis-server <conf> --sentinel`. Sentinels rewrite their configuration file, so
     it is written into a directory of its own."""
 
-    def __init__(self, binary: str, *, password: str | None, master_password: str | None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        *,
+        password: str | None,
+        master_password: str | None,
+        tls: Certificates | None,
+    ) -> None:
         self.binary = binary
+        self.tls = tls
         self.password = password
         self.master_password = master_password
         self.port = free_port()
@@ -42,9 +88,16 @@ class SentinelProcess:
             f"sentinel known-sentinel {SERVICE} 127.0.0.1 {other.port} {other.id}\n"
             for other in others
         )
+        tls = self.tls
+        listen = f"port {self.port}\n"
+        if tls:  # TLS only, to clients, to the servers and to the other sentinels
+            options = tls.server_options()
+            listen = f"port 0\ntls-port {self.port}\n" + "".join(
+                f"{option.removeprefix('--')} {value}\n"
+                for option, value in zip(options[::2], options[1::2], strict=True)
+            )
         self.conf.write_text(
-            f"port {self.port}\n"
-            "bind 127.0.0.1\n"
+            listen + "bind 127.0.0.1\n"
             f"dir {self.directory}\n"
             f"logfile {self.directory / 'sentinel.log'}\n"
             f"sentinel myid {self.id}\n"
@@ -74,7 +127,10 @@ class SentinelProcess:
         )
 
     def client(self, **options: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **options)
+        tls = self.tls.client_options() if self.tls else {}
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, **tls, **options
+        )
 
     def cleanup(self) -> None:
         if self.process is not None:
@@ -89,21 +145,35 @@ class SentinelSet:
     `password` for the servers, `sentinel_password` for the sentinels, when given."""
 
     def __init__(
-        self, *, password: str | None = None, sentinel_password: str | None = None
+        self,
+        *,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        tls: Certificates | None = None,
     ) -> None:
         self.password = password
         self.sentinel_password = sentinel_password
+        self.tls = tls
         # No wait for more replicas before a first sync (5 s by default), on either: after a
         # failover the replica is the master.
         options: tuple[str, ...] = ("--repl-diskless-sync-delay", "0")
         if password:
             options += ("--requirepass", password, "--masterauth", password)
-        self.master = RedisServer(*options)
-        self.replica = RedisServer(*options, "--replicaof", "127.0.0.1", str(self.master.port))
+        clients = tls.client_options() if tls else {}
+        self.master = RedisServer(*options, client_options=clients)
+        self.replica = RedisServer(
+            *options, "--replicaof", "127.0.0.1", str(self.master.port), client_options=clients
+        )
         self.servers = [self.master, self.replica]
+        if tls:  # the port each was given becomes its TLS port; no plain one
+            for server in self.servers:
+                server.extra = (
+                    *server.extra, "--port", "0", "--tls-port", str(server.port),
+                    *tls.server_options(),
+                )  # fmt: skip
         self.sentinels = [
             SentinelProcess(
-                self.master.binary, password=sentinel_password, master_password=password
+                self.master.binary, password=sentinel_password, master_password=password, tls=tls
             )
             for _ in range(3)
         ]
@@ -120,7 +190,10 @@ class SentinelSet:
             if self.password != self.sentinel_password
             else ""
         )
-        return f"redis+sentinel://{user}{hosts}/{SERVICE}{query}"
+        if self.tls:
+            query += ("&" if query else "?") + f"ssl_ca_certs={self.tls.ca}"
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{user}{hosts}/{SERVICE}{query}"
 
     def start(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from tests.apps import storefront
 from tests.failover import run_failover
 from tests.helpers import SECRET, marker, policy
-from tests.redis_sentinel import SERVICE, SentinelSet
+from tests.redis_sentinel import SERVICE, Certificates, SentinelSet
 from tests.redis_server import free_port
 from tests.test_reload import offer, write
 from throttle import Engine
@@ -49,7 +49,7 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_master_options()
     assert url.service == "orders"
     master = url.master_options
     assert master["password"] == "secret" and master["db"] == 2
-    assert master["ssl_cert_reqs"] == "none"
+    assert master["ssl_cert_reqs"] == "none" and master["ssl"] is True
     assert "sentinel_password" not in url.master_url
     assert url.sentinel_options["password"] == "other"
     assert url.sentinel_options["ssl_cert_reqs"] == "none"
@@ -190,6 +190,22 @@ async def test_an_edited_policy_takes_effect_on_sentinel_without_a_restart(
     assert outcomes == ["personalized", "segment", "personalized", "personalized", "segment"], [
         r.headers["personalization-decision"] for r in first + after
     ]
+
+
+async def test_tls_to_the_sentinels_and_the_master(tmp_path: Path) -> None:
+    """`rediss+sentinel://`: every server speaks only TLS, with a certificate from a CA the URL
+    names."""
+    sentinels = SentinelSet(tls=Certificates.made_in(tmp_path), password="secret")
+    sentinels.start()
+    assert sentinels.url.startswith("rediss+sentinel://:secret@")
+    store = open_store(sentinels.url)
+    engine = Engine(policy(THREE_PER_HOUR), store, secret=SECRET)
+    try:
+        assert (await engine.decide(marker(), person="ana")).outcome == "personalized"
+        assert await engine.state_of("ana") is not None
+    finally:
+        await store.aclose()
+        sentinels.cleanup()
 
 
 async def test_a_demoted_master_is_left_for_the_new_one(own_sentinel_set: SentinelSet) -> None:

@@ -75,12 +75,10 @@ class SentinelURL:
         passed_on = urlencode([(k, v) for k, v in query if k not in _SENTINEL_QUERY])
         if passed_on:
             master_url += f"?{passed_on}"
-        master = dict(parse_url(master_url))
+        master = _client_options(master_url)
         own = dict(query)
         # The sentinels take the master's TLS settings and, unless told otherwise, its password.
-        sentinel_options = {
-            k: v for k, v in master.items() if k not in ("host", "port", "db", "username")
-        }
+        sentinel_options = {k: v for k, v in master.items() if k not in ("db", "username")}
         if "sentinel_password" in own:  # empty: the sentinels ask for none
             sentinel_options["password"] = own["sentinel_password"] or None
         if "sentinel_username" in own:
@@ -90,10 +88,18 @@ class SentinelURL:
     @property
     def master_options(self) -> dict[str, Any]:
         """redis-py connection options for the master, without its address."""
-        options = dict(parse_url(self.master_url))
-        options.pop("host", None)
-        options.pop("port", None)
-        return options
+        return _client_options(self.master_url)
+
+
+def _client_options(url: str) -> dict[str, Any]:
+    """What `url` says as keyword arguments of a redis-py client or Sentinel pool, without
+    the address: TLS as `ssl=True`, since each picks its own connection class for it."""
+    options: dict[str, Any] = dict(parse_url(url))
+    options.pop("host", None)
+    options.pop("port", None)
+    if options.pop("connection_class", None) is not None:
+        options["ssl"] = True
+    return options
 
 
 def _address(host: str) -> tuple[str, int]:
