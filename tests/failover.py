@@ -3,7 +3,7 @@
 The master is SIGKILLed (or replaced by `SENTINEL FAILOVER`) while clients keep asking for
 personalized offers for a few hundred people near a cap; the sentinels promote the replica,
 the store finds it, and the killed server is started again as the new master's replica.
-`python -m tests.failover [runs] [kill|switch ...]` prints the figures of several runs,
+`python -m tests.failover [runs] [kill|switch|stall ...]` prints the figures of several runs,
 asynchronous and with `replicas = 1`.
 """
 
@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -75,9 +76,10 @@ class Figures:
 
 
 async def run_failover(sentinels: SentinelSet, *, replicas: int, how: str = "kill") -> Figures:
-    """Decisions through uvicorn while the master is killed (`how="kill"`, SIGKILL) or
-    replaced (`"switch"`, `SENTINEL FAILOVER`: the old master lives on, a master until the
-    sentinels demote it); the figures of the run."""
+    """Decisions through uvicorn while the master is killed (`how="kill"`, SIGKILL), replaced
+    (`"switch"`, `SENTINEL FAILOVER`: the old master lives on, a master until the sentinels
+    demote it) or stalled (`"stall"`: SIGSTOP until the sentinels name another master, then
+    SIGCONT); the figures of the run."""
     figures = Figures(replicas, how)
     app = storefront(policy=policy(failover_policy(replicas)), store=sentinels.url, secret=SECRET)
     port = free_port()
@@ -139,6 +141,8 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int, how: str = "kil
         if how == "kill":
             old.process.kill()
             old.process.wait()
+        elif how == "stall":
+            old.process.send_signal(signal.SIGSTOP)
         else:
             sentinel = sentinels.sentinels[0].client()
             sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
@@ -151,6 +155,8 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int, how: str = "kil
             # A replacement replica: the killed server again, empty, following the new master.
             old.extra = (*old.extra, "--replicaof", "127.0.0.1", str(new_master.port))
             await loop.run_in_executor(None, old.start)
+        elif how == "stall":  # it wakes up a master still, until the sentinels demote it
+            old.process.send_signal(signal.SIGCONT)
         await asyncio.gather(*clients)
     server.should_exit = True
     await asyncio.wait_for(serving, timeout=10)

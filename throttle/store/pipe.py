@@ -93,8 +93,9 @@ class Pipe:
     `handshake`: commands (each in RESP) sent first on every new connection, e.g. SCRIPT
     LOADs, whose error replies fail the connection. `address`: where to connect, asked anew
     for every connection (Sentinel's master), instead of the URL's host and port. `moved`:
-    asked every `recheck` seconds while connected; when it says so, the connection is dropped
-    (a master the sentinels replaced, which has not noticed yet).
+    asked every `recheck` seconds while connected (ten times as often while an answer is
+    overdue); when it says so, the connection is dropped (a master the sentinels replaced,
+    which has not noticed yet).
     """
 
     def __init__(
@@ -188,8 +189,11 @@ class Pipe:
         return protocol
 
     async def _watch(self, moved_away: Callable[[], Awaitable[bool]]) -> None:
+        # A connection that stopped answering is looked at ten times as often: a stalled
+        # master may be replaced, and would take writes again the moment it wakes up.
+        stalled = self._recheck / 10
         while True:
-            await asyncio.sleep(self._recheck)
+            await asyncio.sleep(stalled if self.oldest_wait() > stalled else self._recheck)
             if not self.ready:
                 continue
             try:
