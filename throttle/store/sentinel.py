@@ -11,9 +11,10 @@ sentinels' too (`?sentinel_password=` with nothing after it: the sentinels ask f
 Other query parameters (`ssl_ca_certs`, `ssl_cert_reqs`, ...) apply to every connection, as
 in a `redis://` URL. A sentinel without a port listens on 26379.
 
-The master is asked of each sentinel in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and
-confirmed by its own `ROLE` before it is used, on every new connection: the decision path's
-(`Pipe`) and redis-py's (privacy routes, erasure, audit). A connection lost, or a `READONLY`
+Every sentinel is asked what it knows of the master (`SENTINEL MASTER`, all at once); the
+master of the newest configuration (the highest config epoch) is confirmed by its own `ROLE`
+before it is used, on every new connection: the decision path's (`Pipe`) and redis-py's
+(privacy routes, erasure, audit). A connection lost, or a `READONLY`
 reply (the master was demoted), makes the next one look again; so does a change of master
 that the sentinels, asked every second, report.
 """
@@ -117,10 +118,21 @@ def _address(host: str) -> tuple[str, int]:
     return name, int(port)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _State:
+    """What one sentinel says of the master: its configuration's epoch, the master's address,
+    and whether it sees that master up."""
+
+    epoch: int
+    address: tuple[str, int]
+    usable: bool
+
+
 class MasterFinder:
-    """Finds the master of `url`'s service: each sentinel asked in turn, the answer confirmed
-    by the master's `ROLE`. Each look opens and closes its own connections: it happens only
-    when a connection to the master is made, so nothing is left open between looks."""
+    """Finds the master of `url`'s service: every sentinel asked at once, the newest
+    configuration's master (then older ones) confirmed by its `ROLE`. A sentinel that is down,
+    knows no such service or sees that master down is passed over. Each look opens and closes
+    its own connections, so nothing is left open between looks."""
 
     def __init__(self, url: SentinelURL, *, timeout: float) -> None:
         self.url = url
@@ -131,23 +143,33 @@ class MasterFinder:
 
     async def __call__(self) -> tuple[str, int]:
         url = self.url
-        errors = []
-        for sentinel in list(self._order):
+        errors: list[str] = []
+        candidates: list[tuple[int, tuple[str, int], tuple[str, int]]] = []
+        for sentinel, state in zip(self._order, await self._states(), strict=True):
+            if isinstance(state, BaseException):
+                errors.append(_failure(sentinel, state, url.service))
+            elif state is None:
+                errors.append(f"{_shown(sentinel)} knows no master {url.service!r}")
+            elif not state.usable:
+                errors.append(f"{_shown(sentinel)} sees {_shown(state.address)} down")
+            else:
+                candidates.append((state.epoch, state.address, sentinel))
+        # The newest configuration first: a sentinel that has not yet heard of a failover
+        # still names the old master, which answers as one until it is demoted.
+        candidates.sort(key=lambda candidate: -candidate[0])
+        tried: set[tuple[str, int]] = set()
+        for _, address, sentinel in candidates:
+            if address in tried:
+                continue
+            tried.add(address)
             try:
-                address = await self._ask(sentinel)
-                if address is None:
-                    errors.append(f"{_shown(sentinel)} knows no master {url.service!r}")
-                    continue
                 role = await self._role(address)
             except (RedisError, OSError) as error:
-                errors.append(f"{_shown(sentinel)}: {type(error).__name__}: {error}")
+                errors.append(f"{_shown(address)}: {type(error).__name__}: {error}")
                 continue
             if role != "master":
                 errors.append(f"{_shown(sentinel)} named {_shown(address)}, whose role is {role}")
                 continue
-            # The sentinel that answered is asked first next time.
-            self._order.remove(sentinel)
-            self._order.insert(0, sentinel)
             self.found = address
             return address
         raise MasterNotFoundError(f"no master for {url.service!r}: " + "; ".join(errors))
@@ -158,17 +180,18 @@ class MasterFinder:
         that ran a failover knows first, the others learn it seconds later."""
         if self.found is None:
             return False
-        states = await asyncio.gather(
-            *(self._state(sentinel) for sentinel in self._order), return_exceptions=True
-        )
-        known = [state for state in states if isinstance(state, tuple)]
+        known = [state for state in await self._states() if isinstance(state, _State)]
         if not known:
             return False
-        _, newest = max(known)
-        return newest != self.found
+        return max(known, key=lambda state: state.epoch).address != self.found
 
-    async def _state(self, sentinel: tuple[str, int]) -> tuple[int, tuple[str, int]] | None:
-        """The sentinel's config epoch for the service, and the master it names."""
+    async def _states(self) -> list[_State | BaseException | None]:
+        """What each sentinel says of the service, asked all at once."""
+        return await asyncio.gather(
+            *(self._state(sentinel) for sentinel in self._order), return_exceptions=True
+        )
+
+    async def _state(self, sentinel: tuple[str, int]) -> _State | None:
         client = aioredis.Redis(
             host=sentinel[0], port=sentinel[1], **self._options(self.url.sentinel_options)
         )
@@ -178,20 +201,13 @@ class MasterFinder:
             await client.aclose()
         if not isinstance(state, dict):
             return None
-        return int(state["config-epoch"]), (_text(state["ip"]), int(state["port"]))
-
-    async def _ask(self, sentinel: tuple[str, int]) -> tuple[str, int] | None:
-        client = aioredis.Redis(
-            host=sentinel[0], port=sentinel[1], **self._options(self.url.sentinel_options)
+        return _State(
+            int(state["config-epoch"]),
+            (_text(state["ip"]), int(state["port"])),
+            bool(state.get("is_master"))
+            and not state.get("is_sdown")
+            and not state.get("is_odown"),
         )
-        try:
-            reply = await client.sentinel_get_master_addr_by_name(self.url.service)
-        finally:
-            await client.aclose()
-        if not isinstance(reply, tuple):
-            return None
-        host, port = reply
-        return _text(host), int(port)
 
     async def _role(self, address: tuple[str, int]) -> str:
         client = aioredis.Redis(
@@ -283,6 +299,12 @@ def direct_url(url: str, *, timeout: float = 1.0) -> str:
     parsed = SentinelURL.parse(url)
     host, port = asyncio.run(MasterFinder(parsed, timeout=timeout)())
     return parsed.master_url.replace("127.0.0.1:0", f"{host}:{port}", 1)
+
+
+def _failure(sentinel: tuple[str, int], error: BaseException, service: str) -> str:
+    if "no such master" in str(error).lower():
+        return f"{_shown(sentinel)} knows no master {service!r}"
+    return f"{_shown(sentinel)}: {type(error).__name__}: {error}"
 
 
 def _text(value: Any) -> str:
