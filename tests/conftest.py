@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.redis_cluster import RedisClusterServers
+from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer
 from throttle.store import ClusterStore, MemoryStore, RedisStore, Store
 
@@ -53,6 +54,22 @@ def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
     return redis_cluster.url
 
 
+@pytest.fixture(scope="session")
+def sentinel_set() -> Iterator[SentinelSet]:
+    """One master, one replica and three sentinels, shared by the tests that do not fail it
+    over."""
+    sentinels = SentinelSet()
+    sentinels.start()
+    yield sentinels
+    sentinels.cleanup()
+
+
+@pytest.fixture
+def sentinel_url(sentinel_set: SentinelSet) -> str:
+    sentinel_set.flush()
+    return sentinel_set.url
+
+
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, for tests that stop, restart or break it."""
@@ -67,15 +84,17 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """Each behaviour test runs on the embedded store, on a real redis-server and on a real
-    Redis Cluster."""
+    """Each behaviour test runs on the embedded store, on a real redis-server, on a real Redis
+    Cluster and on a real Sentinel set (the master found through the sentinels)."""
     if request.param == "memory":
         opened: Store = MemoryStore()
     elif request.param == "redis":
         opened = RedisStore(request.getfixturevalue("redis_url"))
-    else:
+    elif request.param == "cluster":
         opened = ClusterStore(request.getfixturevalue("redis_cluster_url"))
+    else:
+        opened = RedisStore(request.getfixturevalue("sentinel_url"))
     yield opened
     await opened.aclose()

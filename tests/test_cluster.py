@@ -256,3 +256,21 @@ async def test_a_silent_master_fails_its_people_alone(
         assert not throttle.guard.failing
     finally:
         await store.aclose()
+
+
+async def test_the_stricter_mode_waits_for_a_replica_of_every_master(
+    redis_cluster_url: str, clock: ManualClock
+) -> None:
+    """`[store] replicas`: the WAIT goes to every master of the batch, and the smallest count
+    decides: each master has one replica here, so one is met and two never are."""
+    store = ClusterStore(redis_cluster_url)
+    try:
+        held = engine(CAP_OF_3 + '[store]\ntimeout = "5s"\nreplicas = 1\n', store, clock)
+        people = [f"p{n}" for n in range(12)]  # spread over the three masters
+        decided = await asyncio.gather(*(held.decide(marker(), person=p) for p in people))
+        assert {d.reason.value for d in decided} == {"allowed"}
+        unmet = engine(CAP_OF_3 + '[store]\ntimeout = "200ms"\nreplicas = 2\n', store, clock)
+        refused = await unmet.decide(marker(), person="ana")
+        assert (refused.outcome, refused.reason.value) == ("segment", "store-unavailable")
+    finally:
+        await store.aclose()

@@ -40,6 +40,7 @@ from throttle.decision import Reason
 from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.policy import parse_duration
 from throttle.store.cluster import audit_keys, cluster_client, parse_cluster_url
+from throttle.store.sentinel import client_for
 
 # What the policy decides: these refusals are the ones that could single a group out.
 LIMIT_REASONS = frozenset(r.value for r in Reason if r.kind == "limit")
@@ -621,7 +622,7 @@ async def audit(
                 read_timeout=_READ_TIMEOUT,
             )
         else:
-            client = aioredis.Redis.from_url(
+            client = client_for(
                 redis_url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_READ_TIMEOUT
             )
     except ValueError as error:

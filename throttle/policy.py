@@ -557,6 +557,9 @@ class StoreOptions(_Model):
     # After a failure the store is left alone this long, so a dead Redis costs requests nothing.
     retry_after: Duration = Field(default=1.0, le=300.0)
     on_error: Literal["segment", "personalize"] = "segment"
+    # Replicas that must hold each decision batch (Redis WAIT) before it counts; fewer in time
+    # is a late answer (the batch falls back). 0: replication stays asynchronous.
+    replicas: int = Field(default=0, ge=0, le=100)
 
 
 def _check_webhook(value: str) -> str:

@@ -320,6 +320,7 @@ class Snapshot:
             audience_window_ms=self.audience_window_ms,
             timeout_ms=math.ceil(policy.store.timeout * 1000),
             retry_after_ms=math.ceil(policy.store.retry_after * 1000),
+            replicas=policy.store.replicas,
             shadow_caps=any(cap.shadow for cap in policy.caps),
             band=self.band_by_level,
             recent_per_person=self.audit.per_person if self.audit is not None else 0,

@@ -203,4 +203,6 @@ def _prefix() -> str:
 
 
 def _store() -> RedisStore:
-    return RedisStore(_redis_url(), prefix=f"{_prefix()}throttle:")
+    # The store URL as given (Sentinel's too); the peers get the master's own URL.
+    store_url = os.environ.get("THROTTLE_BENCH_STORE_URL") or _redis_url()
+    return RedisStore(store_url, prefix=f"{_prefix()}throttle:")

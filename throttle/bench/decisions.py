@@ -24,6 +24,7 @@ from throttle.engine import Engine
 from throttle.message import parse_marker
 from throttle.policy import Policy
 from throttle.store import RedisStore
+from throttle.store.sentinel import client_for
 
 _MAX_DECISIONS = 2_000_000
 
@@ -50,7 +51,7 @@ class ServerCounters:
     """Redis's own counters (`INFO all`), read over one connection of its own."""
 
     def __init__(self, url: str) -> None:
-        self._client: aioredis.Redis = aioredis.Redis.from_url(url)
+        self._client: aioredis.Redis = client_for(url)
         self._overhead = Overhead()
 
     async def calibrate(self) -> None:

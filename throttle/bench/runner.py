@@ -49,6 +49,7 @@ from throttle.bench.results import (
 )
 from throttle.errors import ConfigurationError
 from throttle.policy import load_policy
+from throttle.store.sentinel import direct_url
 
 T = TypeVar("T")
 
@@ -135,10 +136,12 @@ def run(options: Options, progress: TextIO) -> Results:
             stack.callback(generator.close)
         if options.redis_url is None:
             private = stack.enter_context(PrivateRedis())
-            url = private.url
+            url = store_url = private.url
             where = f"private redis-server on 127.0.0.1:{private.port}"
         else:
-            url = options.redis_url
+            store_url = options.redis_url
+            # With Sentinel, throttle finds the master through it; the rest measures the master.
+            url = direct_url(store_url)
             where = "given by --redis-url; the run's keys are deleted afterwards"
             stack.callback(_delete_keys, url, run_keys)
         machine = _machine(url)
@@ -159,11 +162,13 @@ def run(options: Options, progress: TextIO) -> Results:
                 "bench: h2load is not installed (Debian/Ubuntu: apt-get install nghttp2-client), "
                 "so a paced Python client drives the open-loop runs",
             )
-        http_results, open_loop = _http(options, generator, paced, url, prefix, progress)
+        http_results, open_loop = _http(
+            options, generator, paced, url, prefix, progress, store_url=store_url
+        )
         engine = tuple(
             _on_loop(
                 decisions.measure(
-                    url,
+                    store_url,
                     policy,
                     callers=callers,
                     duration=options.engine_duration,
@@ -231,6 +236,8 @@ def _http(
     url: str,
     prefix: str,
     progress: TextIO,
+    *,
+    store_url: str,
 ) -> tuple[Http, OpenLoop]:
     skipped = {
         arm.name: f"not installed: {', '.join(missing)} (pip install 'throttle-asgi[bench]')"
@@ -241,6 +248,7 @@ def _http(
     environment = {
         **os.environ,
         "THROTTLE_BENCH_REDIS_URL": url,
+        "THROTTLE_BENCH_STORE_URL": store_url,
         "THROTTLE_BENCH_PREFIX": prefix,
         "THROTTLE_BENCH_POLICY": str(options.policy),
         "THROTTLE_SECRET": secrets.token_hex(32),

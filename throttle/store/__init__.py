@@ -1,5 +1,5 @@
-"""Stores of per-person state, chosen by URI: `memory://` (embedded), `redis://` (shared) or
-`redis+cluster://` (shared, sharded)."""
+"""Stores of per-person state, chosen by URI: `memory://` (embedded), `redis://` or
+`redis+sentinel://` (shared), or `redis+cluster://` (shared, sharded)."""
 
 from __future__ import annotations
 
@@ -32,12 +32,15 @@ _FACTORIES: dict[str, Callable[[str], Store]] = {
     "unix": _redis,
     "redis+cluster": _cluster,
     "rediss+cluster": _cluster,
+    "redis+sentinel": _redis,
+    "rediss+sentinel": _redis,
 }
 
 
 def open_store(uri: str) -> Store:
-    """The store a URI names: `memory://`, `redis://host:port/db`, `rediss://…`, `unix://…`, or
-    a Redis Cluster, `redis+cluster://host:port,host:port` (`rediss+cluster://…` with TLS)."""
+    """The store a URI names: `memory://`, `redis://host:port/db`, `rediss://…`, `unix://…`,
+    `redis+sentinel://host:port[,host:port…]/service_name` (`rediss+sentinel://` with TLS) or a
+    Redis Cluster, `redis+cluster://host:port,host:port` (`rediss+cluster://…` with TLS)."""
     scheme = urlsplit(uri).scheme
     factory = _FACTORIES.get(scheme)
     if factory is None:

@@ -109,6 +109,9 @@ class Limits:
     # and after a failed connection tries again no sooner than `retry_after_ms`.
     timeout_ms: int = 50
     retry_after_ms: int = 1000
+    # Replicas a shared store waits for (Redis WAIT) before a decision batch counts: fewer
+    # acknowledgements within half of `timeout_ms` fail the batch as late (0: no wait).
+    replicas: int = 0
     # Whether any counter is a shadow counter.
     shadow_caps: bool = False
     # The category band's (low, high] by level 1 (minimal), 2, 3 (full), thousandths; () none.

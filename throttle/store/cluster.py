@@ -37,7 +37,7 @@ import hiredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from throttle.store.pipe import Pipe, command
-from throttle.store.redis import SLOT_DOWN, RedisStore
+from throttle.store.redis import LOAD_SCRIPTS, SLOT_DOWN, RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +203,15 @@ class _Job:
         if self.parts[index] <= 0:
             return
         current = self.replies[index]
-        # A keyless command sent to every master: the first error stands, else the first reply.
-        if current is None or (
-            isinstance(reply, hiredis.ReplyError) and not isinstance(current, hiredis.ReplyError)
+        # A keyless command sent to every master: the first error stands, else the smallest
+        # count (WAIT: the replicas that every master's writes reached), else the first reply.
+        if (
+            current is None
+            or (
+                isinstance(reply, hiredis.ReplyError)
+                and not isinstance(current, hiredis.ReplyError)
+            )
+            or (type(reply) is int and type(current) is int and reply < current)
         ):
             self.replies[index] = reply
         self.parts[index] -= 1
@@ -222,7 +228,7 @@ class ClusterPipe(Pipe):
     def __init__(
         self, address: ClusterAddress, *, connect_timeout: float, handshake: tuple[bytes, ...] = ()
     ) -> None:
-        self._address = address
+        self._cluster_address = address
         self._connect_timeout = connect_timeout
         self._handshake_commands = handshake
         # The master serving each slot ("host:port"), None until the map is learned.
@@ -359,10 +365,10 @@ class ClusterPipe(Pipe):
         for node in list(self._nodes.values()):
             if node.pipe.ready:
                 yield node.address, node.pipe, False
-        seeds = [f"{host}:{port}" for host, port in self._address.seeds]
+        seeds = [f"{host}:{port}" for host, port in self._cluster_address.seeds]
         for address in dict.fromkeys([*self._nodes, *seeds]):
             host, _, port = address.rpartition(":")
-            url = self._address.node_url(host, int(port))
+            url = self._cluster_address.node_url(host, int(port))
             yield address, Pipe(url, connect_timeout=self._connect_timeout), True
 
     def _apply_slots(self, reply: Any, asked: str) -> None:
@@ -392,7 +398,7 @@ class ClusterPipe(Pipe):
         if node is None:
             host, _, port = address.rpartition(":")
             pipe = Pipe(
-                self._address.node_url(host, int(port)),
+                self._cluster_address.node_url(host, int(port)),
                 connect_timeout=self._connect_timeout,
                 handshake=self._handshake_commands,
             )
@@ -681,17 +687,16 @@ class ClusterStore(RedisStore):
         self._cluster.stall_limit = stall_limit
         self._audit_keys = tuple(key.encode() for key in audit_keys(prefix))
 
-    def _open_pipe(self, url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) -> Pipe:
+    def _connections(
+        self, url: str, *, connect_timeout: float, stall_limit: float
+    ) -> tuple[Pipe, RedisCluster]:
         self._cluster = ClusterPipe(
-            self._address, connect_timeout=connect_timeout, handshake=handshake
+            self._address, connect_timeout=connect_timeout, handshake=LOAD_SCRIPTS
         )
-        return self._cluster
-
-    def _open_client(self, url: str, *, connect_timeout: float, stall_limit: float) -> RedisCluster:
         self._cluster_client = cluster_client(
             self._address, connect_timeout=connect_timeout, read_timeout=stall_limit
         )
-        return self._cluster_client
+        return self._cluster, self._cluster_client
 
     def audience_key(self, segment: str) -> str:
         return f"{self.prefix}audience:{{{segment}}}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
@@ -90,13 +91,28 @@ class Pipe:
     """One connection to the Redis at `url`, opened on first use and again after a loss.
 
     `handshake`: commands (each in RESP) sent first on every new connection, e.g. SCRIPT
-    LOADs, whose error replies fail the connection.
+    LOADs, whose error replies fail the connection. `address`: where to connect, asked anew
+    for every connection (Sentinel's master), instead of the URL's host and port. `moved`:
+    asked every `recheck` seconds while connected (ten times as often while an answer is
+    overdue); when it says so, the connection is dropped (a master the sentinels replaced,
+    which has not noticed yet).
     """
 
     def __init__(
-        self, url: str, *, connect_timeout: float, handshake: tuple[bytes, ...] = ()
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        handshake: tuple[bytes, ...] = (),
+        address: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+        moved: Callable[[], Awaitable[bool]] | None = None,
+        recheck: float = 1.0,
     ) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))
+        self._address = address
+        self._moved = moved
+        self._recheck = recheck
+        self._watching: asyncio.Task[None] | None = None
         self._connect_timeout = connect_timeout
         self._extra_handshake = handshake
         self._protocol: _Protocol | None = None
@@ -155,12 +171,12 @@ class Pipe:
                 _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
             else:
                 context = _tls_context(options) if "connection_class" in options else None
-                _, protocol = await loop.create_connection(
-                    _Protocol,
-                    options.get("host", "localhost"),
-                    options.get("port", 6379),
-                    ssl=context,
+                host, port = (
+                    await self._address()
+                    if self._address is not None
+                    else (options.get("host", "localhost"), options.get("port", 6379))
                 )
+                _, protocol = await loop.create_connection(_Protocol, host, port, ssl=context)
             self._opened = [p for p in self._opened if not p.finished.done()]
             self._opened.append(protocol)
             try:
@@ -168,7 +184,24 @@ class Pipe:
             except BaseException:
                 protocol._close(ConnectionError("Redis refused the handshake"))
                 raise
+        if self._moved is not None and self._watching is None:
+            self._watching = asyncio.create_task(self._watch(self._moved))
         return protocol
+
+    async def _watch(self, moved_away: Callable[[], Awaitable[bool]]) -> None:
+        # A connection that stopped answering is looked at ten times as often: a stalled
+        # master may be replaced, and would take writes again the moment it wakes up.
+        stalled = self._recheck / 10
+        while True:
+            await asyncio.sleep(stalled if self.oldest_wait() > stalled else self._recheck)
+            if not self.ready:
+                continue
+            try:
+                moved = await moved_away()
+            except Exception:  # no answer is no news: the connection stays
+                continue
+            if moved:
+                self.abort(ConnectionError("the sentinels named another master"))
 
     async def _handshake(self, protocol: _Protocol) -> None:
         options = self._options
@@ -191,6 +224,10 @@ class Pipe:
 
     async def aclose(self) -> None:
         """Close every connection and wait (briefly) until their sockets are shut."""
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
+            self._watching = None
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)

@@ -11,7 +11,10 @@ back. Each script still runs atomically, so caps stay exact.
 Faults: an error reply about the server rather than one person's record (OOM, READONLY,
 LOADING, ...) fails the batch as a store fault, like a lost connection. A batch is given up on
 when Redis makes no progress for the policy's timeout, not when the event loop was merely busy.
-After a failed connection, nothing here connects again for `retry_after`.
+After a failed connection, nothing here connects again for `retry_after`. A READONLY reply
+drops the connection (a demoted master: the next one finds the new master through Sentinel).
+With `replicas` in the policy, each batch ends with a WAIT; a batch too few replicas
+acknowledged in time fails like a late one.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from throttle.store.layout import (
     sha1,
 )
 from throttle.store.pipe import Pipe, bulk, command, reply_error
+from throttle.store.sentinel import connections_for
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +71,8 @@ _SETTLE = script("settle")
 _DELIVER_SHA, _REMEMBER_SHA = sha1(_DELIVER), sha1(_REMEMBER)
 # `EVALSHA <sha> 2 <record> <choices> <ARGV...>`
 _EVALSHA = b"*%d\r\n" % (5 + len(DeliverArg)) + bulk(b"EVALSHA") + bulk(_DELIVER_SHA) + bulk(b"2")
-_LOAD_SCRIPTS = tuple(command(b"SCRIPT", b"LOAD", text.encode()) for text in (_DELIVER, _REMEMBER))
+# The handshake of every decision-path connection: the scripts, loaded before any call.
+LOAD_SCRIPTS = tuple(command(b"SCRIPT", b"LOAD", text.encode()) for text in (_DELIVER, _REMEMBER))
 _CACHE_SIZE = 4096
 _VERDICTS = tuple(Verdict)
 _EMPTY = bulk(b"")
@@ -102,7 +107,8 @@ _TEMPLATE, _ENTRY = 1, 2
 
 
 class RedisStore:
-    """State in Redis at `url` (`redis://`, `rediss://` or `unix://`), keys under `prefix`.
+    """State in Redis at `url` (`redis://`, `rediss://`, `unix://` or, with Sentinel,
+    `redis+sentinel://`; see `throttle.store.sentinel`), keys under `prefix`.
 
     `stall_limit`: a connection that has not answered for this long is dropped and reopened.
     """
@@ -118,9 +124,8 @@ class RedisStore:
         connect_timeout: float = 1.0,
         stall_limit: float = 5.0,
     ) -> None:
-        self._pipe = self._open_pipe(url, connect_timeout=connect_timeout, handshake=_LOAD_SCRIPTS)
         # redis-py serves everything off the decision path (access, erasure, choices).
-        self._client = self._open_client(
+        self._pipe, self._client = self._connections(
             url, connect_timeout=connect_timeout, stall_limit=stall_limit
         )
         self.prefix = prefix
@@ -172,14 +177,15 @@ class RedisStore:
         """The redis-py client for work off the decision path (the ops state's writes)."""
         return self._client
 
-    def _open_pipe(self, url: str, *, connect_timeout: float, handshake: tuple[bytes, ...]) -> Pipe:
-        return Pipe(url, connect_timeout=connect_timeout, handshake=handshake)
-
-    def _open_client(
+    def _connections(
         self, url: str, *, connect_timeout: float, stall_limit: float
-    ) -> aioredis.Redis | aioredis.RedisCluster:
-        return aioredis.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=stall_limit
+    ) -> tuple[Pipe, aioredis.Redis | aioredis.RedisCluster]:
+        """The decision path's connection and the redis-py client (a cluster store has its own)."""
+        return connections_for(
+            url,
+            connect_timeout=connect_timeout,
+            socket_timeout=stall_limit,
+            handshake=LOAD_SCRIPTS,
         )
 
     def attach(self, guard: StoreGuard) -> None:
@@ -281,7 +287,7 @@ class RedisStore:
 
     async def _reload_scripts(self) -> None:
         await self._pipe.connect()
-        for loaded in await self._pipe.send(b"".join(_LOAD_SCRIPTS), len(_LOAD_SCRIPTS)):
+        for loaded in await self._pipe.send(b"".join(LOAD_SCRIPTS), len(LOAD_SCRIPTS)):
             if (error := reply_error(loaded)) is not None:
                 raise error
         self._pieces_written.clear()  # a Redis that lost its scripts lost its pieces too
@@ -316,10 +322,14 @@ class RedisStore:
         # What waits on the side (audit entries, decisions made without the store, pieces of
         # recent decisions the scripts are about to name) rides along, ahead of the scripts.
         side, handlers = self._side_commands()
-        payload = side + decisions + audiences
+        limits = batch[0].delivery.limits
+        # The stricter mode: the batch counts once `replicas` replicas hold it too.
+        wait = _wait(limits.replicas, limits.timeout_ms) if limits.replicas else b""
+        payload = side + decisions + audiences + wait
         try:
             replies = self._pipe.send(
-                payload, len(handlers) + len(batch) + audience_replies + len(counted)
+                payload,
+                len(handlers) + len(batch) + audience_replies + len(counted) + bool(wait),
             )
         except ConnectionError as error:  # lost since it was found ready
             self._requeue(handlers)
@@ -327,7 +337,7 @@ class RedisStore:
             return
         deadline.batch = batch
         replies.add_done_callback(
-            functools.partial(self._settle, batch, counted, handlers, deadline)
+            functools.partial(self._settle, batch, counted, handlers, limits.replicas, deadline)
         )
 
     def _settle(
@@ -335,6 +345,7 @@ class RedisStore:
         batch: list[_Call],
         counted: list[str],
         handlers: list[_SideReply],
+        replicas: int,
         deadline: _Deadline,
         replies: asyncio.Future[list[Any]],
     ) -> None:
@@ -348,7 +359,7 @@ class RedisStore:
                     self._requeue(handlers)
             if self.on_batch is not None and replies.exception() is None:
                 self.on_batch(len(batch), asyncio.get_running_loop().time() - deadline.started)
-            forgotten = self._answer(batch, counted, replies)
+            forgotten = self._answer(batch, counted, replicas, replies)
         except Exception as error:  # an answer of a shape we never sent for: fail, never hang
             forgotten = []
             _fail(batch, error)
@@ -360,12 +371,23 @@ class RedisStore:
             deadline.cancel()
 
     def _answer(
-        self, batch: list[_Call], counted: list[str], replies: asyncio.Future[list[Any]]
+        self,
+        batch: list[_Call],
+        counted: list[str],
+        replicas: int,
+        replies: asyncio.Future[list[Any]],
     ) -> list[_Call]:
         if (error := replies.exception()) is not None:
             _fail(batch, error)
             return []
         values = replies.result()
+        if replicas:
+            held = values.pop()
+            if type(held) is not int or held < replicas:
+                # What the scripts counted may be lost in a failover: no one is personalized
+                # on it (the counts stay, on the master: over-counting is the safe side).
+                _fail(batch, _too_few(held, replicas))
+                return []
         counts = values[len(values) - len(counted) :] if counted else []
         # A count Redis could not give (an error reply) is unknown: the segment's parent stands in.
         sizes = {s: count for s, count in zip(counted, counts, strict=True) if type(count) is int}
@@ -379,6 +401,7 @@ class RedisStore:
                 if message.startswith("NOSCRIPT"):
                     forgotten.append(call)
                 elif message.startswith(_SERVER_ERRORS):
+                    self._leave_a_replica(message)
                     future.set_exception(StoreUnavailable(f"Redis: {message}"))
                 else:
                     future.set_exception(DecisionRefused(message))
@@ -399,6 +422,12 @@ class RedisStore:
                 )
             )
         return forgotten
+
+    def _leave_a_replica(self, message: str) -> None:
+        """A READONLY reply: the master was demoted (a Sentinel failover). The connection is
+        dropped so that the next one finds the new master."""
+        if message.startswith("READONLY"):
+            self._pipe.abort(ConnectionError(f"Redis is a replica now: {message}"))
 
     def _background(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -732,6 +761,7 @@ class RedisStore:
                 self.record(remembered[2], token, remembered[3], self._trail_limits)  # type: ignore[arg-type]
         if failed is None:
             return
+        self._leave_a_replica(failed)
         if failed.startswith(_SERVER_ERRORS) and self.guard is not None:
             # About the server, not one write: the same fault the decisions meet, reported once.
             self.guard.failed(StoreUnavailable(f"Redis: {failed}"))
@@ -928,6 +958,20 @@ class _Deadline:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
+
+
+def _wait(replicas: int, timeout_ms: int) -> bytes:
+    """WAIT for `replicas`, for half the decision's timeout: its answer comes before the
+    decision gives up."""
+    return command(b"WAIT", b"%d" % replicas, b"%d" % max(1, timeout_ms // 2))
+
+
+def _too_few(held: Any, replicas: int) -> Exception:
+    """Replicas that did not acknowledge in time are late, like a slow answer: the batch falls
+    back, and the store is paused only when it happens three times in a row."""
+    if type(held) is int:
+        return TimeoutError(f"{held} of {replicas} replicas acknowledged the decisions in time")
+    return StoreUnavailable(f"Redis: WAIT failed: {held}")
 
 
 def _late(timeout: float) -> str:
