@@ -21,12 +21,11 @@ from typing import Any
 
 import httpx
 import redis
-import uvicorn
 
 from tests.apps import storefront
 from tests.helpers import SECRET, policy
 from tests.redis_sentinel import SERVICE, SentinelSet
-from tests.redis_server import free_port
+from tests.servers import serving
 from throttle import Engine
 from throttle.store import MemoryStore
 from throttle.store.redis import decode_record
@@ -82,16 +81,6 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int, how: str = "kil
     SIGCONT); the figures of the run."""
     figures = Figures(replicas, how)
     app = storefront(policy=policy(failover_policy(replicas)), store=sentinels.url, secret=SECRET)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    for _ in range(500):  # at most 5 s
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
     personalized: collections.Counter[int] = collections.Counter()
     issued = itertools.count()
     started_requests = 0
@@ -132,7 +121,10 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int, how: str = "kil
             elif named_at is not None:
                 answered_after_kill.append(now)
 
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+    async with (
+        serving(app, log_level="error") as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
         clients = [asyncio.create_task(client(http)) for _ in range(CLIENTS)]
         await asyncio.wait_for(time_to_kill.wait(), TIME_LIMIT)
         old = sentinels.current_master()
@@ -158,8 +150,6 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int, how: str = "kil
         elif how == "stall":  # it wakes up a master still, until the sentinels demote it
             old.process.send_signal(signal.SIGCONT)
         await asyncio.gather(*clients)
-    server.should_exit = True
-    await asyncio.wait_for(serving, timeout=10)
 
     figures.fell_back = len(fallbacks)
     if fallbacks:

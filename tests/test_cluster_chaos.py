@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.apps import storefront
 from tests.chaos import Tally, load
 from tests.helpers import NO_REPETITION, SECRET, marker, policy
 from tests.redis_cluster import RedisClusterServers
-from tests.redis_server import free_port
+from tests.servers import serving
 from throttle import Engine, MemoryStore
 from throttle.store import ClusterStore
 from throttle.store.cluster import key_slot
@@ -68,18 +67,8 @@ async def served(private_cluster: RedisClusterServers) -> AsyncIterator[str]:
     """The storefront behind uvicorn, its store the private cluster."""
     store = ClusterStore(private_cluster.url)
     app = storefront(policy=CAPPED, store=store, secret=SECRET)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # at most 5 s
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, timeout=10)
+    async with serving(app) as url:
+        yield url
     await store.aclose()
 
 

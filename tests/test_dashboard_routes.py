@@ -3,7 +3,6 @@ and what they say when they are mounted wrong or the state cannot be read."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -11,7 +10,6 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
@@ -20,7 +18,8 @@ from starlette.routing import Mount, Route
 from tests.apps import HeaderUser, offer
 from tests.conftest import ManualClock
 from tests.helpers import SECRET, marker, policy
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
+from tests.servers import serving
 from throttle import Engine, MemoryStore, OpsConfig, OpsState, ThrottleMiddleware, dashboard_routes
 from throttle.dashboard import _Day
 
@@ -133,18 +132,8 @@ async def test_an_unreachable_state_is_reported_not_a_traceback(
 @pytest.fixture
 async def served() -> AsyncIterator[str]:
     app = shop(interval=0.05)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # at most 5 s
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, timeout=30)
+    async with serving(app) as url:
+        yield url
 
 
 async def test_events_bring_new_decisions(served: str) -> None:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.apps import storefront
 from tests.helpers import SECRET
-from tests.redis_server import free_port
+from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 THREE_A_DAY = """
@@ -48,18 +47,8 @@ def policy_file(tmp_path: Path) -> Path:
 @pytest.fixture
 async def served(redis_url: str, policy_file: Path) -> AsyncIterator[str]:
     app = storefront(policy=policy_file, store=redis_url, secret=SECRET)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # at most 5 s
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, timeout=10)
+    async with serving(app) as url:
+        yield url
 
 
 async def email(redis_url: str, policy_file: Path, outbox: Path, person: str) -> str:

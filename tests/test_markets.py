@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
@@ -22,7 +21,7 @@ from starlette.types import Scope
 
 from tests.apps import ROUTES, HeaderUser
 from tests.helpers import SECRET, marker
-from tests.redis_server import free_port
+from tests.servers import serving
 from tests.test_startup import Server
 from tests.test_support import StaffOrCustomer
 from throttle import (
@@ -208,17 +207,8 @@ async def served(redis_url: str, files: Path) -> AsyncIterator[str]:
             ),
         ],
     )
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # at most 5 s
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{config.port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, timeout=10)
+    async with serving(app) as url:
+        yield url
 
 
 async def test_markets_through_a_real_server(

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
 from starlette.middleware import Middleware
@@ -25,7 +24,8 @@ from starlette.routing import Mount
 
 from tests.apps import ROUTES
 from tests.helpers import SECRET, marker, trail
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
+from tests.servers import serving
 from tests.test_privacy import all_bytes
 from throttle import (
     DataRequest,
@@ -269,19 +269,8 @@ def admin_app(store: str) -> Starlette:
 
 @pytest.fixture
 async def served(redis_url: str) -> AsyncIterator[str]:
-    config = uvicorn.Config(
-        admin_app(redis_url), host="127.0.0.1", port=free_port(), log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # at most 5 s
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{config.port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, timeout=10)
+    async with serving(admin_app(redis_url)) as url:
+        yield url
 
 
 async def test_the_admin_routes_through_a_real_server(

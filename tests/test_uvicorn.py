@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.apps import storefront
 from tests.helpers import SECRET, policy
-from tests.redis_server import free_port
+from tests.servers import serving
 
 TWO_PER_HOUR = policy(
     '[[caps]]\nname = "two"\nper = "user"\nlimit = 2\nwindow = "1h"\n'
@@ -22,18 +21,8 @@ TWO_PER_HOUR = policy(
 @pytest.fixture
 async def served(redis_url: str) -> AsyncIterator[str]:
     app = storefront(policy=TWO_PER_HOUR, store=redis_url, secret=SECRET)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # at most 5 s
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, timeout=10)
+    async with serving(app) as url:
+        yield url
 
 
 async def test_caps_hold_across_concurrent_requests_to_a_real_server(served: str) -> None:
