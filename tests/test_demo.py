@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,18 @@ EXPECTED = (
 )
 
 
+@pytest.fixture
+def patient_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's policy with a store timeout no busy machine reaches: the test reads what the
+    demo decided, which a 50 ms timeout would turn into store-unavailable under load."""
+    default = Path(demo.POLICY).read_text()
+    assert 'timeout = "50ms"' in default
+    patient = tmp_path / "default.toml"
+    patient.write_text(default.replace('timeout = "50ms"', 'timeout = "5s"'))
+    monkeypatch.setattr(demo, "POLICY", str(patient))
+
+
+@pytest.mark.usefixtures("patient_policy")
 async def test_the_demo_runs_on_redis_and_shows_each_reason(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
