@@ -311,7 +311,8 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--redis-url",
         default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         help=(
-            "the Redis the middleware writes to, or a cluster (redis+cluster://host:port,...) "
+            "the Redis the middleware writes to: redis://, Redis behind Sentinel "
+            "(redis+sentinel://host:port,.../service) or a cluster (redis+cluster://host:port,...) "
             "(default: $REDIS_URL or redis://127.0.0.1:6379/0)"
         ),
     )
