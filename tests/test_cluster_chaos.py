@@ -178,8 +178,11 @@ async def test_a_master_without_its_replica_fails_only_its_people_in_the_stricte
 ) -> None:
     """`[store] replicas = 1`: each master's WAIT decides for the decisions written to it, so
     a master that lost its replica refuses its own people's decisions, batch after batch, while
-    the people on the other masters are personalized in those same batches."""
-    stricter = policy(NO_REPETITION + '[store]\ntimeout = "2s"\nreplicas = 1\n')
+    the people on the other masters are personalized in those same batches; once the replica
+    is back, so are the master's people."""
+    stricter = policy(
+        NO_REPETITION + '[store]\ntimeout = "2s"\nreplicas = 1\nretry_after = "200ms"\n'
+    )
     store = ClusterStore(private_cluster.url)
     engine = Engine(stricter, store, secret=SECRET)
     batches: list[int] = []
@@ -199,7 +202,8 @@ async def test_a_master_without_its_replica_fails_only_its_people_in_the_stricte
 
     try:
         assert set((await decide_all()).values()) == {("personalized", "allowed")}
-        private_cluster.kill(private_cluster.replica_of(masters[0]))
+        replica = private_cluster.replica_of(masters[0])
+        private_cluster.kill(replica)
         for _ in range(2):  # batch after batch: no pause for everyone
             batches.clear()
             decided = await decide_all()
@@ -207,5 +211,13 @@ async def test_a_master_without_its_replica_fails_only_its_people_in_the_stricte
             assert {decided[p] for p in others} == {("personalized", "allowed")}
             assert {decided[p] for p in bereft} == {("segment", "store-unavailable")}
         assert not engine.guard.failing
+        await asyncio.to_thread(replica.start)  # it rejoins, syncs, and acknowledges again
+        for _ in range(1000):  # bounded: the master is asked again every retry_after
+            decided = await decide_all()
+            assert {decided[p] for p in others} == {("personalized", "allowed")}
+            if {decided[p] for p in bereft} == {("personalized", "allowed")}:
+                break
+            await asyncio.sleep(0.05)
+        assert {decided[p] for p in bereft} == {("personalized", "allowed")}
     finally:
         await store.aclose()
