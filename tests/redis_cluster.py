@@ -213,6 +213,13 @@ class RedisClusterServers:
             ports = self._masters_seen(client)
         return [node for node in self.nodes if node.port in ports]
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A running replica of `master`, as the master sees it."""
+        with master.client(socket_timeout=1) as client:
+            info = client.info("replication")
+        ports = {int(v["port"]) for k, v in info.items() if k.startswith("slave") and v}
+        return next(node for node in self.running() if node.port in ports)
+
     def node_of(self, key: str) -> RedisServer:
         """The master serving `key`'s slot now."""
         with self.running()[0].client(socket_timeout=1) as client:

@@ -814,6 +814,10 @@ async def test_a_url_that_is_not_a_redis_url_is_a_configuration_error() -> None:
         ),
         ("unix:///run/redis.sock?db=2&PASSWORD=pw", "unix:///run/redis.sock?db=2"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        (
+            "redis+sentinel://:pw@h1:26379,h2:26379/shop?sentinel_password=spw&db=1",
+            "redis+sentinel://h1:26379,h2:26379/shop?db=1",
+        ),
     ],
 )
 def test_redacted_url(url: str, shown: str) -> None:

@@ -201,3 +201,17 @@ def test_check_piped_to_head_prints_its_first_line_and_no_traceback() -> None:
     assert done.stdout.startswith("policies/default.toml: ok, policy 'default' @")
     assert done.stdout.count("\n") == 1
     assert done.stderr == ""
+
+
+def test_the_bench_without_its_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "uvicorn" else found(name)
+    )
+    assert main(["bench", "--smoke"]) == 1
+    err = capsys.readouterr().err
+    assert err == "throttle bench: the bench needs uvicorn: pip install 'throttle-asgi[bench]'\n"

@@ -5,6 +5,7 @@ Each behaviour runs on the memory store and on a real redis-server (the `store` 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgpack
@@ -215,6 +216,24 @@ async def test_an_unavailable_store_allows_no_preflight_and_no_reservation(
             await client.commit(reservation.token)
         with pytest.raises(StoreUnavailable):
             await client.release(reservation.token)
+    finally:
+        await client.aclose()
+
+
+async def test_a_send_that_went_out_is_never_reported_failed_by_its_commit(
+    private_redis: RedisServer, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(private_redis.url, connect_timeout=0.2)
+    client = client_on(store, clock, policy('[store]\ntimeout = "5s"\n'))
+    sent: list[bool] = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="throttle.client"):
+            async with client.reserving("ana", EMAIL) as reservation:
+                assert reservation.held
+                private_redis.stop()  # the store goes away while the email goes out
+                sent.append(True)
+        assert sent == [True]  # no exception: the caller must not send it again
+        assert "could not be committed" in caplog.text and "ana" not in caplog.text
     finally:
         await client.aclose()
 

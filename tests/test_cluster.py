@@ -261,8 +261,8 @@ async def test_a_silent_master_fails_its_people_alone(
 async def test_the_stricter_mode_waits_for_a_replica_of_every_master(
     redis_cluster_url: str, clock: ManualClock
 ) -> None:
-    """`[store] replicas`: the WAIT goes to every master of the batch, and the smallest count
-    decides: each master has one replica here, so one is met and two never are."""
+    """`[store] replicas`: each master the batch's decisions went to gets its own WAIT, and its
+    count decides for them: each master has one replica here, so one is met and two never are."""
     store = ClusterStore(redis_cluster_url)
     try:
         held = engine(CAP_OF_3 + '[store]\ntimeout = "5s"\nreplicas = 1\n', store, clock)

@@ -171,3 +171,53 @@ async def test_resharding_under_load_is_followed_without_falling_back(
     # A person whose keys are mid-migration waits (TRYAGAIN) rather than falling back, unless
     # the migration outlasts the retries: then that person alone falls back.
     assert tally.fell_back <= redirections.get("TRYAGAIN", 0)
+
+
+async def test_a_master_without_its_replica_fails_only_its_people_in_the_stricter_mode(
+    private_cluster: RedisClusterServers,
+) -> None:
+    """`[store] replicas = 1`: each master's WAIT decides for the decisions written to it, so
+    a master that lost its replica refuses its own people's decisions, batch after batch, while
+    the people on the other masters are personalized in those same batches; once the replica
+    is back, so are the master's people."""
+    stricter = policy(
+        NO_REPETITION + '[store]\ntimeout = "2s"\nreplicas = 1\nretry_after = "200ms"\n'
+    )
+    store = ClusterStore(private_cluster.url)
+    engine = Engine(stricter, store, secret=SECRET)
+    batches: list[int] = []
+    store.on_batch = lambda size, seconds: batches.append(size)
+    masters = private_cluster.masters()
+    slots = slots_of_people(200)
+    by_master = [
+        [person for person, slot in slots.items() if slot in private_cluster.slots_of(master)][:3]
+        for master in masters
+    ]
+    bereft, others = set(by_master[0]), {p for people in by_master[1:] for p in people}
+
+    async def decide_all() -> dict[str, tuple[str, str]]:
+        people = sorted(bereft | others)
+        decided = await asyncio.gather(*(engine.decide(marker(), person=p) for p in people))
+        return {p: (d.outcome, d.reason.value) for p, d in zip(people, decided, strict=True)}
+
+    try:
+        assert set((await decide_all()).values()) == {("personalized", "allowed")}
+        replica = private_cluster.replica_of(masters[0])
+        private_cluster.kill(replica)
+        for _ in range(2):  # batch after batch: no pause for everyone
+            batches.clear()
+            decided = await decide_all()
+            assert batches == [len(bereft | others)]  # all of them in one batch
+            assert {decided[p] for p in others} == {("personalized", "allowed")}
+            assert {decided[p] for p in bereft} == {("segment", "store-unavailable")}
+        assert not engine.guard.failing
+        await asyncio.to_thread(replica.start)  # it rejoins, syncs, and acknowledges again
+        for _ in range(1000):  # bounded: the master is asked again every retry_after
+            decided = await decide_all()
+            assert {decided[p] for p in others} == {("personalized", "allowed")}
+            if {decided[p] for p in bereft} == {("personalized", "allowed")}:
+                break
+            await asyncio.sleep(0.05)
+        assert {decided[p] for p in bereft} == {("personalized", "allowed")}
+    finally:
+        await store.aclose()

@@ -212,3 +212,12 @@ def test_the_shipped_eu_override_layers_on_the_default_policy() -> None:
     assert caps["per-user-daily"].except_tags == ("service",)
     assert caps["per-user-weekly"].shadow
     assert policy.quiet_hours is not None and policy.quiet_hours.channels == ("push", "email")
+
+
+def test_check_with_a_missing_override_names_the_missing_file(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, _ = files
+    missing = tmp_path / "nope.toml"
+    assert main(["check", str(base), "--with", str(missing)]) == 1
+    assert capsys.readouterr().out.startswith(f"{missing}: cannot be read: ")

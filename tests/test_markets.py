@@ -389,3 +389,13 @@ def test_uvicorn_workers_decide_by_market_and_stop_on_an_unknown_static_one(
         "us": "shop-us",
         "": "shop",
     }, log
+
+
+def test_a_market_with_alerts_of_its_own_stops_start_up(files: Path) -> None:
+    (files / "markets" / "eu.toml").write_text(
+        EU + '[alerts]\n[[alerts.conditions]]\nname = "down"\nkind = "store-failing"\n'
+    )
+    with pytest.raises(ConfigurationError, match="'eu' has an \\[alerts\\] table of its own"):
+        ThrottleMiddleware(
+            None, policy=files / "base.toml", markets=files / "markets", market="eu", secret=SECRET
+        )

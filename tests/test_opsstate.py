@@ -15,7 +15,7 @@ from tests.helpers import SECRET, marker, policy
 from tests.redis_server import RedisServer
 from throttle import Engine
 from throttle.opsstate import OpsConfig, OpsState, summed
-from throttle.store import RedisStore, Store
+from throttle.store import MemoryStore, RedisStore, Store
 
 TWO_PER_HOUR = (
     '[[caps]]\nname = "two"\nper = "user"\nlimit = 2\nwindow = "1h"\n'
@@ -228,3 +228,17 @@ async def test_a_flush_costs_redis_a_command_per_counter_not_per_decision(
     counters = len(minute.outcomes) + len(minute.reasons) + len(minute.campaigns) + 20
     assert stats["cmdstat_hincrby"]["calls"] <= counters
     assert stats["cmdstat_exec"]["calls"] == 1  # one transaction for everything
+
+
+async def test_campaigns_a_markets_policy_names_are_counted_by_name(clock: ManualClock) -> None:
+    eu = policy(TWO_PER_HOUR + '[fallback.content."eu-only"]\nbody = "{}"\n')
+    engine = Engine(
+        policy(TWO_PER_HOUR), MemoryStore(), secret=SECRET, clock=clock, markets={"eu": eu}
+    )
+    state = OpsState(engine, clock=clock)
+    await engine.decide(marker("eu-only"), person="ana", market="eu")
+    await engine.decide(marker("nobody-names-it"), person="ana", market="eu")
+    await state.flush()
+    (minute,) = await state.minutes(clock(), clock())
+    assert minute.campaigns == {"eu-only": 1, "other": 1}
+    await state.aclose()

@@ -461,3 +461,66 @@ def test_a_markets_policy_decides_its_messages_and_says_whether_decisions_show()
     decided = json.loads(messages[2]["text"])["decisions"]
     assert decided == [[reason, NO_HEADER.version] for reason in
                        ("allowed", "frequency-cap", "invalid-marker")]  # fmt: skip
+
+
+@pytest.mark.parametrize("marked_as_a_whole", [False, True])
+def test_an_event_streams_content_length_goes_as_its_events_change_length(
+    marked_as_a_whole: bool,
+) -> None:
+    event = personalized_event("SECRET", segment="everyone", marker=personalization("x"))
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"content-length", b"%d" % len(event)),
+            *(personalization_headers() if marked_as_a_whole else []),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": event})
+
+    sent: list[Message] = []
+
+    async def run() -> None:
+        # Marked as a whole, the stream is allowed for ana, and then each event is decided.
+        who = "ana" if marked_as_a_whole else None
+        middleware = ThrottleMiddleware(
+            app, policy=policy(), identify=lambda scope: who, reload_interval=None
+        )
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await middleware({"type": "http", "method": "GET", "path": "/", "headers": []}, _nothing,
+                         send)  # fmt: skip
+
+    asyncio.run(run())
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    assert b"content-length" not in {name.lower() for name, _ in start["headers"]}
+    assert b"personalization-decision: " in body
+    if not marked_as_a_whole:
+        assert b"SECRET" not in body and b"data: everyone" in body
+
+
+def test_a_socket_starts_the_alert_monitor_where_no_lifespan_did() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    async def run() -> bool:
+        middleware = ThrottleMiddleware(app, policy=policy(), reload_interval=None)
+        messages = iter([{"type": "websocket.connect"}])
+
+        async def receive() -> Message:
+            return next(messages, {"type": "websocket.disconnect", "code": 1000})
+
+        async def send(message: Message) -> None:
+            pass
+
+        scope = {"type": "websocket", "path": "/live", "headers": []}
+        await middleware(scope, receive, send)
+        started = middleware.alerts.started
+        await middleware.alerts.aclose()
+        return started
+
+    assert asyncio.run(run())

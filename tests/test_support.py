@@ -39,7 +39,7 @@ from throttle import (
 from throttle import personal_data as data
 from throttle.audit_summary import read_entries
 from throttle.cli import main
-from throttle.store import MemoryStore, RedisStore, Store, open_store
+from throttle.store import ClusterStore, MemoryStore, RedisStore, Store, open_store
 from throttle.support import BadRequest, carry_out
 
 POLICY_FILE = Path(__file__).resolve().parent.parent / "policies" / "default.toml"
@@ -248,6 +248,8 @@ def test_throttle_person_carries_out_requests_against_a_real_redis(
         (["level", "--secret-file", "/nonexistent/secret"], {}, 1, "cannot be read"),
         (["level"], {"USER": ""}, 2, "--operator NAME"),
         (["level", "--store", "memory://"], {}, 2, "the Redis the app uses"),
+        # A URL refused is shown without its password.
+        (["level", "--store", "ftp://:hunter2@127.0.0.1:1/"], {}, 2, "not 'ftp://127.0.0.1:1/'"),
         (["erase", "--set", "off"], {}, 2, "erase takes no --set"),
         (["level", "--store", "redis://127.0.0.1:x/0"], {}, 1, "Port could not be cast"),
         (["level", "--id", ""], {}, 2, "--id must name the person"),
@@ -273,7 +275,32 @@ def test_throttle_person_says_what_cannot_be_used(
     assert main(given) == status
     err = capsys.readouterr().err
     assert words in err and err.startswith("throttle person: "), err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "hunter2" not in err
+
+
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+def test_throttle_person_reaches_a_cluster_and_redis_behind_sentinel(
+    topology: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = request.getfixturevalue("redis_cluster_url" if topology == "cluster" else "sentinel_url")
+
+    async def seed() -> None:
+        store = ClusterStore(url) if topology == "cluster" else RedisStore(url)
+        await seen(Engine(POLICY, store, secret=SECRET), ANA_ID, 2)
+        await store.aclose()
+
+    asyncio.run(seed())
+    monkeypatch.setenv("THROTTLE_SECRET", SECRET.decode())
+    common = ["--id", ANA_ID, "--policy", str(POLICY_FILE), "--store", url, "--operator", "sam"]
+    assert main(["person", "export", "--json", *common]) == 0
+    assert len(json.loads(capsys.readouterr().out)["recent_decisions"]) == 2
+    assert main(["person", "erase", *common]) == 0
+    assert capsys.readouterr().out.startswith("erased: their record and choices, with 2")
+    assert main(["person", "export", "--json", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["recent_decisions"] == []
 
 
 class StaffOrCustomer(AuthenticationBackend):

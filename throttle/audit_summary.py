@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -41,6 +41,7 @@ from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.policy import parse_duration
 from throttle.store.cluster import audit_keys, cluster_client, parse_cluster_url
 from throttle.store.sentinel import client_for
+from throttle.store.url import redacted_url
 
 # What the policy decides: these refusals are the ones that could single a group out.
 LIMIT_REASONS = frozenset(r.value for r in Reason if r.kind == "limit")
@@ -666,23 +667,3 @@ def _period(since_ms: int | None, until_ms: int | None) -> str:
     if until_ms is None:
         return f"since {_time(since_ms)}"
     return f"{_time(since_ms)} to {_time(until_ms)}"
-
-
-def redacted_url(url: str) -> str:
-    """`url` without a password, in its user part or its query, so it can be shown."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user_info, _, host = netloc.rpartition("@")
-        user = user_info.partition(":")[0]
-        netloc = f"{user}@{host}" if user else host
-    query = urlencode(
-        [
-            (name, value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-            if name.lower() != "password"
-        ]
-    )
-    # Rebuilt by hand: urlunsplit would turn `unix:///path` into `unix:/path`.
-    shown = f"{parts.scheme}://{netloc}{parts.path}"
-    return f"{shown}?{query}" if query else shown

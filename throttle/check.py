@@ -38,7 +38,7 @@ def check(paths: Iterable[str], out: TextIO, *, overrides: Sequence[str] = ()) -
         except PolicyError as error:
             status = 1
             for problem in error.problems:
-                source = problem.source or path
+                source = problem.source or error.source or path
                 where = f"{source}:{problem.line}" if problem.line is not None else source
                 key = f" {problem.key}:" if problem.key else ""
                 print(f"{where}:{key} {problem.message}", file=out)

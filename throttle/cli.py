@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import shlex
 import sys
@@ -19,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
-from throttle.errors import ThrottleError
+from throttle.errors import ConfigurationError, ThrottleError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -310,7 +311,8 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--redis-url",
         default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         help=(
-            "the Redis the middleware writes to, or a cluster (redis+cluster://host:port,...) "
+            "the Redis the middleware writes to: redis://, Redis behind Sentinel "
+            "(redis+sentinel://host:port,.../service) or a cluster (redis+cluster://host:port,...) "
             "(default: $REDIS_URL or redis://127.0.0.1:6379/0)"
         ),
     )
@@ -475,7 +477,16 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.set_defaults(command=_bench, name="bench")
 
 
+# What `throttle bench` runs its arms with: the `bench` extra.
+_BENCH_MODULES = ("uvicorn", "httptools", "slowapi", "limits", "coredis")
+
+
 def _bench(arguments: argparse.Namespace) -> int:
+    missing = [name for name in _BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigurationError(
+            f"the bench needs {', '.join(missing)}: pip install 'throttle-asgi[bench]'"
+        )
     from throttle.bench import report, runner
 
     chosen = {

@@ -10,7 +10,9 @@ its hold stops counting by itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import math
 import secrets
 import time
@@ -42,6 +44,10 @@ _MARKERS_REMEMBERED = 1024
 # a request's path): it comes after a send that took its own time, and failing it costs a
 # count (a commit's message stops counting when its hold runs out).
 _SETTLE_TIMEOUT_SECONDS = 2.0
+# `reserving` commits a sent message this many times at most, waiting 0.1 s, then 0.2 s.
+_COMMIT_ATTEMPTS = 3
+_COMMIT_BACKOFF_SECONDS = 0.1
+logger = logging.getLogger(__name__)
 
 
 class MarkerFields(TypedDict, total=False):
@@ -284,6 +290,10 @@ class ThrottleClient:
     ) -> AsyncIterator[Reservation]:
         """`reserve`, then `commit` when the block ends normally and `release` when it raises.
 
+        The block's send went out once it ends normally, so a commit the store refuses is tried
+        again a few times and then logged, never raised: raising would read as a failed send,
+        and a retry would send the message twice (uncommitted, it stops counting after `hold`).
+
         ```python
         async with client.reserving(user_id, campaign="spring-sale", channel="email") as r:
             if r.allowed:
@@ -301,7 +311,23 @@ class ThrottleClient:
                     await self.release(reservation)
             raise
         if reservation.held:
-            await self.commit(reservation)
+            await self._commit_after_send(reservation)
+
+    async def _commit_after_send(self, reservation: Reservation) -> None:
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                await self.commit(reservation)
+                return
+            except StoreUnavailable as error:
+                if attempt + 1 == _COMMIT_ATTEMPTS:
+                    logger.warning(
+                        "throttle: a sent message's reservation could not be committed; it "
+                        "stops counting when its hold runs out: %s",
+                        error,
+                        extra={"campaign": reservation.decision.campaign, "why": str(error)},
+                    )
+                    return
+                await asyncio.sleep(_COMMIT_BACKOFF_SECONDS * 2**attempt)
 
     async def aclose(self) -> None:
         """Close the store (it writes what it holds back first)."""
@@ -360,7 +386,8 @@ class ThrottleClient:
         try:
             reloaded = watcher.poll()
             by_market = self._market_watcher.poll() if self._market_watcher is not None else {}
-        except Exception:  # a policy edit never costs a send; the middleware logs the same way
+        except Exception as error:  # a policy edit never costs a send; it is logged instead
+            logger.warning("throttle: policy reload failed: %s", error, extra={"why": str(error)})
             return
         if reloaded is not None:
             self.engine.policy = reloaded

@@ -17,7 +17,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,6 +243,7 @@ class ThrottleMiddleware:
             else tuple(Path(p) for p in policy)
         )
         by_market, self._market_watcher = self._markets(base, markets, reload_interval)
+        _alerts_in_base_only(loaded, by_market)
         opened = open_store(store) if isinstance(store, str) else store
         self.engine = Engine(
             loaded, opened, secret=secret_key(secret, opened), clock=clock, markets=by_market
@@ -290,6 +291,8 @@ class ThrottleMiddleware:
             scope[MIDDLEWARE_SCOPE_KEY] = self
             await self.app(scope, receive, _Responder(self, scope, send))
         elif scope["type"] == "websocket":
+            if not self.alerts.started:  # or the first socket, on a service of sockets alone
+                self.alerts.start()
             scope[MIDDLEWARE_SCOPE_KEY] = self
             scope[REALTIME_SCOPE_KEY] = True
             await self.app(scope, receive, SocketSender(self, scope, send))
@@ -604,6 +607,7 @@ class _Responder:
             self.passing = True
             if is_event_stream(raw):  # each marked event is decided on its own
                 self.send = EventStream(self.middleware, self.scope, self.send)
+                raw = _without_length(raw)
             await self.send({**message, "headers": raw})
             return
         middleware = self.middleware
@@ -629,6 +633,7 @@ class _Responder:
             self.passing = True
             if is_event_stream(raw):
                 self.send = EventStream(middleware, self.scope, self.send)
+                headers = _without_length(headers)
             await self.send({**message, "headers": headers})
             return
 
@@ -674,6 +679,12 @@ class _Responder:
             body = b""
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _without_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An event stream's headers without Content-Length: deciding its events one by one
+    changes their length, so the body is sent with the length it ends up with."""
+    return [(name, value) for name, value in headers if name.lower() != b"content-length"]
 
 
 def _joined(earlier: bytes | None, value: bytes) -> bytes:
@@ -724,6 +735,17 @@ def _as_id(returned: object) -> tuple[str | None, str]:
     if len(person) > MAX_ID_LENGTH:
         return None, f"an id of {len(person)} characters, more than {MAX_ID_LENGTH}"
     return person, ""
+
+
+def _alerts_in_base_only(base: Policy, markets: Mapping[str, Policy]) -> None:
+    """Alerts watch the whole site, so only the base policy has them: a market's own would be
+    a webhook nobody hears, and start-up says so rather than ignore it."""
+    for name, policy in markets.items():
+        if policy.alerts != base.alerts:
+            raise ConfigurationError(
+                f"markets: {name!r} has an [alerts] table of its own; alerts watch every "
+                "market at once and are read from the base policy: move them there"
+            )
 
 
 def _unless_in(

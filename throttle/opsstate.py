@@ -233,7 +233,7 @@ class OpsState:
         self._rules: set[str] = set()
         self._segments: set[str] = set()
         self._named_campaigns: frozenset[str] = frozenset()
-        self._named_for: Policy | None = None
+        self._named_for: tuple[Policy, ...] = ()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         engine.observe(self.observe)
@@ -300,11 +300,16 @@ class OpsState:
         return tuple(names)
 
     def _campaign(self, campaign: str | None) -> str:
-        policy = self.engine.policy
-        if self._named_for is not policy:
-            self._named_for = policy
+        engine = self.engine
+        # The campaigns every policy in force names: the default one's and each market's.
+        policies = (engine.policy, *(engine.policy_for(m) for m in engine.markets))
+        if len(policies) != len(self._named_for) or any(
+            policy is not known for policy, known in zip(policies, self._named_for, strict=True)
+        ):
+            self._named_for = policies
             named = set(self.config.campaigns)
-            named.update(name for name in policy.fallback.content if name != "*")
+            for policy in policies:
+                named.update(name for name in policy.fallback.content if name != "*")
             self._named_campaigns = frozenset(named)
         if campaign is None:
             return "-"

@@ -49,14 +49,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Scope
 
 from throttle import personal_data
-from throttle.audit_summary import redacted_url
 from throttle.engine import Engine
 from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.middleware import MAX_ID_LENGTH, authenticated_user, secret_key
 from throttle.policy import load_policy
 from throttle.privacy import Refusal, answer, middleware_of, small_json
-from throttle.store import RedisStore
+from throttle.store import ClusterStore, RedisStore
 from throttle.store.base import AuditLimits
+from throttle.store.url import redacted_url
 
 # What staff may do, and what each needs besides the person: a level, a category, or nothing.
 ACTIONS = {
@@ -70,6 +70,17 @@ ACTIONS = {
 }
 ADMIN_SCOPE = "throttle:admin"
 _MAX_OPERATOR_LENGTH = 128
+
+# What `throttle person` opens: the stores a running app shares (memory:// is per process).
+_SHARED_STORES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 
 
 class BadRequest(ValueError):
@@ -342,9 +353,10 @@ def person_command(arguments: argparse.Namespace, out: TextIO) -> int:
     url = arguments.store or os.environ.get("REDIS_URL") or ""
     if not url:
         raise UsageError("give the app's store: --store redis://… (or set $REDIS_URL)")
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(_SHARED_STORES):
         raise UsageError(
-            f"--store must be the Redis the app uses (redis://, rediss://, unix://), not {url!r}"
+            f"--store must be the Redis the app uses ({', '.join(_SHARED_STORES)}), "
+            f"not {redacted_url(url)!r}"
         )
     secret = _secret(arguments.secret_file)
     policy = load_policy(*arguments.policy)
@@ -407,8 +419,10 @@ def _secret(secret_file: Path | None) -> str | None:
 
 
 def _redis(url: str, prefix: str) -> RedisStore:
+    """The app's store: one Redis, Redis behind Sentinel or a Redis Cluster."""
+    kind = ClusterStore if url.startswith(("redis+cluster://", "rediss+cluster://")) else RedisStore
     try:
-        return RedisStore(url, prefix=prefix)
+        return kind(url, prefix=prefix)
     except ValueError as error:
         raise ConfigurationError(f"store {redacted_url(url)}: {error}") from None
 

@@ -11,6 +11,7 @@ from throttle.store.base import Store
 from throttle.store.cluster import ClusterStore
 from throttle.store.memory import MemoryStore
 from throttle.store.redis import RedisStore
+from throttle.store.url import redacted_url
 
 
 def _memory(uri: str) -> Store:
@@ -45,11 +46,13 @@ def open_store(uri: str) -> Store:
     factory = _FACTORIES.get(scheme)
     if factory is None:
         known = ", ".join(f"{s}://" for s in _FACTORIES)
-        raise ConfigurationError(f"store {uri!r}: unknown scheme {scheme!r}; use one of {known}")
+        raise ConfigurationError(
+            f"store {redacted_url(uri)!r}: unknown scheme {scheme!r}; use one of {known}"
+        )
     try:
         return factory(uri)
     except ValueError as error:  # e.g. a port that is not a number
-        raise ConfigurationError(f"store {uri!r}: {error}") from None
+        raise ConfigurationError(f"store {redacted_url(uri)!r}: {error}") from None
 
 
 __all__ = ["ClusterStore", "MemoryStore", "RedisStore", "Store", "open_store"]

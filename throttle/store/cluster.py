@@ -17,6 +17,15 @@ the store refuses their decisions alone (segment content; the engine keeps using
 everyone else), it is logged once, and it is tried again after `retry_after`, the slot map
 first, so decisions resume on the replica the cluster promotes. MOVED and ASK replies never
 reach the store; TRYAGAIN is retried a few times first.
+
+The stricter mode (`[store] replicas = N`): the store ends its batch with one keyless WAIT. It
+goes to no master as such: each write to a master that carries decisions ends with its own WAIT,
+on the same connection, so it covers exactly those decisions. A master whose count falls short
+(a lost replica, a promoted master with none yet) or that errs turns its decisions into SLOTDOWN
+replies, its people's outage alone; the batch's WAIT is answered with N for the store, as every
+decision still standing reached N replicas. A WAIT that falls short blocks its connection for
+half the timeout, so such a master's decisions are then refused unsent, logged once, for
+`retry_after`; then one write asks again with a WAIT.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import hiredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from throttle.store.pipe import Pipe, command
+from throttle.store.layout import script, sha1
+from throttle.store.pipe import Pipe, bulk, command
 from throttle.store.redis import LOAD_SCRIPTS, SLOT_DOWN, RedisStore
 
 logger = logging.getLogger(__name__)
@@ -62,6 +72,9 @@ _REDIRECTIONS = ("MOVED ", "ASK ", "TRYAGAIN")
 _TRYAGAIN_SECONDS = 0.005
 _SCRIPTED = frozenset((b"EVALSHA", b"EVAL"))
 _ASKING = command(b"ASKING")
+_WAIT = b"WAIT"
+# How a decision (deliver.lua by its SHA) starts, after the array's length.
+_DECISION = bulk(b"EVALSHA") + bulk(sha1(script("deliver")))
 _CLUSTER_SLOTS = command(b"CLUSTER", b"SLOTS")
 
 
@@ -178,19 +191,23 @@ def _host_port(location: str) -> tuple[str, int]:
 class _Node:
     """One master: its connection, and when it may be tried again after a failure."""
 
-    __slots__ = ("address", "down_since", "pipe", "retry_at")
+    __slots__ = ("address", "down_since", "pipe", "probing", "retry_at", "short_until")
 
     def __init__(self, address: str, pipe: Pipe) -> None:
         self.address = address
         self.pipe = pipe
         self.retry_at = 0.0
         self.down_since: float | None = None
+        # The stricter mode: after a WAIT fell short, until when its decisions are refused
+        # unsent, and whether the one write that asks again (with a WAIT) is out.
+        self.short_until: float | None = None
+        self.probing = False
 
 
 class _Job:
     """One batch the store sent: its replies, filled in as the nodes answer."""
 
-    __slots__ = ("future", "parts", "remaining", "replies")
+    __slots__ = ("future", "parts", "remaining", "replicas", "replies", "wait")
 
     def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
         self.future = future
@@ -198,20 +215,29 @@ class _Job:
         # Per command, the answers still awaited: one, or one per master for a keyless one.
         self.parts = [1] * count
         self.remaining = count
+        # The stricter mode: the WAIT each node's write of decisions ends with, and its N.
+        self.wait: bytes | None = None
+        self.replicas = 0
+
+    def wait_per_node(self, index: int, raw: bytes, replicas: int) -> None:
+        """The batch's WAIT at `index` is sent with each node's decisions instead: answered now
+        with `replicas` for the store, a node's shortfall refusing that node's decisions."""
+        self.wait = raw
+        self.replicas = replicas
+        self.replies[index] = replicas
+        self.parts[index] = 0
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(self.replies)
 
     def answer(self, index: int, reply: Any) -> None:
         if self.parts[index] <= 0:
             return
         current = self.replies[index]
-        # A keyless command sent to every master: the first error stands, else the smallest
-        # count (WAIT: the replicas that every master's writes reached), else the first reply.
-        if (
-            current is None
-            or (
-                isinstance(reply, hiredis.ReplyError)
-                and not isinstance(current, hiredis.ReplyError)
-            )
-            or (type(reply) is int and type(current) is int and reply < current)
+        # A keyless command sent to every master (SCRIPT LOAD): the first error stands, else
+        # the first reply.
+        if current is None or (
+            isinstance(reply, hiredis.ReplyError) and not isinstance(current, hiredis.ReplyError)
         ):
             self.replies[index] = reply
         self.parts[index] -= 1
@@ -284,7 +310,9 @@ class ClusterPipe(Pipe):
         groups: dict[str, list[tuple[int, bytes]]] = {}
         masters = self.masters()
         for index, (raw, key) in enumerate(commands):
-            if key is None:
+            if key is None and (replicas := _wait_for(raw)) is not None:
+                job.wait_per_node(index, raw, replicas)
+            elif key is None:
                 job.parts[index] = len(masters)
                 for master in masters:
                     groups.setdefault(master, []).append((index, raw))
@@ -478,20 +506,39 @@ class ClusterPipe(Pipe):
         asking: bool,
         redirects: int,
     ) -> None:
+        waits = job.wait is not None and any(_decides(raw) for _, raw in group)
+        probe = False
+        if waits and node.short_until is not None:
+            if node.probing or time.monotonic() < node.short_until:
+                group = _refuse_decisions(job, node, group)
+                waits = False
+                if not group:
+                    return
+            else:
+                # This write asks again; the others wait for its answer.
+                node.probing = probe = True
         if asking:
             payload = b"".join(_ASKING + raw for _, raw in group)
         else:
             payload = b"".join(raw for _, raw in group)
         expected = len(group) * (2 if asking else 1)
+        if waits:
+            # Right after this node's decisions, on its connection: it covers those writes.
+            payload += job.wait or b""
+            expected += 1
         try:
             replies = node.pipe.send(payload, expected)
         except ConnectionError as error:
+            if probe:
+                node.probing = False
             self._node_failed(node, error)
             _answer_all(job, group, _unreachable(node))
             return
         timer = _NodeDeadline(job, node, group, self.timeout)
         replies.add_done_callback(
-            functools.partial(self._answered, job, node, group, asking, redirects, timer)
+            functools.partial(
+                self._answered, job, node, group, asking, redirects, (waits, probe), timer
+            )
         )
 
     def _answered(
@@ -501,16 +548,33 @@ class ClusterPipe(Pipe):
         group: list[tuple[int, bytes]],
         asking: bool,
         redirects: int,
+        waiting: tuple[bool, bool],
         timer: _NodeDeadline,
         replies: asyncio.Future[list[Any]],
     ) -> None:
         timer.cancel()
+        waits, probe = waiting
+        if probe:
+            node.probing = False
         if replies.cancelled() or replies.exception() is not None:
             error = replies.exception() if not replies.cancelled() else None
             self._node_failed(node, error or ConnectionError("cancelled"))
             _answer_all(job, group, _unreachable(node))
             return
         values = replies.result()
+        shortfall = None
+        if waits:
+            held = values.pop()
+            if type(held) is not int or held < job.replicas:
+                shortfall = _too_few_replicas(node, held, job.replicas)
+                self._node_short(node, held, job.replicas)
+            elif node.short_until is not None:
+                node.short_until = None
+                logger.warning(
+                    "throttle: Redis Cluster node %s has its replicas again",
+                    node.address,
+                    extra={"node": node.address},
+                )
         if asking:
             values = values[1::2]  # each ASKING's +OK, then the command's reply
         redirected: dict[tuple[str, bool], list[tuple[int, bytes]]] = {}
@@ -536,6 +600,10 @@ class ClusterPipe(Pipe):
                     else:  # TRYAGAIN: the person's keys are split between two nodes for now
                         retry.append((index, raw))
                         continue
+            elif shortfall is not None and _decides(raw):
+                # Counted on this master, but maybe lost in a failover: not personalized on it
+                # (the count stays: over-counting is the safe side).
+                reply = shortfall
             job.answer(index, reply)
         for (target, ask), moved in redirected.items():
             self._dispatch(job, target, moved, asking=ask, redirects=redirects + 1)
@@ -543,6 +611,18 @@ class ClusterPipe(Pipe):
             asyncio.get_running_loop().call_later(
                 _TRYAGAIN_SECONDS * 2**redirects, self._reroute, job, retry, redirects + 1
             )
+
+    def _node_short(self, node: _Node, held: Any, replicas: int) -> None:
+        if node.short_until is None:
+            logger.warning(
+                "throttle: Redis Cluster node %s: WAIT %d answered %s; the people in its slots "
+                "get segment content until it has its replicas again (asked every retry_after)",
+                node.address,
+                replicas,
+                held,
+                extra={"node": node.address},
+            )
+        node.short_until = time.monotonic() + self.retry_after
 
     def _node_failed(self, node: _Node, error: BaseException) -> None:
         node.pipe.abort(ConnectionError(f"node {node.address} failed"))
@@ -632,6 +712,41 @@ def _unreachable(node: _Node) -> hiredis.ReplyError:
 
 def _uncovered(slot: int) -> hiredis.ReplyError:
     return _slot_down(f"slot {slot} is served by no node")
+
+
+def _refuse_decisions(
+    job: _Job, node: _Node, group: list[tuple[int, bytes]]
+) -> list[tuple[int, bytes]]:
+    """Answers the group's decisions for a node short of replicas; the rest, still to send."""
+    refused = _slot_down(f"{node.address} had too few replicas lately; asked again later")
+    rest = []
+    for index, raw in group:
+        if _decides(raw):
+            job.answer(index, refused)
+        else:
+            rest.append((index, raw))
+    return rest
+
+
+def _too_few_replicas(node: _Node, held: Any, replicas: int) -> hiredis.ReplyError:
+    if type(held) is int:
+        return _slot_down(f"{held} of {replicas} replicas of {node.address} acknowledged in time")
+    return _slot_down(f"WAIT failed on {node.address}: {held}")
+
+
+def _wait_for(raw: bytes) -> int | None:
+    """The replicas a WAIT command asks for; None for any other command."""
+    reader = hiredis.Reader()
+    reader.feed(raw)
+    arguments = reader.gets()
+    if arguments[0].upper() != _WAIT:
+        return None
+    return int(arguments[1])
+
+
+def _decides(raw: bytes) -> bool:
+    """Whether a command is a decision (deliver.lua), not a side write or a read."""
+    return raw.startswith(_DECISION, raw.index(b"\n") + 1)
 
 
 def audit_keys(prefix: str) -> tuple[str, ...]:
