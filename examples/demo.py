@@ -255,8 +255,9 @@ async def show_keys_and_clean_up(url: str, prefix: str) -> None:
     try:
         keys = sorted([key.decode() async for key in client.scan_iter(match=f"{prefix}{{*")])
         print(
-            f"Person keys in Redis: {len(keys)} (each person's record, and the choices of those "
-            "who made some), named by a keyed hash, never by the user id:"
+            f"Person keys in Redis: {len(keys)} (each person's record, the choices of those "
+            "who made some, and an erasure's tombstone, its time for 10 minutes), named by a "
+            "keyed hash, never by the user id:"
         )
         for key in keys:
             hours = await client.pttl(key) / 3_600_000

@@ -51,9 +51,10 @@ async def test_the_demo_runs_on_redis_and_shows_each_reason(
     privacy_shown(output)
     keys = output.split("Person keys in Redis")[1].split("Removed")[0]
     # After ana's erasure: the records of ben, cleo and dev (their counters and recent
-    # decisions), and cleo's choices (her GPC opt-out sticks), all under pseudonyms.
-    assert "Person keys in Redis: 4 (each person's record" in output
-    assert "ana" not in keys and keys.count(":choices") == 1
+    # decisions), cleo's choices (her GPC opt-out sticks) and the tombstone of ana's erasure
+    # (tests/test_erasure.py), all under pseudonyms.
+    assert "Person keys in Redis: 5 (each person's record" in output
+    assert "ana" not in keys and keys.count(":choices") == 1 and keys.count(":erased") == 1
     # The demo leaves nothing behind in the Redis it used.
     assert re.search(r"Removed this run's \d+ keys", output)
     assert await leftovers(redis_url) == []

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tests.apps import ROUTES
 from tests.helpers import SECRET, marker, trail
 from tests.redis_server import RedisServer
 from tests.servers import serving
-from tests.test_privacy import all_bytes
+from tests.test_privacy import after_erasure
 from throttle import (
     DataRequest,
     Engine,
@@ -38,7 +39,7 @@ from throttle import (
 from throttle import personal_data as data
 from throttle.audit_summary import read_entries
 from throttle.cli import main
-from throttle.store import ClusterStore, MemoryStore, RedisStore, Store
+from throttle.store import ClusterStore, MemoryStore, RedisStore, Store, open_store
 from throttle.support import BadRequest, carry_out
 
 POLICY_FILE = Path(__file__).resolve().parent.parent / "policies" / "default.toml"
@@ -128,7 +129,7 @@ async def test_an_erasure_by_staff_leaves_nothing_of_the_person_in_redis(
     token = await store.token_of(engine.pseudonym(ANA_ID))
     erased = await carry_out(engine, "erase", ANA_ID, operator="sam")
     assert erased["deleted"] == {"state": True, "recent_decisions": 3}
-    held = all_bytes(redis_server)
+    held = after_erasure(redis_server, engine.pseudonym(ANA_ID))
     assert engine.pseudonym(ANA_ID).encode() not in held
     assert ANA_ID.encode() not in held
     assert engine.pseudonym(BEN_ID).encode() in held  # ben's state stays
@@ -140,6 +141,41 @@ async def test_an_erasure_by_staff_leaves_nothing_of_the_person_in_redis(
     assert len(decisions) == 5 and reader.unreadable == 0
     assert token in {entry.person for entry in decisions}
     await store.aclose()
+
+
+@pytest.fixture(params=["redis", "cluster", "sentinel"])
+def shared_url(request: pytest.FixtureRequest) -> str:
+    """A shared store's URL: one Redis, a Redis Cluster, a Sentinel set."""
+    fixture = {"redis": "redis_url", "cluster": "redis_cluster_url", "sentinel": "sentinel_url"}
+    url: str = request.getfixturevalue(fixture[request.param])
+    return url
+
+
+async def test_each_request_keeps_its_entry_max_age_where_the_audit_reader_reads(
+    shared_url: str, tmp_path: Path
+) -> None:
+    # Without decisions in the trail, only the requests themselves keep their stream alive.
+    override = tmp_path / "audit.toml"
+    override.write_text('[audit]\nenabled = false\nmax_age = "1h"\n')
+    store = open_store(shared_url)
+    assert isinstance(store, RedisStore)
+    engine = Engine(load_policy(POLICY_FILE, override), store, secret=SECRET)
+    client, key = store.client, store.audit_key
+    # One of the streams `throttle audit` reads (a cluster store's shards).
+    assert key in store.audit_keys
+    two_hours_ago = int(time.time() * 1000) - 7_200_000
+    await client.xadd(key, {"n": 0, "d": b""}, id=f"{two_hours_ago}-0")
+    try:
+        await carry_out(engine, "export", ANA_ID, operator="sam")
+        assert 3_500_000 < await client.pttl(key) <= 3_600_000
+        await client.pexpire(key, 1000)  # as if most of the hour had passed since
+        await carry_out(engine, "erase", BEN_ID, operator="sam")
+        # The stream lives an hour after its last request, and holds nothing older.
+        assert 3_500_000 < await client.pttl(key) <= 3_600_000
+        assert [r.action for r in await requests_in(store)] == ["export", "erase"]
+        assert await client.xrange(key, min=f"{two_hours_ago}-0", max=f"{two_hours_ago}-0") == []
+    finally:
+        await engine.aclose()
 
 
 async def requests_at(url: str) -> list[DataRequest]:
@@ -186,7 +222,7 @@ def test_throttle_person_carries_out_requests_against_a_real_redis(
     assert erased.returncode == 0, erased.stderr
     assert erased.stdout.startswith("erased: their record and choices, with 3 recent decisions")
 
-    held = all_bytes(redis_server)
+    held = after_erasure(redis_server, pseudonym)
     assert pseudonym.encode() not in held and ANA_ID.encode() not in held
     assert BEN_ID.encode() not in held  # nobody's id, ever
     requests = asyncio.run(requests_at(redis_url))
@@ -343,8 +379,8 @@ async def test_the_admin_routes_through_a_real_server(
     assert [r.status_code for r in refused] == [400, 400, 400, 400, 400, 400, 413]
     assert erased.json()["result"]["deleted"]["state"] is True
 
-    held = all_bytes(redis_server)
     pseudonym = Engine(POLICY, MemoryStore(), secret=SECRET).pseudonym(ANA_ID)
+    held = after_erasure(redis_server, pseudonym)
     assert pseudonym.encode() not in held and ANA_ID.encode() not in held
     requests = await requests_at(redis_url)
     assert [(r.action, r.value, r.operator) for r in requests] == [

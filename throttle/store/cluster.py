@@ -801,6 +801,8 @@ class ClusterStore(RedisStore):
         )
         self._cluster.stall_limit = stall_limit
         self._audit_keys = tuple(key.encode() for key in audit_keys(prefix))
+        # Data requests go to one of the shards, where `throttle audit` reads too.
+        self._audit_key = self._audit_keys[0]
 
     def _connections(
         self, url: str, *, connect_timeout: float, stall_limit: float
@@ -829,6 +831,13 @@ class ClusterStore(RedisStore):
         client = self._cluster_client
         counts = await asyncio.gather(*(client.pfcount(self.audience_key(s)) for s in segments))
         return dict(zip(segments, counts, strict=True))
+
+    async def _transaction(self) -> Any:
+        # redis-py queues a cluster transaction's commands from a thread with an event loop of
+        # its own: a client that learned the cluster there would keep that closed loop's
+        # connections. It learns it here, in ours.
+        await self._cluster_client.initialize()
+        return await super()._transaction()
 
     async def _get_many(self, keys: list[bytes]) -> list[Any]:
         # The pieces live in many slots: one GET per slot, batched per node by redis-py.

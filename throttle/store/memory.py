@@ -281,6 +281,8 @@ class MemoryStore:
         return [entry for _, entry in reversed(record.recent)] if record is not None else []
 
     async def erase(self, person: str) -> Erasure:
+        # One process writes its decisions at once: none made before this can come after it,
+        # so nothing like RedisStore's tombstone is needed here.
         record = self._people.pop(person, None)
         choices = self._choices.pop(person, None)
         held = record is not None and record.expires_ms > self._now_ms

@@ -2,11 +2,12 @@
 
 Each decision runs `lua/deliver.lua` by its SHA on the person's record, whose key is
 hash-tagged (`prefix{pseudonym}`) so everything about one person sits in one cluster slot and
-erasure is one DEL. The script also writes the decision into the person's recent decisions, so
-the audit trail costs the decision path no command of its own. Decisions made in the same
-event-loop tick are coalesced: one write carries every EVALSHA, the segment-audience HyperLogLog
-commands and one XADD holding the audit entries that waited, and one read brings the replies
-back. Each script still runs atomically, so caps stay exact.
+erasure is one write (a DEL, and a short-lived tombstone that keeps other workers' waiting
+writes from bringing the person back). The script also writes the decision into the person's
+recent decisions, so the audit trail costs the decision path no command of its own. Decisions
+made in the same event-loop tick are coalesced: one write carries every EVALSHA, the
+segment-audience HyperLogLog commands and one XADD holding the audit entries that waited, and
+one read brings the replies back. Each script still runs atomically, so caps stay exact.
 
 Faults: an error reply about the server rather than one person's record (OOM, READONLY,
 LOADING, ...) fails the batch as a store fault, like a lost connection. A batch is given up on
@@ -104,6 +105,17 @@ _RECENT_PIECE_REFRESH_SECONDS = 60.0
 _MENDED_PIECE_KEEP_MS = 86_400_000
 # Pieces of recent decisions: a message's template, or one decision made without the store.
 _TEMPLATE, _ENTRY = 1, 2
+# How long an erasure's tombstone (`prefix{pseudonym}:erased`, its time) is kept, ms: the
+# person's decisions made before it, still waiting in any worker, are not written after it.
+# Such a write waits at most half of this (`_side_commands`: 50 ms normally, longer only in an
+# outage); the other half covers one in flight and clocks that are a little apart. Short,
+# because its key names the person's pseudonym.
+TOMBSTONE_MS = 600_000
+
+# A decision made without the store, waiting to be written: (pseudonym, its EVALSHA of
+# remember.lua, its time in ms, what the trail gets once the script names the person's token,
+# when it was made (monotonic)).
+_Remembered = tuple[str, bytes, int, bytes | None, float]
 
 
 class RedisStore:
@@ -153,11 +165,13 @@ class RedisStore:
         # Audit entries waiting for the next write, packed, and the trail's bounds.
         self._trail: list[bytes] = []
         self._trail_limits: AuditLimits | None = None
-        # Decisions made without the store, as ready EVALSHAs of remember.lua, with what the
-        # trail gets once the script names the person's token: (pseudonym, command, time, tail).
-        self._remembered: list[tuple[str, bytes, int, bytes | None]] = []
+        # Decisions made without the store, waiting to be written.
+        self._remembered: list[_Remembered] = []
         self._side_scheduled = False
         self._dropped = 0
+        self._unlinked = 0  # decisions that waited too long to be linked to their person
+        # How long an erasure's tombstone is kept, ms (`TOMBSTONE_MS`).
+        self.tombstone_ms = TOMBSTONE_MS
         self._trimmed_at = -_TRIM_EVERY_SECONDS
         # Entries per append, for bounding the trail by entries while appends carry many.
         self._appended = 0
@@ -209,8 +223,15 @@ class RedisStore:
         kept as long as they come back rather than as long as a window."""
         return f"{self.prefix}{{{person}}}:choices"
 
+    def tombstone_key(self, person: str) -> str:
+        """The time of the person's last erasure, kept `tombstone_ms` in their slot: no
+        decision made before it is written into their record after it. It holds no id."""
+        return f"{self.prefix}{{{person}}}:erased"
+
     @property
     def audit_key(self) -> str:
+        """The stream data requests by support staff are appended to: the trail's only stream,
+        or the first of a cluster store's shards."""
         return self._audit_key.decode()
 
     @property
@@ -625,9 +646,10 @@ class RedisStore:
         written = command(
             b"EVALSHA",
             _REMEMBER_SHA,
-            b"2",
+            b"3",
             key,
             key + b":choices",
+            key + b":erased",
             piece,
             b"%d" % time_ms,
             b"%d" % per_person,
@@ -637,7 +659,9 @@ class RedisStore:
         )
         if audit is not None:
             self._trail_limits = audit
-        self._remembered.append((person, written, time_ms, tail if audit is not None else None))
+        self._remembered.append(
+            (person, written, time_ms, tail if audit is not None else None, time.monotonic())
+        )
         if len(self._remembered) > _MAX_PENDING:
             del self._remembered[0]
             self._dropped += 1
@@ -703,9 +727,16 @@ class RedisStore:
         commands: list[bytes] = self._pieces
         handlers: list[_SideReply] = [_SideReply(None) for _ in commands]
         self._pieces = []
+        # Past half a tombstone's life, the person's erasure may be forgotten: a decision that
+        # waited that long (an outage) goes to the trail alone, naming nobody.
+        stale = time.monotonic() - self.tombstone_ms / 2000
         for remembered in self._remembered:
-            commands.append(remembered[1])
-            handlers.append(_SideReply(remembered))
+            if remembered[4] > stale:
+                commands.append(remembered[1])
+                handlers.append(_SideReply(remembered))
+            elif remembered[3] is not None:
+                self._trail.append(pack_entry(remembered[2], "", remembered[3]))
+                self._unlinked += 1
         self._remembered = []
         limits = self._trail_limits
         if self._trail and limits is not None:
@@ -741,6 +772,14 @@ class RedisStore:
                 extra={"dropped": self._dropped},
             )
             self._dropped = 0
+        if self._unlinked:
+            logger.warning(
+                "throttle: %d decisions made without the store waited too long to be written"
+                " with their person; the audit trail has them naming nobody",
+                self._unlinked,
+                extra={"unlinked": self._unlinked},
+            )
+            self._unlinked = 0
         return b"".join(commands), handlers
 
     def _side_written(self, handlers: list[_SideReply], replies: list[Any]) -> None:
@@ -795,14 +834,22 @@ class RedisStore:
         self._side_written(handlers, replies)
 
     async def erase(self, person: str) -> Erasure:
-        # What is still waiting to be written of theirs is dropped, not written after erasure.
+        # What is still waiting to be written of theirs here is dropped; what waits in other
+        # workers, or is on its way, meets the tombstone (remember.lua).
         self._remembered = [item for item in self._remembered if item[0] != person]
         async with _unavailable_on_error():
-            pipe = self._client.pipeline(transaction=True)
+            pipe = await self._transaction()
             pipe.get(self.person_key(person))
             pipe.delete(self.person_key(person), self.choices_key(person))
-            raw, deleted = await pipe.execute()
+            pipe.set(
+                self.tombstone_key(person), math.floor(time.time() * 1000), px=self.tombstone_ms
+            )
+            raw, deleted, _ = await pipe.execute()
         return Erasure(state=bool(deleted), decisions=len(_recent_of(decode_record(raw))))
+
+    async def _transaction(self) -> Any:
+        """A MULTI/EXEC pipeline of redis-py's client."""
+        return self._client.pipeline(transaction=True)
 
     async def token_of(self, person: str) -> str:
         async with _unavailable_on_error():
@@ -812,12 +859,17 @@ class RedisStore:
         return token if isinstance(token, str) else ""
 
     async def append_request(self, entry: bytes, audit: AuditLimits) -> None:
+        key = self._audit_key
+        oldest = int(time.time() * 1000) - audit.max_age_ms
         async with _unavailable_on_error():
-            pipe = self._client.pipeline(transaction=True)
+            pipe = await self._transaction()
             # Beside the decisions' appends (`d`), under a field of its own (`r`).
-            pipe.xadd(self._audit_key, {b"r": entry})
-            # A trail this starts expires like one the decisions start.
-            pipe.pexpire(self._audit_key, audit.max_age_ms, nx=True)
+            pipe.xadd(key, {b"r": entry})
+            # Each entry is kept `max_age`, whether or not decisions are appended too: the
+            # stream holds nothing older, and lives at least that long after this append.
+            pipe.xtrim(key, minid=oldest, approximate=False)
+            pipe.pexpire(key, audit.max_age_ms, nx=True)
+            pipe.pexpire(key, audit.max_age_ms, gt=True)
             await pipe.execute()
 
     async def claim(self, name: str, ttl_ms: int) -> bool:
@@ -920,7 +972,7 @@ class _SideReply:
 
     __slots__ = ("remembered",)
 
-    def __init__(self, remembered: tuple[str, bytes, int, bytes | None] | None) -> None:
+    def __init__(self, remembered: _Remembered | None) -> None:
         self.remembered = remembered
 
 
