@@ -123,7 +123,11 @@ async def run_failover(sentinels: SentinelSet, *, replicas: int, how: str = "kil
 
     async with (
         serving(app, log_level="error") as url,
-        httpx.AsyncClient(base_url=url, timeout=10) as http,
+        # A new connection for each request: a kept-alive one that uvicorn closes as it idles
+        # out fails the next request sent on it, a client's race, not the app's.
+        httpx.AsyncClient(
+            base_url=url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+        ) as http,
     ):
         clients = [asyncio.create_task(client(http)) for _ in range(CLIENTS)]
         await asyncio.wait_for(time_to_kill.wait(), TIME_LIMIT)

@@ -78,7 +78,9 @@ async def test_a_killed_master_fails_over_under_load_behind_uvicorn(
     tally = Tally(cap=CAP)
     stop = asyncio.Event()
     slots = slots_of_people(PEOPLE)
-    limits = httpx.Limits(max_connections=WORKERS)
+    # A new connection for each request: a kept-alive one that uvicorn closes as it idles out
+    # fails the next request sent on it (RemoteProtocolError), a client's race, not the app's.
+    limits = httpx.Limits(max_connections=WORKERS, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=served, limits=limits, timeout=30) as http:
 
         async def decide(person: str) -> tuple[str, str]:
