@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from throttle import Engine, Marker, Policy
@@ -26,6 +27,16 @@ def engine(body: str, store: Store, clock: object, *, mode: str = "enforce") -> 
 
 def marker(campaign: str = "spring-sale", **fields: object) -> Marker:
     return Marker(campaign=campaign, **fields)  # type: ignore[arg-type]
+
+
+def patient_copy(shipped: Path, directory: Path) -> Path:
+    """A copy of a shipped policy with a store timeout no busy machine reaches: a test that
+    reads what was decided must not see the 50 ms timeout turn it into store-unavailable."""
+    text = shipped.read_text()
+    assert 'timeout = "50ms"' in text
+    copy = directory / shipped.name
+    copy.write_text(text.replace('timeout = "50ms"', 'timeout = "5s"'))
+    return copy
 
 
 NO_REPETITION = "[creepiness]\nrepetition = { weight = 0.0, window = '1h' }\n"

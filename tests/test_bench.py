@@ -22,6 +22,7 @@ import pytest
 import redis
 from starlette.types import ASGIApp, Message
 
+from tests.helpers import patient_copy
 from tests.redis_server import RedisServer
 from throttle.bench import apps, openloop, report
 from throttle.bench.cost import RedisCounters, RedisUse, process_cpu_seconds
@@ -384,12 +385,7 @@ def test_the_table_names_arms_that_failed_or_were_skipped() -> None:
 def bench_environment(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[None]:
-    # The default policy, but a store timeout no busy machine reaches: these tests count what
-    # the arms decide, which a 50 ms timeout would turn into store-unavailable under load.
-    patient = tmp_path / "patient.toml"
-    patient.write_text(
-        apps.DEFAULT_POLICY.read_text().replace('timeout = "50ms"', 'timeout = "5s"')
-    )
+    patient = patient_copy(apps.DEFAULT_POLICY, tmp_path)
     monkeypatch.setenv("THROTTLE_BENCH_POLICY", str(patient))
     monkeypatch.setenv("THROTTLE_BENCH_REDIS_URL", redis_url)
     monkeypatch.setenv("THROTTLE_BENCH_PREFIX", "bench-test:")

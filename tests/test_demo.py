@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from examples import demo
+from tests.helpers import patient_copy
 
 
 def outcomes(output: str) -> list[tuple[str, str, str]]:
@@ -31,11 +32,7 @@ EXPECTED = (
 def patient_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo's policy with a store timeout no busy machine reaches: the test reads what the
     demo decided, which a 50 ms timeout would turn into store-unavailable under load."""
-    default = Path(demo.POLICY).read_text()
-    assert 'timeout = "50ms"' in default
-    patient = tmp_path / "default.toml"
-    patient.write_text(default.replace('timeout = "50ms"', 'timeout = "5s"'))
-    monkeypatch.setattr(demo, "POLICY", str(patient))
+    monkeypatch.setattr(demo, "POLICY", str(patient_copy(Path(demo.POLICY), tmp_path)))
 
 
 @pytest.mark.usefixtures("patient_policy")

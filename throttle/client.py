@@ -28,7 +28,7 @@ from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.markets import MarketSet, MarketWatcher, load_markets, market_sources
 from throttle.message import Marker
 from throttle.middleware import ThrottleMiddleware, secret_key
-from throttle.policy import Policy, load_policy
+from throttle.policy import Policy, load_given_policy, policy_files
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
 from throttle.store.base import Hold
@@ -38,8 +38,6 @@ __all__ = ["MarkerFields", "Reservation", "ThrottleClient"]
 # Longest id a person may have, as the middleware's `identify` (an email address is 254).
 _MAX_ID_LENGTH = 1024
 _RESERVATION_BYTES = 8
-# Messages described by keyword fields, kept as Markers so the engine plans each one once.
-_MARKERS_REMEMBERED = 1024
 # A commit or release waits this long at least, whatever the policy's store timeout (made for
 # a request's path): it comes after a send that took its own time, and failing it costs a
 # count (a commit's message stops counting when its hold runs out).
@@ -140,8 +138,8 @@ class ThrottleClient:
         reload_interval: float | None = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        loaded = _load(policy)
-        base = _base_files(policy)
+        loaded = load_given_policy(policy)
+        base = policy_files(policy)
         sources = market_sources(markets) if markets is not None else {}
         by_market = load_markets(base, sources)
         opened = open_store(store) if isinstance(store, str) else store
@@ -180,7 +178,6 @@ class ThrottleClient:
         self._clock = engine.clock
         self._watcher = None
         self._market_watcher = None
-        self._markers: dict[tuple[tuple[str, Any], ...], Marker] = {}
 
     @property
     def policy(self) -> Policy:
@@ -367,15 +364,7 @@ class ThrottleClient:
             for name in ("signals", "tags"):  # lists, as personalization() takes them
                 if name in given:
                     given[name] = tuple(given[name])
-            # The engine plans a message once per Marker object: the same fields give the
-            # same Marker, so a worker sending one campaign to many people plans it once.
-            key = tuple(sorted(given.items()))
-            message = self._markers.get(key)
-            if message is None:
-                message = Marker(**given)
-                if len(self._markers) >= _MARKERS_REMEMBERED:
-                    self._markers.clear()
-                self._markers[key] = message
+            message = Marker(**given)
         elif fields:
             raise TypeError("give the message as a Marker or as keyword fields, not both")
         elif not isinstance(message, Marker):
@@ -413,26 +402,6 @@ class ThrottleClient:
             now_ms=math.floor(self._clock() * 1000),
             timeout=max(engine.policy.store.timeout, _SETTLE_TIMEOUT_SECONDS),
         )
-
-
-def _base_files(policy: str | Path | Sequence[str | Path] | Policy) -> tuple[Path, ...] | None:
-    """The base policy's files, which markets' overrides layer on (`None`: given as a Policy)."""
-    if isinstance(policy, Policy):
-        return None
-    if isinstance(policy, str | Path):
-        return (Path(policy),)
-    return tuple(Path(path) for path in policy)
-
-
-def _load(policy: str | Path | Sequence[str | Path] | Policy) -> Policy:
-    if isinstance(policy, Policy):
-        return policy
-    if isinstance(policy, str | Path):
-        return load_policy(policy)
-    paths = list(policy)
-    if not paths:
-        raise ConfigurationError("policy: give at least one policy file")
-    return load_policy(*paths)
 
 
 def _person_id(person: str | int) -> str:

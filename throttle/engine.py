@@ -105,6 +105,7 @@ class Engine:
         self._snapshot = Snapshot(policy, audit=audit)
         # Policies per market, by name; `policy` decides for no market or an unknown one.
         self._markets = {name: Snapshot(p, audit=audit) for name, p in (markets or {}).items()}
+        self._in_force = self._policies_in_force()
         self.guard = StoreGuard(retry_after=policy.store.retry_after, clock=monotonic)
         # A store that writes on the side reports what it meets there to the same guard.
         attach = getattr(store, "attach", None)
@@ -120,7 +121,17 @@ class Engine:
         # Everything a decision would otherwise recompute from the policy is compiled here,
         # and swapped in at once.
         self._snapshot = Snapshot(policy, audit=self._audit_wanted)
+        self._in_force = self._policies_in_force()
         self.guard.retry_after = policy.store.retry_after
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """Every policy in force: the default, then each market's. A new tuple only when one
+        of them is swapped, so `is` tells observers whether anything changed."""
+        return self._in_force
+
+    def _policies_in_force(self) -> tuple[Policy, ...]:
+        return (self._snapshot.policy, *(s.policy for s in self._markets.values()))
 
     @property
     def markets(self) -> tuple[str, ...]:
@@ -137,6 +148,7 @@ class Engine:
         if market not in self._markets:
             raise KeyError(f"no market {market!r}; the markets are {', '.join(self._markets)}")
         self._markets = {**self._markets, market: Snapshot(policy, audit=self._audit_wanted)}
+        self._in_force = self._policies_in_force()
 
     def _snapshot_for(self, market: str | None) -> Snapshot:
         if market is None:

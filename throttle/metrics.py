@@ -378,7 +378,7 @@ class _Recorder:
         self._tools = tools
         self._metrics = metrics
         self._logs = logs
-        self._policies = _in_force(engine)
+        self._policies = engine.policies
         self._vocabulary = _Vocabulary(self._policies, metrics)
         for policy in self._policies:
             tools.policy.labels(policy.name, policy.version).set(1)
@@ -422,10 +422,8 @@ class _Recorder:
         """Write what was counted since the last time into the metrics."""
         self._flush_scheduled = False
         try:
-            policies = _in_force(self._engine)
-            if any(a is not b for a, b in zip(policies, self._policies, strict=False)) or len(
-                policies
-            ) != len(self._policies):
+            policies = self._engine.policies
+            if policies is not self._policies:
                 self._policies_changed(policies)
             decisions, self._decisions = self._decisions, {}
             counter, vocabulary = self._tools.decisions, self._vocabulary
@@ -462,11 +460,6 @@ class _Recorder:
         tools.cache_entries.labels("markers").set(markers)
         tools.marker_cache_bytes.set(held)
         tools.marker_cache_max_bytes.set(budget)
-
-
-def _in_force(engine: Engine) -> tuple[Policy, ...]:
-    """The engine's policies: the default, then each market's."""
-    return (engine.policy, *(engine.policy_for(market) for market in engine.markets))
 
 
 # Every recorder alive, so that a scrape and the process's exit write what they counted.

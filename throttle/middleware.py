@@ -41,7 +41,7 @@ from throttle.faults import LogLimiter
 from throttle.markets import MarketSet, MarketWatcher, check_market, load_markets, market_sources
 from throttle.message import parse_marker
 from throttle.opsstate import OpsConfig, OpsState
-from throttle.policy import RATE_KINDS, Policy, load_policy
+from throttle.policy import RATE_KINDS, Policy, load_given_policy, policy_files
 from throttle.realtime import EventStream, SocketSender, is_event_stream
 from throttle.reload import PolicyWatcher
 from throttle.store import Store, open_store
@@ -221,26 +221,12 @@ class ThrottleMiddleware:
         clock: Callable[[], float],
         markets: MarketSet | None,
     ) -> None:
-        if isinstance(policy, Policy):
-            loaded = policy
-        elif isinstance(policy, str | Path):
-            loaded = load_policy(policy)
-        else:
-            paths = list(policy)
-            if not paths:
-                raise ConfigurationError("policy: give at least one policy file")
-            loaded = load_policy(*paths)
+        loaded = load_given_policy(policy)
+        base = policy_files(policy)
         self._watcher = (
-            PolicyWatcher(policy, loaded, interval=reload_interval)
-            if reload_interval is not None and not isinstance(policy, Policy)
+            PolicyWatcher(base, loaded, interval=reload_interval)
+            if reload_interval is not None and base is not None
             else None
-        )
-        base = (
-            None
-            if isinstance(policy, Policy)
-            else (Path(policy),)
-            if isinstance(policy, str | Path)
-            else tuple(Path(p) for p in policy)
         )
         by_market, self._market_watcher = self._markets(base, markets, reload_interval)
         _alerts_in_base_only(loaded, by_market)

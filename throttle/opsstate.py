@@ -300,12 +300,9 @@ class OpsState:
         return tuple(names)
 
     def _campaign(self, campaign: str | None) -> str:
-        engine = self.engine
-        # The campaigns every policy in force names: the default one's and each market's.
-        policies = (engine.policy, *(engine.policy_for(m) for m in engine.markets))
-        if len(policies) != len(self._named_for) or any(
-            policy is not known for policy, known in zip(policies, self._named_for, strict=True)
-        ):
+        policies = self.engine.policies
+        if policies is not self._named_for:
+            # The campaigns every policy in force names: the default one's and each market's.
             self._named_for = policies
             named = set(self.config.campaigns)
             for policy in policies:

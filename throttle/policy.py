@@ -34,7 +34,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from throttle.errors import PolicyError, PolicyProblem
+from throttle.errors import ConfigurationError, PolicyError, PolicyProblem
 from throttle.locate import key_lines, line_of
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
@@ -873,6 +873,29 @@ def load_policy(path: str | Path, *overrides: str | Path) -> Policy:
     Raises `PolicyError` naming the file, line, key and problem.
     """
     return layered_policy([(str(p), read_policy_text(p)) for p in (path, *overrides)])
+
+
+def load_given_policy(given: str | Path | Sequence[str | Path] | Policy) -> Policy:
+    """A policy as the middleware and the client take it: a file, a base and its overrides in
+    layer order, or a `Policy` already loaded."""
+    if isinstance(given, Policy):
+        return given
+    if isinstance(given, str | Path):
+        return load_policy(given)
+    paths = list(given)
+    if not paths:
+        raise ConfigurationError("policy: give at least one policy file")
+    return load_policy(*paths)
+
+
+def policy_files(given: str | Path | Sequence[str | Path] | Policy) -> tuple[Path, ...] | None:
+    """The files a policy was given as, which markets' overrides layer on and reloads watch
+    (`None` for a `Policy` object)."""
+    if isinstance(given, Policy):
+        return None
+    if isinstance(given, str | Path):
+        return (Path(given),)
+    return tuple(Path(path) for path in given)
 
 
 def read_policy_text(path: str | Path) -> str:

@@ -134,17 +134,26 @@ class Snapshot:
         )
         self._policy_label = msgpack.packb(f"{policy.name}@{policy.version}")
         self._plans: dict[int, Plan] = {}
+        # The same plans by the marker's value, for an equal marker made anew (an app or a
+        # worker that builds a Marker per message): hashed only when the identity misses.
+        self._plans_by_value: dict[Marker, Plan] = {}
         self._limits: dict[tuple[str, str, tuple[str, ...]], Limits] = {}
         self.repetition_saturation = scorer.repetition_saturation
 
     def plan(self, marker: Marker) -> Plan:
-        """The message's plan; markers repeat (parse_marker shares them), so per marker."""
+        """The message's plan; markers repeat (parse_marker shares them), so per marker, and
+        per marker value for equal markers made anew."""
         known = self._plans.get(id(marker))
         if known is not None and known.marker is marker:
             return known
-        if len(self._plans) >= _CACHE_SIZE:
+        # A marker is hashed by value once it is planned anyway (the scorer's cache).
+        equal = self._plans_by_value.get(marker)
+        if equal is not None:
+            return equal
+        if len(self._plans) >= _CACHE_SIZE or len(self._plans_by_value) >= _CACHE_SIZE:
             self._plans.clear()
-        plan = self._plans[id(marker)] = self._plan(marker)
+            self._plans_by_value.clear()
+        plan = self._plans[id(marker)] = self._plans_by_value[marker] = self._plan(marker)
         return plan
 
     def cache_sizes(self) -> dict[str, tuple[int, int]]:

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import msgpack
 from starlette.requests import Request
@@ -54,7 +55,7 @@ from throttle.errors import ConfigurationError, StoreUnavailable
 from throttle.middleware import MAX_ID_LENGTH, authenticated_user, secret_key
 from throttle.policy import load_policy
 from throttle.privacy import Refusal, answer, middleware_of, small_json
-from throttle.store import ClusterStore, RedisStore
+from throttle.store import SHARED_SCHEMES, open_store
 from throttle.store.base import AuditLimits
 from throttle.store.url import redacted_url
 
@@ -70,17 +71,6 @@ ACTIONS = {
 }
 ADMIN_SCOPE = "throttle:admin"
 _MAX_OPERATOR_LENGTH = 128
-
-# What `throttle person` opens: the stores a running app shares (memory:// is per process).
-_SHARED_STORES = (
-    "redis://",
-    "rediss://",
-    "unix://",
-    "redis+sentinel://",
-    "rediss+sentinel://",
-    "redis+cluster://",
-    "rediss+cluster://",
-)
 
 
 class BadRequest(ValueError):
@@ -353,14 +343,14 @@ def person_command(arguments: argparse.Namespace, out: TextIO) -> int:
     url = arguments.store or os.environ.get("REDIS_URL") or ""
     if not url:
         raise UsageError("give the app's store: --store redis://… (or set $REDIS_URL)")
-    if not url.startswith(_SHARED_STORES):
+    if urlsplit(url).scheme not in SHARED_SCHEMES:
+        shared = ", ".join(f"{scheme}://" for scheme in SHARED_SCHEMES)
         raise UsageError(
-            f"--store must be the Redis the app uses ({', '.join(_SHARED_STORES)}), "
-            f"not {redacted_url(url)!r}"
+            f"--store must be the Redis the app uses ({shared}), not {redacted_url(url)!r}"
         )
     secret = _secret(arguments.secret_file)
     policy = load_policy(*arguments.policy)
-    store = _redis(url, arguments.prefix)
+    store = open_store(url, prefix=arguments.prefix)
     engine = Engine(policy, store, secret=secret_key(secret, store))
 
     async def run() -> dict[str, Any]:
@@ -416,15 +406,6 @@ def _secret(secret_file: Path | None) -> str | None:
         return secret_file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigurationError(f"{secret_file}: cannot be read: {error}") from None
-
-
-def _redis(url: str, prefix: str) -> RedisStore:
-    """The app's store: one Redis, Redis behind Sentinel or a Redis Cluster."""
-    kind = ClusterStore if url.startswith(("redis+cluster://", "rediss+cluster://")) else RedisStore
-    try:
-        return kind(url, prefix=prefix)
-    except ValueError as error:
-        raise ConfigurationError(f"store {redacted_url(url)}: {error}") from None
 
 
 def _text_export(result: dict[str, Any], value: str | None) -> str:

@@ -14,19 +14,19 @@ from throttle.store.redis import RedisStore
 from throttle.store.url import redacted_url
 
 
-def _memory(uri: str) -> Store:
+def _memory(uri: str, prefix: str) -> Store:
     return MemoryStore()
 
 
-def _redis(uri: str) -> Store:
-    return RedisStore(uri)
+def _redis(uri: str, prefix: str) -> Store:
+    return RedisStore(uri, prefix=prefix)
 
 
-def _cluster(uri: str) -> Store:
-    return ClusterStore(uri)
+def _cluster(uri: str, prefix: str) -> Store:
+    return ClusterStore(uri, prefix=prefix)
 
 
-_FACTORIES: dict[str, Callable[[str], Store]] = {
+_FACTORIES: dict[str, Callable[[str, str], Store]] = {
     "memory": _memory,
     "redis": _redis,
     "rediss": _redis,
@@ -38,7 +38,11 @@ _FACTORIES: dict[str, Callable[[str], Store]] = {
 }
 
 
-def open_store(uri: str) -> Store:
+# The schemes of stores every worker and host share (memory:// is one process's own).
+SHARED_SCHEMES = tuple(scheme for scheme in _FACTORIES if scheme != "memory")
+
+
+def open_store(uri: str, *, prefix: str = "throttle:") -> Store:
     """The store a URI names: `memory://`, `redis://host:port/db`, `rediss://…`, `unix://…`,
     `redis+sentinel://host:port[,host:port…]/service_name` (`rediss+sentinel://` with TLS) or a
     Redis Cluster, `redis+cluster://host:port,host:port` (`rediss+cluster://…` with TLS)."""
@@ -50,9 +54,9 @@ def open_store(uri: str) -> Store:
             f"store {redacted_url(uri)!r}: unknown scheme {scheme!r}; use one of {known}"
         )
     try:
-        return factory(uri)
+        return factory(uri, prefix)
     except ValueError as error:  # e.g. a port that is not a number
         raise ConfigurationError(f"store {redacted_url(uri)!r}: {error}") from None
 
 
-__all__ = ["ClusterStore", "MemoryStore", "RedisStore", "Store", "open_store"]
+__all__ = ["SHARED_SCHEMES", "ClusterStore", "MemoryStore", "RedisStore", "Store", "open_store"]
